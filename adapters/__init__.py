@@ -1,0 +1,5 @@
+"""Protocol adapters. Importing this package registers every built-in adapter."""
+
+from engine.registry import ADAPTERS, register  # noqa: F401
+
+from adapters import http, nats  # noqa: F401,E402  (registration is the side effect)

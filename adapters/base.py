@@ -1,0 +1,71 @@
+"""What every adapter provides: a config model (the YAML surface) and a call.
+
+An endpoint in config names its adapter; the adapter's `Config` model validates the rest of the
+endpoint's keys, and the same model feeds `runner.py docs` and the JSON Schema, so the reference can
+never drift from the code.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class EndpointConfig(BaseModel):
+    """Keys common to every endpoint; adapters subclass it with their own fields."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    adapter: str = Field(description="Adapter name, e.g. http or nats.")
+    description: str = Field("", description="What this endpoint is, for humans.")
+
+
+class CallContext:
+    """What a call may read besides the payload: headers to forward and the message identity."""
+
+    __slots__ = ("headers", "msg_id", "correlation_id", "timeout")
+
+    def __init__(self, headers: dict[str, str], msg_id: str, correlation_id: str, timeout: float):
+        self.headers = headers
+        self.msg_id = msg_id
+        self.correlation_id = correlation_id
+        self.timeout = timeout
+
+
+class Adapter:
+    """One live endpoint. Subclasses set `name` and `Config`, and implement `call`.
+
+    `call` raises only errors of engine.errors (adapters map protocol failures onto them) and
+    returns the answer as JSON-like data, or None when the target answers with no body.
+    """
+
+    name: ClassVar[str]
+    Config: ClassVar[type[EndpointConfig]]
+    operations_doc: ClassVar[str] = ""
+
+    def __init__(self, endpoint: str, config: EndpointConfig, services: "Services") -> None:
+        self.endpoint = endpoint
+        self.config = config
+        self.services = services
+
+    def check_operation(self, operation: str | None) -> str | None:
+        """Validation hook: return an error text when `operation` makes no sense for this endpoint."""
+        return None
+
+    async def start(self) -> None:
+        """Open pools, load WSDLs, resolve secrets. Called once before any flow runs."""
+
+    async def call(self, operation: str | None, payload: Any, ctx: CallContext) -> Any:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        """Release pools and connections."""
+
+
+class Services:
+    """Shared runtime handles adapters may use (the NATS connection, JetStream)."""
+
+    def __init__(self, nc: Any = None, js: Any = None) -> None:
+        self.nc = nc
+        self.js = js

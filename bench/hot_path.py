@@ -1,0 +1,249 @@
+"""Benchmark of the flow hot path against the best raw nats-py loop, in one run on one server.
+
+    .venv/bin/python bench/hot_path.py [--messages 100000] [--rate 1000] [--latency-seconds 10]
+
+1. raw: callback-driven pull consumer -> publish_async -> gather acks per 256 -> ack each
+2. flow, pass-through: source -> publish
+3. flow, validate + transform: source -> schema MeterReading -> transform -> publish
+4. end-to-end latency through flow 3 at a fixed offered load (p50/p99)
+5. an HTTP `call` flow against a local sink (own process) vs a plain aiohttp loop, same concurrency
+Prints msg/s, the ratio to raw, and the process's peak RSS. Loopback only; stops by itself.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).absolute().parent.parent))
+
+import argparse  # noqa: E402
+import asyncio  # noqa: E402
+import json  # noqa: E402
+import multiprocessing as mp  # noqa: E402
+import resource  # noqa: E402
+import statistics  # noqa: E402
+import time  # noqa: E402
+from datetime import datetime, timezone  # noqa: E402
+
+import aiohttp  # noqa: E402
+from nats.js.api import AckPolicy, ConsumerConfig, StreamConfig  # noqa: E402
+
+from adapters.http import HttpAdapter, HttpEndpointConfig  # noqa: E402
+from adapters.base import Services  # noqa: E402
+from engine import logs  # noqa: E402
+from engine.embedded_nats import EmbeddedNats  # noqa: E402
+from engine.executor import StreamFlowRunner  # noqa: E402
+from engine.nats_client import connect  # noqa: E402
+from engine.pipeline import Pipeline  # noqa: E402
+from engine.spec import Flow  # noqa: E402
+
+BATCH = 256
+READING = {"meter_id": "M-1", "site_id": "S-1", "register": "1.8.0", "read_at": "2026-11-01T00:00:00+00:00",
+           "value": 1.5, "unit": "kWh", "quality": "actual", "source": "vendor1/pull"}
+PAYLOAD = json.dumps(READING).encode()
+
+
+async def preload(js, subject: str, n: int) -> None:
+    for start in range(0, n, 2000):
+        futs = [await js.publish_async(subject, PAYLOAD, headers={"Nats-Msg-Id": f"{subject}-{i}"})
+                for i in range(start, min(n, start + 2000))]
+        await asyncio.gather(*futs)
+
+
+async def raw_loop(nc, js, stream: str, subject: str, out: str, n: int, durable: str = "raw") -> float:
+    """The best raw shape measured in MEASURED.md, written as plainly as possible."""
+    await js.add_consumer(stream, ConsumerConfig(durable_name=durable, filter_subject=subject,
+                                                 ack_policy=AckPolicy.EXPLICIT, max_ack_pending=4096))
+    inbox = nc.new_inbox()
+    done = asyncio.Event()
+    pending: list = []
+    state = {"acked": 0, "requested": 0}
+
+    async def flush() -> None:
+        batch, pending[:] = list(pending), []
+        futs = [await js.publish_async(out, m.data) for m in batch]
+        await asyncio.gather(*futs)
+        for m in batch:
+            await m.ack()
+        state["acked"] += len(batch)
+        if state["acked"] >= n:
+            done.set()
+
+    async def cb(msg) -> None:
+        if msg.headers and "Status" in msg.headers and not msg.data:
+            state["requested"] = 0
+            return
+        state["requested"] -= 1
+        pending.append(msg)
+        if len(pending) >= BATCH or state["acked"] + len(pending) >= n:
+            await flush()
+        if state["requested"] < BATCH:
+            await nc.publish(f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{durable}",
+                             json.dumps({"batch": 4 * BATCH, "expires": int(5e9)}).encode(), reply=inbox)
+            state["requested"] += 4 * BATCH
+
+    await nc.subscribe(inbox, cb=cb)
+    t0 = time.perf_counter()
+    await nc.publish(f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{durable}",
+                     json.dumps({"batch": 4 * BATCH, "expires": int(5e9)}).encode(), reply=inbox)
+    state["requested"] = 4 * BATCH
+    await done.wait()
+    return n / (time.perf_counter() - t0)
+
+
+def make_flow(name: str, subject: str, steps: list, schema: str | None = None, **limits) -> Flow:
+    spec = {"name": name, "source": {"subject": subject}, "steps": steps, "limits": limits or {}}
+    if schema:
+        spec["schema"] = schema
+    return Flow.model_validate(spec)
+
+
+async def run_flow(nc, js, stream: str, flow: Flow, n: int, adapters=None) -> tuple[float, StreamFlowRunner]:
+    runner = StreamFlowRunner(Pipeline(flow, adapters or {}), stream, nc, js, 10.0)
+    t0 = time.perf_counter()
+    await runner.start()
+    while runner.stats.acked + runner.stats.failed < n:
+        await asyncio.sleep(0.01)  # a benchmark's progress poll, not a test wait
+    rate = n / (time.perf_counter() - t0)
+    await runner.stop()
+    if runner.stats.failed:
+        print(f"   ! {runner.stats.failed} messages failed in {flow.name}")
+    return rate, runner
+
+
+async def latency(nc, js, stream: str, rate: int, seconds: float) -> tuple[float, float, int]:
+    flow = make_flow("lat", "bin.lat", [{"transform": "readings.to_crm_reading"}, {"publish": "bout.lat"}],
+                     schema="MeterReading")
+    runner = StreamFlowRunner(Pipeline(flow, {}), stream, nc, js, 10.0)
+    await runner.start()
+    samples: list[float] = []
+    total = int(rate * seconds)
+    got = asyncio.Event()
+
+    async def on_out(msg) -> None:
+        sent = float(msg.headers["ce-correlationid"])
+        samples.append(time.time() - sent)
+        if len(samples) >= total:
+            got.set()
+
+    await nc.subscribe("bout.lat", cb=on_out)
+    start = time.perf_counter()
+    for i in range(total):
+        target = start + i / rate
+        delay = target - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        await js.publish_async("bin.lat", PAYLOAD, headers={"ce-correlationid": repr(time.time()), "ce-id": f"l{i}"})
+    try:
+        await asyncio.wait_for(got.wait(), 30)
+    except TimeoutError:
+        pass
+    await runner.stop()
+    samples.sort()
+    p = lambda q: samples[min(len(samples) - 1, int(q * len(samples)))] * 1000  # noqa: E731
+    return p(0.50), p(0.99), len(samples)
+
+
+def _serve_sink(queue) -> None:
+    from sandbox.http_sink import HttpSink
+
+    async def serve() -> None:
+        sink = await HttpSink(record=False).start()
+        queue.put(sink.url)
+        await asyncio.Event().wait()
+
+    asyncio.run(serve())
+
+
+async def http_section(nc, js, stream: str, n: int, concurrency: int) -> None:
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_serve_sink, args=(queue,), daemon=True)
+    proc.start()
+    url = queue.get(timeout=20)
+    try:
+        async with aiohttp.ClientSession() as session:
+            count = 0
+            t0 = time.perf_counter()
+
+            async def worker() -> None:
+                nonlocal count
+                while count < n:
+                    count += 1
+                    async with session.post(url + "/readings", json=READING) as resp:
+                        await resp.read()
+
+            await asyncio.gather(*(worker() for _ in range(concurrency)))
+            raw_rps = n / (time.perf_counter() - t0)
+        cfg = HttpEndpointConfig.model_validate({"adapter": "http", "base_url": url, "path": "/readings"})
+        adapter = HttpAdapter("sink", cfg, Services(nc, js))
+        await adapter.start()
+        await preload(js, "bin.http", n)
+        flow = make_flow("http", "bin.http", [{"call": {"endpoint": "sink"}}], concurrency=concurrency)
+        flow_rps, _ = await run_flow(nc, js, stream, flow, n, {"sink": adapter})
+        await adapter.close()
+        print(f"{'http: plain aiohttp loop':<36} {raw_rps:>10,.0f} req/s")
+        print(f"{'http: flow with a call step':<36} {flow_rps:>10,.0f} req/s   {flow_rps / raw_rps:.2f}x  (target >= 0.8x)")
+    finally:
+        proc.terminate()
+        proc.join(5)
+
+
+async def main(args: argparse.Namespace) -> None:
+    logs.configure("warning")
+    per_round = args.messages // args.rounds
+    with EmbeddedNats() as server:
+        nc = await connect(servers=[server.url], skip_subject_validation=True)  # as engine/runtime.py
+        js = nc.jetstream(timeout=10)
+        await js.add_stream(StreamConfig(name="BIN", subjects=["bin.>"]))
+        await js.add_stream(StreamConfig(name="BOUT", subjects=["bout.>"]))
+        rates: dict[str, list[float]] = {"raw": [], "pass": [], "vt": []}
+        # rounds interleave the shapes, so a burst of noise on this shared machine hits all alike
+        for r in range(args.rounds):
+            print(f"round {r + 1}/{args.rounds}: preloading {per_round:,} messages x 3 ...", flush=True)
+            for shape in rates:
+                await preload(js, f"bin.{shape}{r}", per_round)
+            order = list(rates)[r % 3:] + list(rates)[:r % 3]
+            for shape in order:
+                subject = f"bin.{shape}{r}"
+                if shape == "raw":
+                    rate = await raw_loop(nc, js, "BIN", subject, f"bout.raw{r}", per_round, f"raw{r}")
+                elif shape == "pass":
+                    rate, _ = await run_flow(nc, js, "BIN", make_flow(f"pass{r}", subject, [{"publish": f"bout.pass{r}"}]),
+                                             per_round)
+                else:
+                    flow = make_flow(f"vt{r}", subject, [{"transform": "readings.to_crm_reading"},
+                                                         {"publish": f"bout.vt{r}"}], schema="MeterReading")
+                    rate, _ = await run_flow(nc, js, "BIN", flow, per_round)
+                rates[shape].append(rate)
+        med = {k: statistics.median(v) for k, v in rates.items()}
+        raw = med["raw"]
+        print(f"\n{args.messages:,} messages per shape in {args.rounds} interleaved rounds; medians of the rounds")
+        print(f"{'shape':<36} {'msg/s':>10}   ratio to raw   (rounds)")
+        print(f"{'raw nats-py loop (baseline)':<36} {raw:>10,.0f}                  {_fmt(rates['raw'])}")
+        print(f"{'flow: pass-through':<36} {med['pass']:>10,.0f}   {med['pass'] / raw:.2f}x (>= 0.8x)  {_fmt(rates['pass'])}")
+        print(f"{'flow: validate + transform':<36} {med['vt']:>10,.0f}   {med['vt'] / raw:.2f}x (>= 0.6x)  {_fmt(rates['vt'])}")
+        p50, p99, got = await latency(nc, js, "BIN", args.rate, args.latency_seconds)
+        print(f"latency at {args.rate}/s offered ({got} msgs): p50 {p50:.2f} ms, p99 {p99:.2f} ms  (target p99 < 20 ms)")
+        if not args.skip_http:
+            await http_section(nc, js, "BIN", args.http_requests, args.concurrency)
+        rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(f"peak RSS of this process (runner + driver): {rss_mb:.0f} MB  (target < 150 MB)")
+        await nc.close()
+
+
+def _fmt(values: list[float]) -> str:
+    return " ".join(f"{v / 1000:.1f}K" for v in values)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--messages", type=int, default=100_000, help="per shape, over all rounds")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rate", type=int, default=1000, help="offered load for the latency run (msg/s)")
+    parser.add_argument("--latency-seconds", type=float, default=10.0)
+    parser.add_argument("--http-requests", type=int, default=20_000)
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--skip-http", action="store_true")
+    asyncio.run(main(parser.parse_args()))

@@ -1,0 +1,62 @@
+"""The dead-letter record: the original message untouched plus `Hub-Dlq-*` headers that say what
+failed, where, how often and when — everything ops need to decide and replay."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from engine.errors import HubError
+from engine.messages import MSG_ID
+
+FLOW, STEP, ERROR_CLASS, ERROR, TRANSIENT = "Hub-Dlq-Flow", "Hub-Dlq-Step", "Hub-Dlq-Error-Class", "Hub-Dlq-Error", "Hub-Dlq-Transient"
+ATTEMPTS, FIRST_FAILURE, LAST_FAILURE = "Hub-Dlq-Attempts", "Hub-Dlq-First-Failure", "Hub-Dlq-Last-Failure"
+ORIG_SUBJECT, ORIG_STREAM, ORIG_SEQ, ORIG_CONSUMER = "Hub-Dlq-Subject", "Hub-Dlq-Stream", "Hub-Dlq-Sequence", "Hub-Dlq-Consumer"
+ORIG_MSG_ID = "Hub-Dlq-Original-Msg-Id"
+
+
+def _one_line(text: str, limit: int = 2000) -> str:
+    """Headers are single lines; keep the error readable and bounded."""
+    return " ".join(text.split())[:limit]
+
+
+def dlq_subject(flow: str) -> str:
+    return f"dlq.{flow}"
+
+
+def build_headers(original: dict[str, str] | None, *, flow: str, err: HubError, attempts: int,
+                  subject: str, stream: str, sequence: int, consumer: str,
+                  first_failure: datetime | None) -> dict[str, str]:
+    """Original headers (with its Nats-Msg-Id kept aside) plus the failure facts."""
+    now = datetime.now(timezone.utc)
+    headers = {k: v for k, v in (original or {}).items() if k != MSG_ID}
+    if original and MSG_ID in original:
+        headers[ORIG_MSG_ID] = original[MSG_ID]
+    headers.update({
+        FLOW: flow,
+        STEP: err.step or "",
+        ERROR_CLASS: err.error_class,
+        ERROR: _one_line(str(err)),
+        TRANSIENT: "true" if err.transient else "false",
+        ATTEMPTS: str(attempts),
+        FIRST_FAILURE: (first_failure or now).isoformat(timespec="milliseconds"),
+        LAST_FAILURE: now.isoformat(timespec="milliseconds"),
+        ORIG_SUBJECT: subject,
+        ORIG_STREAM: stream,
+        ORIG_SEQ: str(sequence),
+        ORIG_CONSUMER: consumer,
+        # one record per stored message: a second dead-lettering of the same delivery is dropped
+        MSG_ID: f"dlq:{stream}:{sequence}",
+    })
+    return headers
+
+
+def summary(headers: dict[str, Any]) -> dict[str, Any]:
+    """The failure facts of a record, for listing."""
+    return {
+        "flow": headers.get(FLOW), "step": headers.get(STEP), "error_class": headers.get(ERROR_CLASS),
+        "error": headers.get(ERROR), "attempts": int(headers.get(ATTEMPTS, "0") or 0),
+        "first_failure": headers.get(FIRST_FAILURE), "last_failure": headers.get(LAST_FAILURE),
+        "subject": headers.get(ORIG_SUBJECT), "stream": headers.get(ORIG_STREAM),
+        "sequence": int(headers.get(ORIG_SEQ, "0") or 0),
+    }

@@ -1,0 +1,1 @@
+"""The flow runtime: spec, validation, registry, executor, resilience, embedded NATS."""

@@ -1,0 +1,83 @@
+"""Environment configuration (config/*.yaml): where NATS is, which streams exist, named endpoints.
+
+Flows name endpoints; config says what they are. Each endpoint's keys are validated by its
+adapter's own Config model (engine/validation.py), so this file keeps them as raw mappings.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from engine.durations import Duration
+from engine.secrets import SecretRef
+from engine.subjects import subject_problem
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class EmbeddedNatsConfig(_Strict):
+    data_dir: str = Field(".hub/nats", description="JetStream store of the embedded server (kept across runs).")
+    port: int = Field(-1, description="Client port; -1 picks a free one.")
+    monitor_port: int = Field(-1, description="Monitoring port (/healthz); -1 picks a free one.")
+
+
+class NatsConfig(_Strict):
+    urls: list[str] = Field(default_factory=list,
+                            description="Servers to connect to; empty starts an embedded nats-server.",
+                            examples=[["nats://10.0.0.5:4222", "nats://10.0.0.6:4222"]])
+    user: str | None = None
+    password: SecretRef | None = None
+    token: SecretRef | None = None
+    creds_file: str | None = Field(None, description="NATS credentials file (JWT + nkey).")
+    embedded: EmbeddedNatsConfig = Field(default_factory=EmbeddedNatsConfig)
+    publish_timeout: Duration = Field(10.0, description="How long a publish may wait for its ack; longer "
+                                      "than a leader election (~5 s) so failovers are not errors.")
+
+
+class StreamConfig(_Strict):
+    name: str = Field(description="Stream name (upper-case by convention).", examples=["CRM"])
+    subjects: list[str] = Field(min_length=1, examples=[["crm.>"]])
+    retention: Literal["limits", "interest", "workqueue"] = "limits"
+    storage: Literal["file", "memory"] = "file"
+    replicas: int = Field(1, ge=1, le=5)
+    max_age: Duration | None = Field(None, description="Drop messages older than this.", examples=["7d"])
+    max_bytes: int | None = Field(None, ge=1)
+    duplicate_window: Duration = Field(120.0, description="Nats-Msg-Id de-duplication window.")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not v or any(c in v for c in " .*>/\\"):
+            raise ValueError(f"stream name {v!r} may not contain spaces, '.', '*', '>', '/'")
+        return v
+
+    @field_validator("subjects")
+    @classmethod
+    def _subjects(cls, v: list[str]) -> list[str]:
+        for s in v:
+            if problem := subject_problem(s, pattern=True):
+                raise ValueError(problem)
+        return v
+
+
+class DlqConfig(_Strict):
+    stream: str = Field("DLQ", description="Stream that keeps dead-letter records.")
+    max_age: Duration = Field(14 * 86400.0, description="How long records stay for ops to act.")
+
+
+class LoggingConfig(_Strict):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["json", "console"] = "json"
+
+
+class HubConfig(_Strict):
+    nats: NatsConfig = Field(default_factory=NatsConfig)
+    streams: list[StreamConfig] = Field(default_factory=list)
+    endpoints: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="Named endpoints: `adapter:` plus that adapter's keys.")
+    dlq: DlqConfig = Field(default_factory=DlqConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)

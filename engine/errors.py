@@ -1,0 +1,117 @@
+"""The one error taxonomy of the hub.
+
+Adapters translate protocol failures (HTTP status, SOAP fault, SMTP code, SFTP error) into these
+classes; retry, breaker and dead-letter policies look only at them. Transient means "the same
+message may succeed later"; permanent means "it cannot succeed as it is".
+"""
+
+from __future__ import annotations
+
+
+class HubError(Exception):
+    """Base of every error the hub raises on purpose."""
+
+    transient: bool = False
+
+    def __init__(self, message: str, *, step: str | None = None) -> None:
+        super().__init__(message)
+        self.step = step
+
+    @property
+    def error_class(self) -> str:
+        """Stable name used in logs, DLQ records and alerts."""
+        return type(self).__name__
+
+
+# --- transient: wait and try again -------------------------------------------------------------
+
+
+class TransientError(HubError):
+    """The target or the broker may recover; the message is fine."""
+
+    transient = True
+
+    def __init__(self, message: str, *, step: str | None = None, retry_after: float | None = None):
+        super().__init__(message, step=step)
+        self.retry_after = retry_after
+
+
+class TargetTimeout(TransientError):
+    """The target did not answer within the step's timeout."""
+
+
+class TargetUnavailable(TransientError):
+    """Connection refused or reset, DNS failure, TLS handshake cut short."""
+
+
+class TargetServerError(TransientError):
+    """The target answered with a server-side failure (HTTP 5xx, SOAP Server fault)."""
+
+
+class Throttled(TransientError):
+    """The target asked us to slow down (HTTP 429, 503 with Retry-After)."""
+
+
+class CircuitOpen(TransientError):
+    """The endpoint's circuit breaker is open: no call was made."""
+
+
+class PublishFailed(TransientError):
+    """JetStream did not confirm a publish (timeout, no stream leader)."""
+
+
+# --- permanent: will not succeed as it is ------------------------------------------------------
+
+
+class PermanentError(HubError):
+    """Retrying the same message cannot help; it goes to the dead-letter queue."""
+
+
+class UnparseablePayload(PermanentError):
+    """The payload is not JSON (or not the format the flow expects)."""
+
+
+class ValidationFailed(PermanentError):
+    """The payload does not match the flow's schema; the text names the field."""
+
+
+class TargetRejected(PermanentError):
+    """The target refused the request (HTTP 4xx, SOAP Client fault)."""
+
+    def __init__(self, message: str, *, step: str | None = None, status: int | None = None):
+        super().__init__(message, step=step)
+        self.status = status
+
+
+class BusinessError(PermanentError):
+    """The target accepted the call but reported a business failure in its answer."""
+
+
+class TransformFailed(PermanentError):
+    """A transform raised on this payload (a bug or an unexpected shape)."""
+
+
+class RoutingError(PermanentError):
+    """A template (endpoint or subject) could not be resolved from the payload."""
+
+
+# --- configuration -----------------------------------------------------------------------------
+
+
+class ConfigError(HubError):
+    """Flow or environment configuration is invalid; carries every issue found."""
+
+    def __init__(self, issues: list[str]) -> None:
+        super().__init__("\n".join(issues))
+        self.issues = issues
+
+
+def classify(exc: BaseException) -> HubError:
+    """Map any exception to the taxonomy; unknown exceptions count as permanent bugs in a step."""
+    if isinstance(exc, HubError):
+        return exc
+    if isinstance(exc, TimeoutError):
+        return TargetTimeout(str(exc) or "timed out")
+    if isinstance(exc, ConnectionError | OSError):
+        return TargetUnavailable(str(exc) or type(exc).__name__)
+    return PermanentError(f"{type(exc).__name__}: {exc}")

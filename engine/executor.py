@@ -1,0 +1,306 @@
+"""The hot path of a stream flow: a callback-driven durable pull consumer on nats-py.
+
+Shape (MEASURED.md): pull requests keep up to `max_in_flight` messages coming into a subscription
+callback that only buffers them; a processor runs the compiled steps over a batch, publishes the
+outputs with `publish_async`, and hands the batch to a finaliser that waits for every publish ack
+before acking the sources. Batches overlap: while one batch waits for its acks the next one runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections import deque
+from typing import Any
+
+import structlog
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from engine.errors import HubError, PublishFailed, classify
+from engine.failures import FailureHandler
+from engine.messages import Envelope, decode, opaque
+from engine.pipeline import Pipeline
+from engine.ratelimit import RateLimiter
+
+log = structlog.get_logger("hub.executor")
+
+PULL_EXPIRES = 10.0          # seconds a pull request waits on the server
+PENDING_BATCHES = 4          # batches whose publish acks may be outstanding at once
+HAND_BACK = HubError("runner stopping: message not started")  # marker, never raised
+
+
+class FlowStats:
+    __slots__ = ("received", "acked", "filtered", "failed", "published")
+
+    def __init__(self) -> None:
+        self.received = self.acked = self.filtered = self.failed = self.published = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {k: getattr(self, k) for k in self.__slots__}
+
+
+class StreamFlowRunner:
+    """Runs one flow whose source is a JetStream subject."""
+
+    def __init__(self, pipeline: Pipeline, stream: str, nc: Any, js: Any, publish_timeout: float) -> None:
+        self.flow = pipeline.flow
+        self.pipeline = pipeline
+        self.stream = stream
+        self.nc, self.js = nc, js
+        self.publish_timeout = publish_timeout
+        limits = self.flow.limits
+        self.batch = limits.batch
+        self.max_in_flight = limits.max_in_flight
+        self.concurrency = limits.concurrency
+        self.limiter = RateLimiter(limits.rate) if limits.rate else None
+        self.failures = FailureHandler(self.flow, js, stream, publish_timeout)
+        self.stats = FlowStats()
+        self.log = log.bind(flow=self.flow.name)
+        self._buffer: deque[Any] = deque()
+        self._held: dict[int, Any] = {}
+        self._requested = 0
+        self._last_pull = 0.0
+        self._stopping = False
+        self._paused = False
+        self._wake_puller = asyncio.Event()
+        self._wake_processor = asyncio.Event()
+        self._finalisers: set[asyncio.Task[None]] = set()
+        self._slots = asyncio.Semaphore(PENDING_BATCHES)
+        self._tasks: list[asyncio.Task[None]] = []
+        self._sub: Any = None
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self._ensure_consumer()
+        self._inbox = self.nc.new_inbox()
+        self._pull_subject = f"$JS.API.CONSUMER.MSG.NEXT.{self.stream}.{self.flow.name}"
+        self._sub = await self.nc.subscribe(self._inbox, cb=self._on_msg)
+        self._tasks = [asyncio.create_task(self._pull_loop(), name=f"pull:{self.flow.name}"),
+                       asyncio.create_task(self._process_loop(), name=f"process:{self.flow.name}"),
+                       asyncio.create_task(self._keep_alive(), name=f"keepalive:{self.flow.name}")]
+        self.log.info("flow_started", stream=self.stream, subject=self.flow.source.subject)  # type: ignore[union-attr]
+
+    async def _ensure_consumer(self) -> None:
+        source = self.flow.source
+        config = ConsumerConfig(
+            durable_name=self.flow.name,
+            filter_subject=source.subject,  # type: ignore[union-attr]
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=self.flow.ack_wait,
+            max_ack_pending=self.max_in_flight,
+            # one original delivery, the redelivery schedule, and a spare for the crash backstop
+            max_deliver=len(self.flow.on_error.redeliver) + 2,
+            deliver_policy=DeliverPolicy.NEW if source.deliver == "new" else DeliverPolicy.ALL,  # type: ignore[union-attr]
+            description=self.flow.description[:200] or None,
+        )
+        await self.js.add_consumer(self.stream, config)  # creates, or updates the mutable fields
+
+    def on_reconnect(self) -> None:
+        """Pull requests die with the connection; ask again."""
+        self._requested = 0
+        self._wake_puller.set()
+
+    def pause(self, paused: bool) -> None:
+        """Stop (or resume) pulling; held messages still finish."""
+        self._paused = paused
+        self._wake_puller.set()
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        """Stop pulling; hand unstarted messages back at once; let started ones finish."""
+        self._stopping = True
+        self._wake_puller.set()
+        self._wake_processor.set()
+        await self._return_buffered()
+        try:
+            await asyncio.wait_for(asyncio.gather(*self._tasks[1:2], return_exceptions=True), timeout)
+            if self._finalisers:
+                await asyncio.wait_for(asyncio.gather(*self._finalisers, return_exceptions=True), timeout)
+        except TimeoutError:
+            self.log.warning("stop_timeout", held=len(self._held))
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._return_buffered()
+        if self._sub is not None and not self.nc.is_closed:
+            await self._sub.unsubscribe()
+        self.log.info("flow_stopped", **self.stats.as_dict())
+
+    async def _return_buffered(self) -> None:
+        while self._buffer:
+            msg = self._buffer.popleft()
+            self._release(msg)
+            await _quietly(msg.nak())
+
+    # --- receiving ---------------------------------------------------------------------------
+
+    async def _on_msg(self, msg: Any) -> None:
+        headers = msg.headers
+        if headers and not msg.data and "Status" in headers:
+            status = headers["Status"]
+            if status in ("408", "409", "404"):
+                self._requested = max(0, self._requested - int(headers.get("Nats-Pending-Messages", 0) or 0))
+                if status == "409":
+                    self.log.warning("pull_conflict", description=headers.get("Description"))
+            self._wake_puller.set()
+            return
+        if self._stopping:
+            await _quietly(msg.nak())
+            return
+        if self._requested:
+            self._requested -= 1
+        self._held[id(msg)] = msg
+        self._buffer.append(msg)
+        self.stats.received += 1
+        self._wake_processor.set()
+
+    async def _pull_loop(self) -> None:
+        request_base = {"expires": int(PULL_EXPIRES * 1e9)}
+        low_water = max(1, self.batch // 2)
+        while not self._stopping:
+            room = self.max_in_flight - len(self._held) - self._requested
+            if not self._paused and room >= low_water and not self.nc.is_reconnecting:
+                n = min(self.batch, room)
+                try:
+                    await self.nc.publish(self._pull_subject, json.dumps({**request_base, "batch": n}).encode(),
+                                          reply=self._inbox)
+                    self._requested += n
+                    self._last_pull = time.monotonic()
+                    continue
+                except Exception as exc:
+                    self.log.warning("pull_failed", error=repr(exc))
+            self._wake_puller.clear()
+            try:
+                await asyncio.wait_for(self._wake_puller.wait(), PULL_EXPIRES + 5)
+            except TimeoutError:
+                if self._requested and time.monotonic() - self._last_pull > PULL_EXPIRES + 5:
+                    self._requested = 0  # the server's expiry notice was lost (reconnect)
+
+    async def _keep_alive(self) -> None:
+        """Tell JetStream we still work on what we hold, so no other runner gets it meanwhile."""
+        interval = max(1.0, self.flow.ack_wait / 3)
+        while True:
+            await asyncio.sleep(interval)
+            for msg in list(self._held.values()):
+                if not msg._ackd:
+                    await _quietly(msg.in_progress())
+
+    # --- processing --------------------------------------------------------------------------
+
+    async def _process_loop(self) -> None:
+        while True:
+            if not self._buffer:
+                if self._stopping:
+                    return
+                self._wake_processor.clear()
+                await self._wake_processor.wait()
+                continue
+            n = min(len(self._buffer), self.batch)
+            msgs = [self._buffer.popleft() for _ in range(n)]
+            if self.pipeline.is_async:
+                results = await self._run_concurrent(msgs)
+            else:
+                results = await self._run_sync_batch(msgs)
+            await self._slots.acquire()
+            task = asyncio.create_task(self._finalise(results))
+            self._finalisers.add(task)
+            task.add_done_callback(self._finalisers.discard)
+
+    def _envelope(self, msg: Any) -> Envelope:
+        headers = msg.headers
+        fallback = ""
+        if not headers or ("ce-id" not in headers and "Nats-Msg-Id" not in headers):
+            fallback = f"{self.stream}:{msg.metadata.sequence.stream}"
+        if not self.pipeline.reads_payload:
+            return opaque(msg.data, headers, msg.subject, fallback)
+        return decode(msg.data, headers, msg.subject, fallback)
+
+    async def _run_sync_batch(self, msgs: list[Any]) -> list[tuple[Any, Any, Any, HubError | None]]:
+        """Pure pipelines: one coroutine for the whole batch (no task or coroutine per message)."""
+        results: list[tuple[Any, Any, Any, HubError | None]] = []
+        append = results.append
+        publish = self.js.publish_async
+        run_sync = self.pipeline.run_sync
+        limiter = self.limiter
+        for msg in msgs:
+            env = None
+            try:
+                if limiter:
+                    await limiter.acquire()
+                env = self._envelope(msg)
+                if not run_sync(env):
+                    append((msg, env, None, None))
+                    continue
+                append((msg, env, [await publish(s, d, headers=h) for s, d, h in env.outputs], None))
+            except Exception as exc:
+                append((msg, env, None, classify(exc)))
+        return results
+
+    async def _run_concurrent(self, msgs: list[Any]) -> list[tuple[Any, Any, Any, HubError | None]]:
+        gate = asyncio.Semaphore(self.concurrency)
+
+        async def one(msg: Any) -> tuple[Any, Any, Any, HubError | None]:
+            env = None
+            async with gate:
+                if self._stopping:
+                    return msg, None, None, HAND_BACK
+                try:
+                    if self.limiter:
+                        await self.limiter.acquire()
+                    env = self._envelope(msg)
+                    if not await self.pipeline.run(env):
+                        return msg, env, None, None
+                    futures = [await self.js.publish_async(s, d, headers=h) for s, d, h in env.outputs]
+                    return msg, env, futures, None
+                except Exception as exc:
+                    return msg, env, None, classify(exc)
+
+        return await asyncio.gather(*(one(m) for m in msgs))
+
+    async def _finalise(self, results: list[tuple[Any, Any, Any, HubError | None]]) -> None:
+        """Ack only what is done and confirmed; everything else goes to the failure policy."""
+        try:
+            pending_futures = [f for _, _, futs, _ in results if futs for f in futs]
+            if pending_futures:
+                _, late = await asyncio.wait(pending_futures, timeout=self.publish_timeout)
+                for f in late:
+                    f.cancel()
+            for msg, env, futures, err in results:
+                if err is None and futures:
+                    for f in futures:
+                        if f.cancelled() or f.exception() is not None:
+                            why = "no publish ack in time" if f.cancelled() else repr(f.exception())
+                            err = PublishFailed(f"output not confirmed: {why}", step="publish")
+                            break
+                try:
+                    if err is HAND_BACK:
+                        await msg.nak()  # not started: another runner may take it now
+                    elif err is None:
+                        await msg.ack()
+                        if futures is None:
+                            self.stats.filtered += 1
+                        else:
+                            self.stats.acked += 1
+                            self.stats.published += len(futures)
+                    else:
+                        self.stats.failed += 1
+                        await self.failures.handle(msg, err, getattr(env, "msg_id", None),
+                                                   getattr(env, "correlation_id", None))
+                except Exception as exc:  # connection gone: JetStream will redeliver after ack_wait
+                    self.log.warning("settle_failed", error=repr(exc))
+                finally:
+                    self._release(msg)
+        finally:
+            self._slots.release()
+            self._wake_puller.set()
+
+    def _release(self, msg: Any) -> None:
+        self._held.pop(id(msg), None)
+
+
+async def _quietly(coro: Any) -> None:
+    try:
+        await coro
+    except Exception:
+        pass

@@ -1,0 +1,175 @@
+"""A flow's steps compiled once into plain callables, so the hot path does no lookups.
+
+Pure steps (filter, validate, transform, publish, reply) run synchronously; a flow without `call`
+steps never awaits per message until it publishes. Publishes are collected on the envelope and
+sent by the executor, so nothing leaves the flow unless every step succeeded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Callable
+
+import jmespath
+from pydantic import BaseModel, ValidationError
+
+from adapters.base import Adapter, CallContext
+from engine.errors import HubError, RoutingError, TransformFailed, ValidationFailed, classify
+from engine.messages import Envelope, encode, output_headers
+from engine.nats_client import encode_headers
+from engine.resilience import CallGuard
+from engine.spec import CallStep, FilterStep, Flow, PublishStep, ReplyStep, TransformStep, ValidateStep
+from engine.subjects import placeholders, render, subject_problem
+from engine.validation import resolve_schema, resolve_transform
+from engine.yaml_lines import format_loc
+
+SyncStep = Callable[[Envelope], bool]
+
+
+def _validator(model: type[BaseModel], label: str) -> SyncStep:
+    validate = model.model_validate
+
+    def run(env: Envelope) -> bool:
+        try:
+            validate(env.payload)
+        except ValidationError as exc:
+            details = "; ".join(f"{format_loc(tuple(e['loc']))}: {e['msg']}" for e in exc.errors(include_url=False)[:5])
+            raise ValidationFailed(f"{model.__name__}: {details}", step=label) from None
+        return True
+
+    return run
+
+
+def _filter(expression: str, label: str) -> SyncStep:
+    search = jmespath.compile(expression).search
+
+    def run(env: Envelope) -> bool:
+        return bool(search(env.payload))
+
+    return run
+
+
+def _transform(ref: str, label: str) -> SyncStep:
+    func = resolve_transform(ref)
+
+    def run(env: Envelope) -> bool:
+        try:
+            env.payload = func(env.payload)
+            env.raw = None
+        except HubError:
+            raise
+        except KeyError as exc:
+            raise TransformFailed(f"{ref}: payload has no field {exc}", step=label) from None
+        except Exception as exc:  # a transform bug must not crash the runner
+            raise TransformFailed(f"{ref}: {type(exc).__name__}: {exc}", step=label) from None
+        return True
+
+    return run
+
+
+def _publish(template: str, flow: str, index: int, label: str) -> SyncStep:
+    templated = bool(placeholders(template))
+
+    def run(env: Envelope) -> bool:
+        subject = template
+        if templated:
+            try:
+                subject = render(template, env.payload)
+            except KeyError as exc:
+                raise RoutingError(f"subject {template!r} needs payload field {exc}", step=label) from None
+            # the connection skips nats-py's per-publish subject check: static subjects were checked
+            # at validation, rendered ones are checked here
+            if problem := subject_problem(subject):
+                raise RoutingError(f"subject {template!r} rendered from the payload is not valid: {problem}",
+                                   step=label)
+        data = env.raw if env.raw is not None else encode(env.payload)
+        env.outputs.append((subject, data, encode_headers(output_headers(env, flow, index, subject))))
+        return True
+
+    return run
+
+
+def _reply(env: Envelope) -> bool:
+    env.reply = encode(env.payload)
+    return True
+
+
+class Pipeline:
+    """The compiled steps of one flow. `run_sync` serves flows without calls; `run` all flows."""
+
+    def __init__(self, flow: Flow, adapters: dict[str, Adapter], guard: CallGuard | None = None) -> None:
+        self.flow = flow
+        self.steps: list[tuple[str, SyncStep | None, CallStep | None]] = []
+        if flow.schema_:
+            self.steps.append(("schema", _validator(resolve_schema(flow.schema_), "schema"), None))
+        for i, step in enumerate(flow.steps):
+            label = f"steps[{i}]"
+            if isinstance(step, FilterStep):
+                self.steps.append((label + ".filter", _filter(step.filter, label), None))
+            elif isinstance(step, ValidateStep):
+                self.steps.append((label + ".validate", _validator(resolve_schema(step.validate_), label), None))
+            elif isinstance(step, TransformStep):
+                self.steps.append((label + ".transform", _transform(step.transform, label), None))
+            elif isinstance(step, PublishStep):
+                self.steps.append((label + ".publish", _publish(step.publish.subject, flow.name, i, label), None))
+            elif isinstance(step, ReplyStep):
+                self.steps.append((label + ".reply", _reply, None))
+            elif isinstance(step, CallStep):
+                self.steps.append((label + ".call", None, step))
+        self.adapters = adapters
+        self.guard = guard or CallGuard(flow)
+        self.is_async = any(call is not None for _, _, call in self.steps)
+        self.calls_endpoints = [s.call.endpoint for _, _, s in self.steps if s is not None]
+        # a flow of static publishes only (a router) never needs the payload parsed
+        self.reads_payload = bool(flow.schema_) or any(
+            not isinstance(step, PublishStep) or placeholders(step.publish.subject) for step in flow.steps)
+
+    def run_sync(self, env: Envelope) -> bool:
+        """Run pure steps; False means a filter dropped the message. Only for flows without calls."""
+        for label, func, _ in self.steps:
+            try:
+                if not func(env):  # type: ignore[misc]
+                    return False
+            except HubError as exc:
+                exc.step = exc.step or label
+                raise
+        return True
+
+    async def run(self, env: Envelope) -> bool:
+        for label, func, call in self.steps:
+            try:
+                if func is not None:
+                    if not func(env):
+                        return False
+                else:
+                    await self._call(env, call, label)  # type: ignore[arg-type]
+            except HubError as exc:
+                exc.step = exc.step or label
+                raise
+            except Exception as exc:
+                err = classify(exc)
+                err.step = label
+                raise err from exc
+        return True
+
+    async def _call(self, env: Envelope, step: CallStep, label: str) -> None:
+        spec = step.call
+        try:
+            name = render(spec.endpoint, env.payload)
+        except KeyError as exc:
+            raise RoutingError(f"endpoint {spec.endpoint!r} needs payload field {exc}") from None
+        adapter = self.adapters.get(name)
+        if adapter is None:
+            raise RoutingError(f"endpoint {spec.endpoint!r} resolved to {name!r}, which config does not define")
+        timeout = spec.timeout or getattr(adapter.config, "timeout", None) or 30.0
+        ctx = CallContext(env.headers, env.msg_id, env.correlation_id, timeout)
+        result: Any = await self.guard.call(name, lambda: asyncio.wait_for(
+            adapter.call(spec.operation, env.payload, ctx), timeout + 1.0))
+        if spec.into:
+            if not isinstance(env.payload, dict):
+                raise RoutingError(f"`into: {spec.into}` needs an object payload")
+            env.payload = {**env.payload, spec.into: result}
+            env.raw = None
+        elif result is not None:
+            env.payload = result
+            env.raw = None

@@ -1,0 +1,123 @@
+"""The hub process: connect (or start the embedded broker), declare streams, start adapters and
+flows; stop in reverse order so in-flight work finishes and nothing is left running."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from adapters.base import Adapter, Services
+from engine.executor import StreamFlowRunner
+from engine.nats_client import connect
+from engine.pipeline import Pipeline
+from engine.registry import load_builtin_adapters
+from engine.secrets import resolve_value
+from engine.service import RequestFlowRunner
+from engine.streams import ensure_streams
+from engine.validation import Project, stream_for
+
+log = structlog.get_logger("hub.runtime")
+
+
+class Hub:
+    """One runner process. Nothing here assumes it is alone: durables and queue groups are shared."""
+
+    def __init__(self, project: Project, *, servers: list[str] | None = None,
+                 data_dir: str | Path | None = None) -> None:
+        self.project = project
+        self.servers = servers if servers is not None else list(project.config.nats.urls)
+        self.data_dir = data_dir
+        self.embedded: Any = None  # engine.embedded_nats.EmbeddedNats when we started the broker
+        self.nc: Any = None
+        self.js: Any = None
+        self.adapters: dict[str, Adapter] = {}
+        self.runners: dict[str, StreamFlowRunner | RequestFlowRunner] = {}
+
+    async def start(self) -> None:
+        ncfg = self.project.config.nats
+        if not self.servers:
+            from engine.embedded_nats import EmbeddedNats
+
+            # started from the event loop's (main) thread: the server dies with this process
+            embedded = ncfg.embedded
+            self.embedded = EmbeddedNats(data_dir=self.data_dir or embedded.data_dir, port=embedded.port,
+                                         monitor_port=embedded.monitor_port).start()
+            self.servers = [self.embedded.url]
+            log.info("embedded_nats_started", url=self.embedded.url, data_dir=str(self.embedded.data_dir))
+        options: dict[str, Any] = dict(servers=self.servers, name="plu-hub", max_reconnect_attempts=-1,
+                                       reconnect_time_wait=0.5, connect_timeout=5,
+                                       reconnected_cb=self._reconnected, disconnected_cb=self._disconnected,
+                                       error_cb=self._error,
+                                       # subjects are checked by validation and by the publish step
+                                       skip_subject_validation=True)
+        if ncfg.user:
+            options["user"] = ncfg.user
+        if ncfg.password:
+            options["password"] = resolve_value(ncfg.password)
+        if ncfg.token:
+            options["token"] = resolve_value(ncfg.token)
+        if ncfg.creds_file:
+            options["user_credentials"] = ncfg.creds_file
+        self.nc = await connect(**options)
+        self.js = self.nc.jetstream(timeout=ncfg.publish_timeout)
+        await ensure_streams(self.js, self.project.config)
+        services = Services(nc=self.nc, js=self.js)
+        registry = load_builtin_adapters()
+        for name, cfg in self.project.endpoints.items():
+            adapter = registry[cfg.adapter](name, cfg, services)
+            await adapter.start()
+            self.adapters[name] = adapter
+        for lf in self.project.flows:
+            flow = lf.flow
+            pipeline = Pipeline(flow, self.adapters)
+            if flow.is_request:
+                runner: StreamFlowRunner | RequestFlowRunner = RequestFlowRunner(
+                    pipeline, self.nc, self.js, ncfg.publish_timeout)
+            else:
+                stream = stream_for(self.project.config, flow.source.subject, pattern=True)  # type: ignore[union-attr]
+                assert stream is not None  # validation guarantees it
+                runner = StreamFlowRunner(pipeline, stream, self.nc, self.js, ncfg.publish_timeout)
+            await runner.start()
+            self.runners[flow.name] = runner
+        log.info("hub_started", flows=list(self.runners), endpoints=list(self.adapters))
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        """Graceful: stop pulling, finish or hand back in-flight messages, close, stop the broker."""
+        try:
+            if self.runners:
+                await asyncio.gather(*(r.stop(timeout) for r in self.runners.values()), return_exceptions=True)
+            for adapter in self.adapters.values():
+                try:
+                    await adapter.close()
+                except Exception as exc:
+                    log.warning("adapter_close_failed", endpoint=adapter.endpoint, error=repr(exc))
+            if self.nc is not None and not self.nc.is_closed:
+                try:
+                    await asyncio.wait_for(self.nc.drain(), timeout)
+                except Exception:
+                    await self.nc.close()
+        finally:
+            if self.embedded is not None:
+                self.embedded.stop()
+                log.info("embedded_nats_stopped")
+
+    async def _reconnected(self) -> None:
+        log.warning("nats_reconnected", url=str(self.nc.connected_url.netloc if self.nc.connected_url else ""))
+        for runner in self.runners.values():
+            runner.on_reconnect()
+
+    async def _disconnected(self) -> None:
+        log.warning("nats_disconnected")
+
+    async def _error(self, exc: Exception) -> None:
+        log.warning("nats_error", error=repr(exc))
+
+    async def __aenter__(self) -> "Hub":
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()

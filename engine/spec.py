@@ -1,0 +1,236 @@
+"""Pydantic models of a flow YAML file: the integration engineers' surface.
+
+Every field has a description and an example; `runner.py docs` and the JSON Schema are generated
+from these models, so the reference cannot drift from what the loader accepts.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
+
+from engine.durations import Duration, Rate
+from engine.subjects import subject_problem
+
+_FLOW_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --- sources -----------------------------------------------------------------------------------
+
+
+class StreamSource(_Strict):
+    """Read a JetStream subject through a durable pull consumer named after the flow."""
+
+    subject: str = Field(description="Subject (wildcards allowed) captured by a stream in config.",
+                         examples=["crm.contract.signed", "meter.reading.*"])
+    deliver: Literal["all", "new"] = Field(
+        "all", description="Where a new durable starts: every stored message, or only new ones.")
+
+    @field_validator("subject")
+    @classmethod
+    def _subject(cls, v: str) -> str:
+        if problem := subject_problem(v, pattern=True):
+            raise ValueError(problem)
+        return v
+
+
+class RequestSource(_Strict):
+    """Answer core-NATS requests (request/reply) in a queue group named after the flow."""
+
+    request: str = Field(description="Subject requesters send to; the flow must end with `reply`.",
+                         examples=["tariff.quote"])
+
+    @field_validator("request")
+    @classmethod
+    def _subject(cls, v: str) -> str:
+        if problem := subject_problem(v):
+            raise ValueError(problem)
+        return v
+
+
+def _source_kind(v: Any) -> str | None:
+    if isinstance(v, dict):
+        for kind in ("subject", "request"):
+            if kind in v:
+                return kind
+        return None
+    return getattr(v, "__source_kind__", None)
+
+
+StreamSource.__source_kind__ = "subject"  # type: ignore[attr-defined]
+RequestSource.__source_kind__ = "request"  # type: ignore[attr-defined]
+
+Source = Annotated[
+    Union[Annotated[StreamSource, Tag("subject")], Annotated[RequestSource, Tag("request")]],
+    Discriminator(_source_kind, custom_error_type="source_kind",
+                  custom_error_message="a source needs one of: subject, request"),
+]
+
+
+# --- steps -------------------------------------------------------------------------------------
+
+
+class FilterStep(_Strict):
+    """Keep the message only when a JMESPath expression over the payload is truthy."""
+
+    filter: str = Field(description="JMESPath expression; string literals in single quotes.",
+                        examples=["country != 'BE'", "contains(['DE','FR'], country)"])
+
+
+class ValidateStep(_Strict):
+    """Check the payload against a model in schemas/; a mismatch is a permanent error."""
+
+    validate_: str = Field(alias="validate", description="Schema name from schemas/.",
+                           examples=["ContractSigned"])
+
+
+class TransformStep(_Strict):
+    """Replace the payload by a pure function of it: `module.function` in transforms/."""
+
+    transform: str = Field(description="Dotted reference inside transforms/.",
+                           examples=["contracts.to_switch_request"])
+
+
+class CallSpec(_Strict):
+    endpoint: str = Field(description="Endpoint name from config; `{field}` placeholders allowed.",
+                          examples=["erp_{country}", "crm_readings"])
+    operation: str | None = Field(None, description="Adapter operation (SOAP operation, HTTP operation name).")
+    timeout: Duration | None = Field(None, description="Per-call timeout; default: the endpoint's.",
+                                     examples=["5s"])
+    into: str | None = Field(
+        None, description="Store the answer under this payload key instead of replacing the payload.",
+        examples=["erp_answer"])
+
+
+class CallStep(_Strict):
+    """Call an endpoint through its adapter; the answer becomes the payload (or goes `into` a key)."""
+
+    call: CallSpec
+
+
+class PublishSpec(_Strict):
+    subject: str = Field(description="Subject captured by a stream; `{field}` placeholders allowed.",
+                         examples=["erp.contract.switch-requested"])
+
+    @field_validator("subject")
+    @classmethod
+    def _subject(cls, v: str) -> str:
+        if problem := subject_problem(v, template=True):
+            raise ValueError(problem)
+        return v
+
+
+class PublishStep(_Strict):
+    """Publish the current payload (JetStream, confirmed before the source is acked)."""
+
+    publish: PublishSpec
+
+    @model_validator(mode="before")
+    @classmethod
+    def _short_form(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("publish"), str):
+            return {**data, "publish": {"subject": data["publish"]}}
+        return data
+
+
+class ReplyStep(_Strict):
+    """Answer the requester with the current payload (request sources only)."""
+
+    reply: dict[str, Any] | None = Field(None, description="`reply` alone, or `reply: {}`.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bare(cls, data: Any) -> Any:
+        return {"reply": None} if data == "reply" else data
+
+
+STEP_KINDS = ("filter", "validate", "transform", "call", "publish", "reply")
+
+
+def _step_kind(v: Any) -> str | None:
+    if v == "reply":
+        return "reply"
+    if isinstance(v, dict):
+        kinds = [k for k in STEP_KINDS if k in v]
+        return kinds[0] if len(kinds) == 1 else None
+    for kind, model in _STEP_MODELS.items():
+        if isinstance(v, model):
+            return kind
+    return None
+
+
+_STEP_MODELS: dict[str, type[BaseModel]] = {
+    "filter": FilterStep, "validate": ValidateStep, "transform": TransformStep,
+    "call": CallStep, "publish": PublishStep, "reply": ReplyStep,
+}
+
+Step = Annotated[
+    Union[tuple(Annotated[m, Tag(k)] for k, m in _STEP_MODELS.items())],  # type: ignore[misc]
+    Discriminator(_step_kind, custom_error_type="step_kind",
+                  custom_error_message="a step is exactly one of: " + ", ".join(STEP_KINDS)),
+]
+
+
+# --- policies ----------------------------------------------------------------------------------
+
+
+class OnError(_Strict):
+    """What happens when a step fails. Transient errors retry, then redeliver; permanent ones and
+    exhausted schedules go to the dead-letter queue."""
+
+    retry: list[Duration] = Field(default_factory=list, description="In-process waits between attempts of a call.",
+                                  examples=[["200ms", "1s"]])
+    redeliver: list[Duration] = Field(
+        default_factory=lambda: [5.0, 30.0, 120.0, 600.0],
+        description="Then JetStream redelivers after these delays (survives restarts, holds no worker).",
+        examples=[["1m", "5m", "30m", "2h"]])
+    dead_letter: bool = Field(True, description="Send permanent failures and exhausted schedules to dlq.<flow>.")
+
+
+class Limits(_Strict):
+    """Bounds that keep a backlog from overrunning a target or the runner's memory."""
+
+    rate: Rate | None = Field(None, description="Most messages per second the flow starts.", examples=["50/s"])
+    concurrency: int = Field(16, ge=1, le=1024, description="Messages whose steps run at once (calls).")
+    batch: int = Field(256, ge=1, le=4096, description="Messages pulled per request and acked per batch.")
+    max_in_flight: int = Field(2048, ge=1, le=100_000,
+                               description="Unacked messages held by this flow (JetStream max_ack_pending).")
+
+    @model_validator(mode="after")
+    def _batch_fits(self) -> "Limits":
+        if self.batch > self.max_in_flight:
+            raise ValueError("batch cannot exceed max_in_flight")
+        return self
+
+
+class Flow(_Strict):
+    """One integration: a source, steps, and the policies around them."""
+
+    name: str = Field(description="Unique flow name; also the durable consumer's name.",
+                      examples=["contract-switch-soap"])
+    description: str = Field("", description="What the flow is for, in a sentence.")
+    source: Source
+    schema_: str | None = Field(None, alias="schema",
+                                description="Schema the source payload must match (checked first).",
+                                examples=["ContractSigned"])
+    steps: list[Step] = Field(min_length=1)
+    on_error: OnError = Field(default_factory=OnError)
+    limits: Limits = Field(default_factory=Limits)
+    ack_wait: Duration = Field(30.0, description="How long JetStream waits for an ack before redelivering.")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not _FLOW_NAME.match(v):
+            raise ValueError("a flow name is lower-case letters, digits, '-' or '_' (at most 63)")
+        return v
+
+    @property
+    def is_request(self) -> bool:
+        return isinstance(self.source, RequestSource)

@@ -1,0 +1,274 @@
+"""Load and validate the config and every flow file before anything runs (principle 5).
+
+Checks, each reported as `file:line: path: message`: YAML syntax and duplicate keys, the models
+(unknown keys, durations, rates, subjects), endpoints against their adapter's model, and the
+cross-references: adapters, endpoints, operations, transforms, schemas, filters, stream coverage
+of every consumed and published subject, and two flows on one durable.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import jmespath
+import jmespath.exceptions
+from pydantic import BaseModel, ValidationError
+
+from adapters.base import EndpointConfig
+from engine.config import HubConfig
+from engine.errors import ConfigError
+from engine.registry import load_builtin_adapters
+from engine.spec import CallStep, FilterStep, Flow, PublishStep, ReplyStep, TransformStep, ValidateStep
+from engine.subjects import matches, pattern_covers, patterns_overlap, placeholders, render
+from engine.yaml_lines import Loc, YamlProblem, describe, issue, load_with_lines
+
+
+@dataclass
+class LoadedFlow:
+    flow: Flow
+    file: Path
+    lines: dict[Loc, int]
+
+
+@dataclass
+class Project:
+    """Everything `run` needs, already validated."""
+
+    config: HubConfig
+    config_file: Path | None
+    endpoints: dict[str, EndpointConfig] = field(default_factory=dict)
+    flows: list[LoadedFlow] = field(default_factory=list)
+
+
+def resolve_transform(ref: str) -> Callable[[Any], Any]:
+    """`contracts.to_switch_request` → transforms.contracts.to_switch_request; LookupError says why."""
+    module_name, _, func_name = ref.rpartition(".")
+    if not module_name or not func_name:
+        raise LookupError(f"transform {ref!r} must be module.function inside transforms/")
+    try:
+        module = importlib.import_module(f"transforms.{module_name}")
+    except ModuleNotFoundError:
+        raise LookupError(f"unknown transform {ref!r}: no module transforms/{module_name.replace('.', '/')}.py") from None
+    func = getattr(module, func_name, None)
+    if not callable(func):
+        known = sorted(n for n, v in vars(module).items() if callable(v) and not n.startswith("_")
+                       and getattr(v, "__module__", None) == module.__name__)
+        raise LookupError(f"unknown transform {ref!r}: transforms.{module_name} has {', '.join(known) or 'no functions'}")
+    return func
+
+
+def resolve_schema(name: str) -> type[BaseModel]:
+    from schemas import SCHEMAS
+
+    if name not in SCHEMAS:
+        raise LookupError(f"unknown schema {name!r}; known: {', '.join(sorted(SCHEMAS))}")
+    return SCHEMAS[name]
+
+
+def endpoint_candidates(template: str, names: list[str]) -> list[str]:
+    """Endpoint names a `{field}` template can resolve to."""
+    if not placeholders(template):
+        return [template] if template in names else []
+    rx = re.compile("^" + re.sub(r"\\\{[^}]*\\\}", "[^.]+", re.escape(template)) + "$")
+    return [n for n in names if rx.match(n)]
+
+
+_ENV_REF = re.compile(r"\$\{([A-Z_][A-Z0-9_]*)(?::-([^}]*))?\}")
+
+
+def expand_env(value: Any, loc: Loc, path: Path, lines: dict[Loc, int], problems: list[str]) -> Any:
+    """`${VAR}` / `${VAR:-default}` in config strings (addresses, not secrets: those are SecretRefs)."""
+    if isinstance(value, str):
+        def sub(m: re.Match[str]) -> str:
+            found = os.environ.get(m.group(1))
+            if found is None and m.group(2) is None:
+                problems.append(issue(path, lines, loc, f"environment variable {m.group(1)} is not set "
+                                      "(and no default given as ${VAR:-default})"))
+                return ""
+            return found if found is not None else m.group(2)
+        return _ENV_REF.sub(sub, value)
+    if isinstance(value, dict):
+        return {k: expand_env(v, loc + (k,), path, lines, problems) for k, v in value.items()}
+    if isinstance(value, list):
+        return [expand_env(v, loc + (i,), path, lines, problems) for i, v in enumerate(value)]
+    return value
+
+
+def load_config(path: Path | None) -> tuple[HubConfig, dict[str, EndpointConfig]]:
+    """Validate the environment file and its endpoints; ConfigError lists every problem."""
+    if path is None:
+        return HubConfig(), {}
+    if not path.is_file():
+        raise ConfigError([f"{path}: config file not found"])
+    try:
+        data, lines = load_with_lines(path)
+    except YamlProblem as exc:
+        raise ConfigError(exc.issues) from None
+    data = {} if data is None else data
+    problems: list[str] = []
+    data = expand_env(data, (), path, lines, problems)
+    if problems:
+        raise ConfigError(problems)
+    if not isinstance(data, dict):
+        raise ConfigError([f"{path}:1: (top): expected a mapping of nats, streams, endpoints, dlq, logging"])
+    try:
+        config = HubConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(describe(path, lines, exc)) from None
+    adapters = load_builtin_adapters()
+    endpoints: dict[str, EndpointConfig] = {}
+    for name, raw in config.endpoints.items():
+        loc: Loc = ("endpoints", name)
+        adapter = raw.get("adapter") if isinstance(raw, dict) else None
+        if adapter not in adapters:
+            problems.append(issue(path, lines, loc + ("adapter",),
+                                  f"unknown adapter {adapter!r}; known: {', '.join(sorted(adapters))}"))
+            continue
+        try:
+            endpoints[name] = adapters[adapter].Config.model_validate(raw)
+        except ValidationError as exc:
+            problems.extend(describe(path, lines, exc, loc))
+    for i, stream in enumerate(config.streams):
+        for j, other in enumerate(config.streams[:i]):
+            for s in stream.subjects:
+                for o in other.subjects:
+                    if patterns_overlap(s, o):
+                        problems.append(issue(path, lines, ("streams", i, "subjects"),
+                                              f"subject {s!r} overlaps {o!r} of stream {other.name} (streams may not overlap)"))
+    if problems:
+        raise ConfigError(problems)
+    return config, endpoints
+
+
+def stream_for(config: HubConfig, subject: str, *, pattern: bool) -> str | None:
+    """The stream capturing a subject (or, for a pattern, covering all of it)."""
+    for stream in config.streams:
+        for s in stream.subjects:
+            if (pattern_covers(s, subject) if pattern else matches(s, subject)):
+                return stream.name
+    if subject.startswith("dlq."):
+        return config.dlq.stream
+    return None
+
+
+def load_flow_file(path: Path) -> tuple[Flow | None, dict[Loc, int], list[str]]:
+    try:
+        data, lines = load_with_lines(path)
+    except YamlProblem as exc:
+        return None, {}, exc.issues
+    if not isinstance(data, dict):
+        return None, lines, [f"{path}:1: (top): a flow file is a mapping with name, source, steps"]
+    try:
+        return Flow.model_validate(data), lines, []
+    except ValidationError as exc:
+        return None, lines, describe(path, lines, exc)
+
+
+def check_flow(lf: LoadedFlow, project: Project) -> list[str]:
+    """Cross-reference checks of one structurally valid flow."""
+    flow, file, lines = lf.flow, lf.file, lf.lines
+    problems: list[str] = []
+    config = project.config
+    names = list(project.endpoints)
+
+    def bad(loc: Loc, message: str) -> None:
+        problems.append(issue(file, lines, loc, message))
+
+    if flow.is_request:
+        if not any(isinstance(s, ReplyStep) for s in flow.steps):
+            bad(("steps",), "a request source needs a `reply` step, or the requester waits in vain")
+    else:
+        subject = flow.source.subject  # type: ignore[union-attr]
+        if stream_for(config, subject, pattern=True) is None:
+            bad(("source", "subject"), f"no stream in config captures {subject!r}")
+    if flow.schema_:
+        try:
+            resolve_schema(flow.schema_)
+        except LookupError as exc:
+            bad(("schema",), str(exc))
+    for i, step in enumerate(flow.steps):
+        loc: Loc = ("steps", i)
+        if isinstance(step, FilterStep):
+            try:
+                jmespath.compile(step.filter)
+            except jmespath.exceptions.JMESPathError as exc:
+                bad(loc + ("filter",), f"not a valid JMESPath expression: {str(exc).splitlines()[0]}")
+        elif isinstance(step, ValidateStep):
+            try:
+                resolve_schema(step.validate_)
+            except LookupError as exc:
+                bad(loc + ("validate",), str(exc))
+        elif isinstance(step, TransformStep):
+            try:
+                resolve_transform(step.transform)
+            except LookupError as exc:
+                bad(loc + ("transform",), str(exc))
+        elif isinstance(step, CallStep):
+            found = endpoint_candidates(step.call.endpoint, names)
+            if not found:
+                bad(loc + ("call", "endpoint"),
+                    f"unknown endpoint {step.call.endpoint!r}; config has: {', '.join(sorted(names)) or 'none'}")
+            for name in found:
+                endpoint = project.endpoints[name]
+                adapter_cls = load_builtin_adapters()[endpoint.adapter]
+                why = adapter_cls(name, endpoint, None).check_operation(step.call.operation)  # type: ignore[arg-type]
+                if why:
+                    bad(loc + ("call", "operation"), f"endpoint {name}: {why}")
+        elif isinstance(step, PublishStep):
+            subject = step.publish.subject
+            sample = render(subject, _Anything())
+            if stream_for(config, sample, pattern=False) is None:
+                bad(loc + ("publish", "subject"), f"no stream in config captures {subject!r}; "
+                    "the publish could never be confirmed")
+        elif isinstance(step, ReplyStep) and not flow.is_request:
+            bad(loc + ("reply",), "`reply` needs a request source (source: {request: ...}); "
+                "a stream message has nobody waiting for an answer")
+    return problems
+
+
+class _Anything(dict):
+    """Fills any template placeholder with a token, to test stream coverage of a template."""
+
+    def __contains__(self, key: object) -> bool:
+        return True
+
+    def __getitem__(self, key: str) -> "_Anything":
+        return _Anything()
+
+    def __str__(self) -> str:
+        return "x"
+
+
+def load_project(config_path: Path | None, flow_paths: list[Path]) -> Project:
+    """Config plus every flow file; raises ConfigError with every problem found, in file order."""
+    config, endpoints = load_config(config_path)
+    project = Project(config=config, config_file=config_path, endpoints=endpoints)
+    problems: list[str] = []
+    by_name: dict[str, LoadedFlow] = {}
+    for path in flow_paths:
+        flow, lines, issues = load_flow_file(path)
+        problems.extend(issues)
+        if flow is None:
+            continue
+        lf = LoadedFlow(flow, path, lines)
+        if flow.name in by_name:
+            first = by_name[flow.name]
+            problems.append(issue(path, lines, ("name",), f"flow name {flow.name!r} is already used by "
+                                  f"{first.file}: two flows cannot share one durable consumer"))
+            continue
+        by_name[flow.name] = lf
+        problems.extend(check_flow(lf, project))
+        project.flows.append(lf)
+    if problems:
+        raise ConfigError(problems)
+    return project
+
+
+def flow_files(directory: Path) -> list[Path]:
+    """Flow files of a directory, in a stable order."""
+    return sorted([*directory.glob("*.yaml"), *directory.glob("*.yml")])

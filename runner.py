@@ -1,0 +1,151 @@
+#!/usr/bin/env python3
+"""PLU integration hub — the command line. Thin: it parses, then wires engine/, dlq/ and sandbox/."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+DEFAULT_CONFIG = ROOT / "config" / "sandbox.yaml"
+DEFAULT_FLOWS = ROOT / "flows"
+
+EPILOG = """\
+examples:
+  runner.py validate                         check config/sandbox.yaml and every flows/*.yaml
+  runner.py validate --flows tests/flows     check another flow directory
+  runner.py run                              run all flows on the embedded nats-server
+  runner.py run --nats nats://10.0.0.5:4222  run against an existing NATS (cluster: repeat --nats)
+  runner.py demo                             start broker + sandbox, drive a scenario, report
+  runner.py docs --out docs/                 write the flow reference and JSON Schema
+
+exit codes: 0 ok, 1 the work failed (demo outcome, runtime error), 2 invalid configuration or usage.
+"""
+
+
+def _project_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, default=DEFAULT_CONFIG,
+                   help="environment file: NATS, streams, endpoints (default: config/sandbox.yaml)")
+    p.add_argument("--flows", type=Path, default=DEFAULT_FLOWS,
+                   help="directory of flow YAML files (default: flows/)")
+    p.add_argument("files", nargs="*", type=Path, help="only these flow files (default: all in --flows)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="runner.py", description="PLU integration hub: declarative YAML flows over NATS JetStream.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("validate", help="check config and flows; print every problem with file and line",
+                       description="Validate the config and flow files without connecting to anything.")
+    _project_args(p)
+
+    p = sub.add_parser("run", help="validate, then run the flows until Ctrl-C or SIGTERM",
+                       description="Run every flow. Without --nats and with no URL in config, an "
+                       "embedded nats-server is started on loopback and stopped on exit.")
+    _project_args(p)
+    p.add_argument("--nats", action="append", metavar="URL", help="NATS server URL (repeat for a cluster)")
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="override config")
+
+    p = sub.add_parser("demo", help="run the scripted demo against the sandbox systems",
+                       description="Start the embedded broker, the sandbox systems and the flows, drive a "
+                       "short scenario, print what happened per flow; exit 0 only if every expected "
+                       "outcome occurred.")
+    p.add_argument("--keep-data", action="store_true", help="keep the demo's JetStream store afterwards")
+
+    p = sub.add_parser("docs", help="write the flow reference (Markdown) and the JSON Schema for editors")
+    p.add_argument("--out", type=Path, default=ROOT / "docs", help="output directory (default: docs/)")
+    return parser
+
+
+def _load(args: argparse.Namespace):  # noqa: ANN202
+    from engine.errors import ConfigError
+    from engine.validation import flow_files, load_project
+
+    files = args.files or (flow_files(args.flows) if args.flows.is_dir() else [])
+    if not args.files and not args.flows.is_dir():
+        raise ConfigError([f"{args.flows}: flow directory not found"])
+    return load_project(args.config, files)
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from engine.errors import ConfigError
+    from engine.streams import declared_streams
+
+    try:
+        project = _load(args)
+    except ConfigError as exc:
+        for line in exc.issues:
+            print(line, file=sys.stderr)
+        print(f"invalid: {len(exc.issues)} problem(s)", file=sys.stderr)
+        return 2
+    print(f"ok: {len(project.flows)} flow(s), {len(project.endpoints)} endpoint(s), "
+          f"{len(declared_streams(project.config))} stream(s) in {args.config}")
+    for lf in project.flows:
+        print(f"  {lf.flow.name:<32} {lf.file}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from engine import logs
+    from engine.errors import ConfigError
+    from engine.runtime import Hub
+
+    try:
+        project = _load(args)
+    except ConfigError as exc:
+        for line in exc.issues:
+            print(line, file=sys.stderr)
+        print("refusing to start: fix the configuration first (runner.py validate)", file=sys.stderr)
+        return 2
+    cfg = project.config.logging
+    logs.configure(args.log_level or cfg.level, cfg.format)
+
+    async def main() -> int:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        hub = Hub(project, servers=args.nats)
+        try:
+            await hub.start()
+            await stop.wait()
+        finally:
+            await hub.stop()
+        return 0
+
+    try:
+        return asyncio.run(main())
+    except Exception as exc:
+        print(f"runner stopped: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from sandbox.demo import run_demo
+
+    return asyncio.run(run_demo(ROOT, keep_data=args.keep_data))
+
+
+def cmd_docs(args: argparse.Namespace) -> int:
+    from engine.docs import write_docs
+
+    for path in write_docs(args.out):
+        print(f"wrote {path}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return {"validate": cmd_validate, "run": cmd_run, "demo": cmd_demo, "docs": cmd_docs}[args.command](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,33 @@
+"""Shared fixtures: one real nats-server (JetStream, file storage) for the whole session."""
+
+from __future__ import annotations
+
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # flat layout: engine/, adapters/ ... live at the project root
+    sys.path.insert(0, str(ROOT))
+
+from engine.embedded_nats import EmbeddedNats  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def nats_server() -> Iterator[EmbeddedNats]:
+    with EmbeddedNats() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def nats_url(nats_server: EmbeddedNats) -> str:
+    return nats_server.url
+
+
+@pytest.fixture
+def unique() -> str:
+    """A short lowercase token, valid in subjects and stream names, so tests never share state."""
+    return "t" + uuid.uuid4().hex[:10]
