@@ -69,6 +69,11 @@ class DlqConfig(_Strict):
     max_age: Duration = Field(14 * 86400.0, description="How long records stay for ops to act.")
 
 
+class StateConfig(_Strict):
+    idempotency_keep: Duration = Field(14 * 86400.0, description="How long done-effect keys are remembered "
+                                       "(longer than any redelivery schedule and DLQ retention).")
+
+
 class LoggingConfig(_Strict):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["json", "console"] = "json"
@@ -80,4 +85,5 @@ class HubConfig(_Strict):
     endpoints: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="Named endpoints: `adapter:` plus that adapter's keys.")
     dlq: DlqConfig = Field(default_factory=DlqConfig)
+    state: StateConfig = Field(default_factory=StateConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)

@@ -19,7 +19,8 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from engine.errors import HubError, PublishFailed, classify
 from engine.failures import FailureHandler
-from engine.messages import Envelope, decode, opaque
+from engine.idempotency import IdempotencyStore, applies_to, business_key
+from engine.messages import REPLAY_FOR, Envelope, decode, opaque
 from engine.pipeline import Pipeline
 from engine.ratelimit import RateLimiter
 
@@ -31,10 +32,10 @@ HAND_BACK = HubError("runner stopping: message not started")  # marker, never ra
 
 
 class FlowStats:
-    __slots__ = ("received", "acked", "filtered", "failed", "published")
+    __slots__ = ("received", "acked", "filtered", "skipped", "failed", "published")
 
     def __init__(self) -> None:
-        self.received = self.acked = self.filtered = self.failed = self.published = 0
+        self.received = self.acked = self.filtered = self.skipped = self.failed = self.published = 0
 
     def as_dict(self) -> dict[str, int]:
         return {k: getattr(self, k) for k in self.__slots__}
@@ -43,7 +44,8 @@ class FlowStats:
 class StreamFlowRunner:
     """Runs one flow whose source is a JetStream subject."""
 
-    def __init__(self, pipeline: Pipeline, stream: str, nc: Any, js: Any, publish_timeout: float) -> None:
+    def __init__(self, pipeline: Pipeline, stream: str, nc: Any, js: Any, publish_timeout: float,
+                 idempotency: IdempotencyStore | None = None) -> None:
         self.flow = pipeline.flow
         self.pipeline = pipeline
         self.stream = stream
@@ -55,6 +57,8 @@ class StreamFlowRunner:
         self.concurrency = limits.concurrency
         self.limiter = RateLimiter(limits.rate) if limits.rate else None
         self.failures = FailureHandler(self.flow, js, stream, publish_timeout)
+        self.idempotency = idempotency if idempotency and applies_to(self.flow, pipeline.is_async) else None
+        self.concurrent = pipeline.is_async or self.idempotency is not None
         self.stats = FlowStats()
         self.log = log.bind(flow=self.flow.name)
         self._buffer: deque[Any] = deque()
@@ -198,7 +202,7 @@ class StreamFlowRunner:
                 continue
             n = min(len(self._buffer), self.batch)
             msgs = [self._buffer.popleft() for _ in range(n)]
-            if self.pipeline.is_async:
+            if self.concurrent:
                 results = await self._run_concurrent(msgs)
             else:
                 results = await self._run_sync_batch(msgs)
@@ -207,8 +211,11 @@ class StreamFlowRunner:
             self._finalisers.add(task)
             task.add_done_callback(self._finalisers.discard)
 
-    def _envelope(self, msg: Any) -> Envelope:
+    def _envelope(self, msg: Any) -> Envelope | None:
+        """The message as the flow sees it; None when it is a replay meant for another flow."""
         headers = msg.headers
+        if headers and headers.get(REPLAY_FOR, self.flow.name) != self.flow.name:
+            return None
         fallback = ""
         if not headers or ("ce-id" not in headers and "Nats-Msg-Id" not in headers):
             fallback = f"{self.stream}:{msg.metadata.sequence.stream}"
@@ -229,7 +236,7 @@ class StreamFlowRunner:
                 if limiter:
                     await limiter.acquire()
                 env = self._envelope(msg)
-                if not run_sync(env):
+                if env is None or not run_sync(env):
                     append((msg, env, None, None))
                     continue
                 append((msg, env, [await publish(s, d, headers=h) for s, d, h in env.outputs], None))
@@ -249,6 +256,16 @@ class StreamFlowRunner:
                     if self.limiter:
                         await self.limiter.acquire()
                     env = self._envelope(msg)
+                    if env is None:
+                        return msg, env, None, None
+                    if self.idempotency is not None:
+                        key = business_key(self.flow, env)
+                        if await self.idempotency.is_done(self.flow.name, key):
+                            self.log.info("duplicate_skipped", msg_id=env.msg_id, idempotency_key=key,
+                                          correlation_id=env.correlation_id)
+                            self.stats.skipped += 1
+                            return msg, None, None, None
+                        env.idem_key = key
                     if not await self.pipeline.run(env):
                         return msg, env, None, None
                     futures = [await self.js.publish_async(s, d, headers=h) for s, d, h in env.outputs]
@@ -266,20 +283,28 @@ class StreamFlowRunner:
                 _, late = await asyncio.wait(pending_futures, timeout=self.publish_timeout)
                 for f in late:
                     f.cancel()
-            for msg, env, futures, err in results:
+            marks = []
+            for i, (msg, env, futures, err) in enumerate(results):
                 if err is None and futures:
                     for f in futures:
                         if f.cancelled() or f.exception() is not None:
                             why = "no publish ack in time" if f.cancelled() else repr(f.exception())
                             err = PublishFailed(f"output not confirmed: {why}", step="publish")
+                            results[i] = (msg, env, futures, err)
                             break
+                if err is None and futures is not None and env is not None and env.idem_key is not None:
+                    marks.append(self.idempotency.mark_done(self.flow.name, env.idem_key, env.msg_id))  # type: ignore[union-attr]
+            if marks:
+                await asyncio.gather(*marks)
+            for msg, env, futures, err in results:
                 try:
                     if err is HAND_BACK:
                         await msg.nak()  # not started: another runner may take it now
                     elif err is None:
                         await msg.ack()
                         if futures is None:
-                            self.stats.filtered += 1
+                            if env is not None:
+                                self.stats.filtered += 1
                         else:
                             self.stats.acked += 1
                             self.stats.published += len(futures)

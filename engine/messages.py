@@ -21,6 +21,7 @@ CE_CORRELATION = "ce-correlationid"
 TRACEPARENT = "traceparent"
 MSG_ID = "Nats-Msg-Id"
 IDEMPOTENCY_KEY = "Hub-Idempotency-Key"
+REPLAY_FOR = "Hub-Replay-For"  # a DLQ replay is for one flow; others on the same subject skip it
 _NS = b"plu-hub/v1/"
 _clock: list[Any] = [0, ""]
 
@@ -42,7 +43,7 @@ def derived_id(*parts: str) -> str:
 class Envelope:
     """A message inside a flow: the payload being transformed plus its identity."""
 
-    __slots__ = ("payload", "raw", "headers", "subject", "msg_id", "correlation_id", "outputs", "reply")
+    __slots__ = ("payload", "raw", "headers", "subject", "msg_id", "correlation_id", "outputs", "reply", "idem_key")
 
     def __init__(self, payload: Any, headers: dict[str, str], subject: str, msg_id: str,
                  correlation_id: str, raw: bytes | None = None) -> None:
@@ -54,6 +55,7 @@ class Envelope:
         self.correlation_id = correlation_id
         self.outputs: list[tuple[str, bytes, bytes]] = []  # subject, payload, encoded headers
         self.reply: bytes | None = None
+        self.idem_key: str | None = None  # set when the flow's effects are idempotency-checked
 
 
 def message_id(headers: dict[str, str] | None, fallback: str) -> str:

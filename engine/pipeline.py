@@ -162,7 +162,8 @@ class Pipeline:
         if adapter is None:
             raise RoutingError(f"endpoint {spec.endpoint!r} resolved to {name!r}, which config does not define")
         timeout = spec.timeout or getattr(adapter.config, "timeout", None) or 30.0
-        ctx = CallContext(env.headers, env.msg_id, env.correlation_id, timeout)
+        # targets see the idempotency key (a replay keeps it) where adapters pass one on
+        ctx = CallContext(env.headers, env.idem_key or env.msg_id, env.correlation_id, timeout)
         result: Any = await self.guard.call(name, lambda: asyncio.wait_for(
             adapter.call(spec.operation, env.payload, ctx), timeout + 1.0))
         if spec.into:

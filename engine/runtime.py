@@ -11,10 +11,11 @@ import structlog
 
 from adapters.base import Adapter, Services
 from engine.executor import StreamFlowRunner
+from engine.idempotency import IdempotencyStore
+from engine.connection import URL_FILE, connect_options
 from engine.nats_client import connect
 from engine.pipeline import Pipeline
 from engine.registry import load_builtin_adapters
-from engine.secrets import resolve_value
 from engine.service import RequestFlowRunner
 from engine.streams import ensure_streams
 from engine.validation import Project, stream_for
@@ -46,24 +47,17 @@ class Hub:
             self.embedded = EmbeddedNats(data_dir=self.data_dir or embedded.data_dir, port=embedded.port,
                                          monitor_port=embedded.monitor_port).start()
             self.servers = [self.embedded.url]
-            log.info("embedded_nats_started", url=self.embedded.url, data_dir=str(self.embedded.data_dir))
-        options: dict[str, Any] = dict(servers=self.servers, name="plu-hub", max_reconnect_attempts=-1,
-                                       reconnect_time_wait=0.5, connect_timeout=5,
-                                       reconnected_cb=self._reconnected, disconnected_cb=self._disconnected,
-                                       error_cb=self._error,
-                                       # subjects are checked by validation and by the publish step
-                                       skip_subject_validation=True)
-        if ncfg.user:
-            options["user"] = ncfg.user
-        if ncfg.password:
-            options["password"] = resolve_value(ncfg.password)
-        if ncfg.token:
-            options["token"] = resolve_value(ncfg.token)
-        if ncfg.creds_file:
-            options["user_credentials"] = ncfg.creds_file
-        self.nc = await connect(**options)
+            log.info("embedded_nats_started", url=self.embedded.url, pid=self.embedded.pid,
+                     data_dir=str(self.embedded.data_dir))
+            (Path(self.embedded.data_dir) / URL_FILE).write_text(self.embedded.url)
+        # subjects are checked by validation and by the publish step: connect_options skips nats-py's check
+        self.nc = await connect(**connect_options(
+            self.project.config, self.servers, max_reconnect_attempts=-1, reconnect_time_wait=0.5,
+            reconnected_cb=self._reconnected, disconnected_cb=self._disconnected, error_cb=self._error))
         self.js = self.nc.jetstream(timeout=ncfg.publish_timeout)
         await ensure_streams(self.js, self.project.config)
+        self.idempotency = IdempotencyStore(self.js, self.project.config.state.idempotency_keep)
+        await self.idempotency.start()
         services = Services(nc=self.nc, js=self.js)
         registry = load_builtin_adapters()
         for name, cfg in self.project.endpoints.items():
@@ -79,7 +73,8 @@ class Hub:
             else:
                 stream = stream_for(self.project.config, flow.source.subject, pattern=True)  # type: ignore[union-attr]
                 assert stream is not None  # validation guarantees it
-                runner = StreamFlowRunner(pipeline, stream, self.nc, self.js, ncfg.publish_timeout)
+                runner = StreamFlowRunner(pipeline, stream, self.nc, self.js, ncfg.publish_timeout,
+                                          self.idempotency)
             await runner.start()
             self.runners[flow.name] = runner
         log.info("hub_started", flows=list(self.runners), endpoints=list(self.adapters))
@@ -101,6 +96,7 @@ class Hub:
                     await self.nc.close()
         finally:
             if self.embedded is not None:
+                (Path(self.embedded.data_dir) / URL_FILE).unlink(missing_ok=True)
                 self.embedded.stop()
                 log.info("embedded_nats_stopped")
 

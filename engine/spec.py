@@ -193,6 +193,16 @@ class OnError(_Strict):
     dead_letter: bool = Field(True, description="Send permanent failures and exhausted schedules to dlq.<flow>.")
 
 
+class Idempotency(_Strict):
+    """A flow's effects (its calls) happen once per key: a redelivery or a DLQ replay of a message
+    whose effect is done is skipped and logged. On by default for flows with `call` steps."""
+
+    key: str | None = Field(
+        None, description="Business key template from the payload; default: the message's "
+        "Hub-Idempotency-Key header (kept by replays), else its id.", examples=["{contract_id}:v{version}"])
+    enabled: bool = Field(True, description="false turns the check off (the target is idempotent itself).")
+
+
 class Limits(_Strict):
     """Bounds that keep a backlog from overrunning a target or the runner's memory."""
 
@@ -222,6 +232,7 @@ class Flow(_Strict):
     steps: list[Step] = Field(min_length=1)
     on_error: OnError = Field(default_factory=OnError)
     limits: Limits = Field(default_factory=Limits)
+    idempotency: Idempotency = Field(default_factory=Idempotency)
     ack_wait: Duration = Field(30.0, description="How long JetStream waits for an ack before redelivering.")
 
     @field_validator("name")

@@ -1,0 +1,72 @@
+"""Done-effect keys in a JetStream KV bucket, so a redelivery or a DLQ replay does not call a target
+twice (principle 2). Keys are recorded after the effect and its outputs are confirmed, right
+before the source message is acked."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import structlog
+from nats.js.api import KeyValueConfig
+from nats.js.errors import BucketNotFoundError, KeyNotFoundError
+
+from engine.errors import RoutingError
+from engine.messages import IDEMPOTENCY_KEY, Envelope, now_iso
+from engine.spec import Flow
+from engine.subjects import placeholders
+
+log = structlog.get_logger("hub.idempotency")
+
+BUCKET = "hub_idempotency"
+
+
+def applies_to(flow: Flow, has_calls: bool) -> bool:
+    return flow.idempotency.enabled and (has_calls or flow.idempotency.key is not None)
+
+
+def business_key(flow: Flow, env: Envelope) -> str:
+    """Template from the payload, else the key a replay carried, else the message id."""
+    template = flow.idempotency.key
+    if template:
+        value: Any = template
+        for name in placeholders(template):
+            current: Any = env.payload
+            for part in name.split("."):
+                if not isinstance(current, dict) or part not in current:
+                    raise RoutingError(f"idempotency key {template!r} needs payload field {name!r}",
+                                       step="idempotency")
+                current = current[part]
+            value = value.replace("{" + name + "}", str(current))
+        return value
+    return env.headers.get(IDEMPOTENCY_KEY) or env.msg_id
+
+
+class IdempotencyStore:
+    def __init__(self, js: Any, keep: float) -> None:
+        self.js = js
+        self.keep = keep
+        self.kv: Any = None
+
+    async def start(self) -> None:
+        try:
+            self.kv = await self.js.key_value(BUCKET)
+        except BucketNotFoundError:
+            self.kv = await self.js.create_key_value(KeyValueConfig(bucket=BUCKET, history=1, ttl=self.keep))
+
+    @staticmethod
+    def kv_key(flow: str, key: str) -> str:
+        return f"{flow}.{hashlib.blake2b(key.encode(), digest_size=16).hexdigest()}"
+
+    async def is_done(self, flow: str, key: str) -> bool:
+        try:
+            await self.kv.get(self.kv_key(flow, key))
+            return True
+        except KeyNotFoundError:
+            return False
+
+    async def mark_done(self, flow: str, key: str, msg_id: str) -> None:
+        try:
+            await self.kv.put(self.kv_key(flow, key), f"{now_iso()} {msg_id} {key}".encode())
+        except Exception as exc:  # the effect happened; a lost mark only risks a repeat later
+            log.warning("idempotency_mark_failed", flow=flow, key=key, error=repr(exc))
