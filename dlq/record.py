@@ -3,6 +3,7 @@ failed, where, how often and when — everything ops need to decide and replay."
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timezone
 from typing import Any
 
@@ -13,6 +14,7 @@ FLOW, STEP, ERROR_CLASS, ERROR, TRANSIENT = "Hub-Dlq-Flow", "Hub-Dlq-Step", "Hub
 ATTEMPTS, FIRST_FAILURE, LAST_FAILURE = "Hub-Dlq-Attempts", "Hub-Dlq-First-Failure", "Hub-Dlq-Last-Failure"
 ORIG_SUBJECT, ORIG_STREAM, ORIG_SEQ, ORIG_CONSUMER = "Hub-Dlq-Subject", "Hub-Dlq-Stream", "Hub-Dlq-Sequence", "Hub-Dlq-Consumer"
 ORIG_MSG_ID = "Hub-Dlq-Original-Msg-Id"
+HISTORY = "Hub-Dlq-History"  # JSON list of every failure: at, delivery, step, error_class, error
 
 
 def _one_line(text: str, limit: int = 2000) -> str:
@@ -26,7 +28,7 @@ def dlq_subject(flow: str) -> str:
 
 def build_headers(original: dict[str, str] | None, *, flow: str, err: HubError, attempts: int,
                   subject: str, stream: str, sequence: int, consumer: str,
-                  first_failure: datetime | None) -> dict[str, str]:
+                  first_failure: datetime | None, history: list[dict[str, Any]] | None = None) -> dict[str, str]:
     """Original headers (with its Nats-Msg-Id kept aside) plus the failure facts."""
     now = datetime.now(timezone.utc)
     headers = {k: v for k, v in (original or {}).items() if k != MSG_ID}
@@ -45,6 +47,7 @@ def build_headers(original: dict[str, str] | None, *, flow: str, err: HubError, 
         ORIG_STREAM: stream,
         ORIG_SEQ: str(sequence),
         ORIG_CONSUMER: consumer,
+        HISTORY: json.dumps((history or [])[-20:], ensure_ascii=True),  # the last 20 failures
         # one record per stored message: a second dead-lettering of the same delivery is dropped
         MSG_ID: f"dlq:{stream}:{sequence}",
     })
@@ -59,4 +62,13 @@ def summary(headers: dict[str, Any]) -> dict[str, Any]:
         "first_failure": headers.get(FIRST_FAILURE), "last_failure": headers.get(LAST_FAILURE),
         "subject": headers.get(ORIG_SUBJECT), "stream": headers.get(ORIG_STREAM),
         "sequence": int(headers.get(ORIG_SEQ, "0") or 0),
+        "history": _history(headers.get(HISTORY)),
     }
+
+
+def _history(text: str | None) -> list[dict[str, Any]]:
+    try:
+        value = json.loads(text or "[]")
+        return value if isinstance(value, list) else []
+    except ValueError:
+        return []

@@ -16,6 +16,7 @@ class HubError(Exception):
     def __init__(self, message: str, *, step: str | None = None) -> None:
         super().__init__(message)
         self.step = step
+        self.endpoint: str | None = None  # set by the call step: which target failed
 
     @property
     def error_class(self) -> str:
@@ -89,6 +90,10 @@ class BusinessError(PermanentError):
 
 class TransformFailed(PermanentError):
     """A transform raised on this payload (a bug or an unexpected shape)."""
+
+
+class MaxDeliveriesExceeded(PermanentError):
+    """JetStream gave up on a message that never got an outcome (a worker crashed or hung on it)."""
 
 
 class RoutingError(PermanentError):

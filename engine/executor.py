@@ -18,7 +18,7 @@ import structlog
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from engine.errors import HubError, PublishFailed, classify
-from engine.failures import FailureHandler
+from engine.failures import FailureHandler, FailureHistory
 from engine.idempotency import IdempotencyStore, applies_to, business_key
 from engine.messages import REPLAY_FOR, Envelope, decode, opaque
 from engine.pipeline import Pipeline
@@ -29,6 +29,10 @@ log = structlog.get_logger("hub.executor")
 PULL_EXPIRES = 10.0          # seconds a pull request waits on the server
 PENDING_BATCHES = 4          # batches whose publish acks may be outstanding at once
 HAND_BACK = HubError("runner stopping: message not started")  # marker, never raised
+# A handed-back message is redelivered after this delay, not at once: at once, JetStream would give it
+# straight back to this runner's own pull requests, which stay open until the runner unsubscribes.
+HAND_BACK_DELAY = 1.0
+EXTRA_DELIVERIES = 10
 
 
 class FlowStats:
@@ -45,7 +49,8 @@ class StreamFlowRunner:
     """Runs one flow whose source is a JetStream subject."""
 
     def __init__(self, pipeline: Pipeline, stream: str, nc: Any, js: Any, publish_timeout: float,
-                 idempotency: IdempotencyStore | None = None) -> None:
+                 idempotency: IdempotencyStore | None = None, history: FailureHistory | None = None,
+                 breaker_wait: Any = None) -> None:
         self.flow = pipeline.flow
         self.pipeline = pipeline
         self.stream = stream
@@ -56,7 +61,7 @@ class StreamFlowRunner:
         self.max_in_flight = limits.max_in_flight
         self.concurrency = limits.concurrency
         self.limiter = RateLimiter(limits.rate) if limits.rate else None
-        self.failures = FailureHandler(self.flow, js, stream, publish_timeout)
+        self.failures = FailureHandler(self.flow, js, stream, publish_timeout, history, breaker_wait)
         self.idempotency = idempotency if idempotency and applies_to(self.flow, pipeline.is_async) else None
         self.concurrent = pipeline.is_async or self.idempotency is not None
         self.stats = FlowStats()
@@ -94,8 +99,10 @@ class StreamFlowRunner:
             ack_policy=AckPolicy.EXPLICIT,
             ack_wait=self.flow.ack_wait,
             max_ack_pending=self.max_in_flight,
-            # one original delivery, the redelivery schedule, and a spare for the crash backstop
-            max_deliver=len(self.flow.on_error.redeliver) + 2,
+            # the schedule is enforced by the failure handler from the failure history; this bound
+            # is the backstop for messages that crash a worker (engine/advisories.py), with room
+            # for hand-backs and outage waits, which do not count against the schedule
+            max_deliver=len(self.flow.on_error.redeliver) + 1 + EXTRA_DELIVERIES,
             deliver_policy=DeliverPolicy.NEW if source.deliver == "new" else DeliverPolicy.ALL,  # type: ignore[union-attr]
             description=self.flow.description[:200] or None,
         )
@@ -135,7 +142,7 @@ class StreamFlowRunner:
         while self._buffer:
             msg = self._buffer.popleft()
             self._release(msg)
-            await _quietly(msg.nak())
+            await _quietly(msg.nak(delay=HAND_BACK_DELAY))
 
     # --- receiving ---------------------------------------------------------------------------
 
@@ -150,7 +157,7 @@ class StreamFlowRunner:
             self._wake_puller.set()
             return
         if self._stopping:
-            await _quietly(msg.nak())
+            await _quietly(msg.nak(delay=HAND_BACK_DELAY))
             return
         if self._requested:
             self._requested -= 1
@@ -299,7 +306,7 @@ class StreamFlowRunner:
             for msg, env, futures, err in results:
                 try:
                     if err is HAND_BACK:
-                        await msg.nak()  # not started: another runner may take it now
+                        await msg.nak(delay=HAND_BACK_DELAY)  # not started: for another runner
                     elif err is None:
                         await msg.ack()
                         if futures is None:

@@ -1,59 +1,140 @@
-"""What happens to a message whose steps failed: delayed redelivery for transient errors while the
-flow's schedule lasts, the dead-letter queue for the rest. Nothing is acked or termed unless it is
-done or safely dead-lettered (the DLQ publish is confirmed first)."""
+"""What happens to a message whose steps failed.
+
+- Transient errors: delayed JetStream redelivery while the flow's `redeliver` schedule lasts, then
+  the DLQ. The position in the schedule comes from the message's failure history (KV), not from
+  the delivery count, so hand-backs at shutdown and outage waits do not use up the schedule.
+- An outage (the endpoint's circuit is open) is not a poison message: the message is redelivered
+  after the breaker's wait and nothing is counted (principle 3).
+- Permanent errors and exhausted schedules: the DLQ, with the whole history.
+Nothing is acked or termed unless done or safely dead-lettered (the DLQ publish is confirmed first).
+"""
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+import json
+from datetime import datetime
 from typing import Any
 
 import structlog
+from nats.js.api import KeyValueConfig
+from nats.js.errors import BucketNotFoundError, KeyNotFoundError
 
 from dlq.record import build_headers, dlq_subject
-from engine.errors import HubError
-from engine.messages import message_id
+from engine.errors import CircuitOpen, HubError
+from engine.messages import message_id, now_iso
 from engine.spec import Flow
 
 log = structlog.get_logger("hub.failures")
 
-DLQ_RETRY_DELAY = 5.0  # the DLQ itself unreachable: try the whole message again soon
+DLQ_RETRY_DELAY = 5.0       # the DLQ itself unreachable: try the whole message again soon
+HISTORY_BUCKET = "hub_failures"
+HISTORY_KEEP = 14 * 86400.0
+MAX_OUTAGE_DELAY = 3600.0
+
+
+class FailureHistory:
+    """Per-message list of failures (time, step, class, text), kept in KV while a message is retried."""
+
+    def __init__(self, js: Any) -> None:
+        self.js = js
+        self.kv: Any = None
+
+    async def start(self) -> None:
+        try:
+            self.kv = await self.js.key_value(HISTORY_BUCKET)
+        except BucketNotFoundError:
+            self.kv = await self.js.create_key_value(KeyValueConfig(bucket=HISTORY_BUCKET, history=1, ttl=HISTORY_KEEP))
+
+    @staticmethod
+    def key(flow: str, stream: str, seq: int) -> str:
+        return f"{flow}.{stream}.{seq}"
+
+    async def load(self, key: str) -> list[dict[str, Any]]:
+        try:
+            entry = await self.kv.get(key)
+            return json.loads(entry.value or b"[]")
+        except KeyNotFoundError:
+            return []
+        except Exception as exc:
+            log.warning("failure_history_unreadable", key=key, error=repr(exc))
+            return []
+
+    async def append(self, key: str, history: list[dict[str, Any]]) -> None:
+        try:
+            await self.kv.put(key, json.dumps(history).encode())
+        except Exception as exc:  # history is for humans and the schedule; the message matters more
+            log.warning("failure_history_not_saved", key=key, error=repr(exc))
+
+    async def forget(self, key: str) -> None:
+        try:
+            await self.kv.delete(key)
+        except Exception:
+            pass
 
 
 class FailureHandler:
-    def __init__(self, flow: Flow, js: Any, stream: str, publish_timeout: float) -> None:
+    def __init__(self, flow: Flow, js: Any, stream: str, publish_timeout: float,
+                 history: FailureHistory | None = None, breaker_wait: Any = None) -> None:
         self.flow = flow
         self.js = js
         self.stream = stream
         self.publish_timeout = publish_timeout
         self.schedule = list(flow.on_error.redeliver)
+        self.history = history
+        self.breaker_wait = breaker_wait  # endpoint -> seconds until its circuit may close, or None
         self.dead_lettered = 0
         self.redelivered = 0
-        self.failed_terms = 0
+
+    def outage_delay(self, err: HubError, delivered: int) -> float | None:
+        """Seconds to wait when `err` comes from an open circuit; None when it is an ordinary failure."""
+        wait = None
+        if isinstance(err, CircuitOpen):
+            wait = err.retry_after or 30.0
+        elif err.transient and self.breaker_wait is not None and getattr(err, "endpoint", None):
+            wait = self.breaker_wait(err.endpoint)
+        if wait is None:
+            return None
+        # grows with repeated deliveries so a long outage costs few deliveries
+        return min(MAX_OUTAGE_DELAY, max(wait, 1.0) * 2 ** max(0, min(delivered - 1, 12)))
 
     async def handle(self, msg: Any, err: HubError, msg_id: str | None, correlation_id: str | None) -> None:
         meta = msg.metadata
-        msg_id = msg_id or message_id(msg.headers, f"{meta.stream}:{meta.sequence.stream}")
+        seq = meta.sequence.stream
+        msg_id = msg_id or message_id(msg.headers, f"{meta.stream}:{seq}")
         delivered = meta.num_delivered
         fields = dict(flow=self.flow.name, msg_id=msg_id, correlation_id=correlation_id, step=err.step,
                       error_class=err.error_class, error=str(err), delivery=delivered)
-        if err.transient and delivered <= len(self.schedule):
-            delay = max(self.schedule[delivered - 1], getattr(err, "retry_after", None) or 0.0)
-            log.warning("redeliver_later", delay_s=delay, **fields)
+        outage = self.outage_delay(err, delivered)
+        if outage is not None:
+            log.warning("outage_wait", delay_s=outage, **fields)
+            await msg.nak(delay=outage)
+            return
+        key = FailureHistory.key(self.flow.name, meta.stream, seq)
+        history = await self.history.load(key) if self.history and delivered > 1 else []
+        history.append({"at": now_iso(), "delivery": delivered, "step": err.step, "error_class": err.error_class,
+                        "error": str(err)[:500], "transient": err.transient})
+        failures = len(history)
+        if err.transient and failures <= len(self.schedule):
+            delay = max(self.schedule[failures - 1], getattr(err, "retry_after", None) or 0.0)
+            if self.history:
+                await self.history.append(key, history)
+            log.warning("redeliver_later", delay_s=delay, attempt=failures, **fields)
             self.redelivered += 1
             await msg.nak(delay=delay)
             return
+        await self.dead_letter(msg, err, history, fields)
+        if self.history and failures > 1:
+            await self.history.forget(key)
+
+    async def dead_letter(self, msg: Any, err: HubError, history: list[dict[str, Any]], fields: dict[str, Any]) -> None:
         if not self.flow.on_error.dead_letter:
             log.error("message_dropped_no_dlq", **fields)
-            self.failed_terms += 1
             await msg.term()
             return
-        headers = build_headers(
-            msg.headers, flow=self.flow.name, err=err, attempts=delivered, subject=msg.subject,
-            stream=meta.stream, sequence=meta.sequence.stream, consumer=meta.consumer,
-            first_failure=_first_failure(meta, delivered))
+        meta = msg.metadata
         try:
-            await self.js.publish(dlq_subject(self.flow.name), msg.data, headers=headers,
-                                  timeout=self.publish_timeout)
+            await self._publish_record(msg.data, msg.headers, msg.subject, meta.sequence.stream, err, history,
+                                       len(history) or meta.num_delivered)
         except Exception as exc:  # the DLQ is unreachable: keep the message, try again later
             log.error("dead_letter_failed", dlq_error=repr(exc), **fields)
             await msg.nak(delay=DLQ_RETRY_DELAY)
@@ -62,11 +143,21 @@ class FailureHandler:
         self.dead_lettered += 1
         await msg.term()
 
+    async def dead_letter_stored(self, original: Any, seq: int, err: HubError, history: list[dict[str, Any]],
+                                 deliveries: int) -> None:
+        """Dead-letter a message read back from its stream (the MAX_DELIVERIES backstop); raises if
+        the DLQ does not confirm, so the advisory is retried."""
+        await self._publish_record(original.data or b"", original.headers, original.subject, seq, err, history,
+                                   deliveries)
+        log.error("dead_lettered", flow=self.flow.name, stream=self.stream, seq=seq, error_class=err.error_class,
+                  error=str(err), msg_id=message_id(original.headers, f"{self.stream}:{seq}"))
+        self.dead_lettered += 1
 
-def _first_failure(meta: Any, delivered: int) -> datetime | None:
-    """The first delivery's time is not kept by JetStream; the stored time is the best lower bound
-    we have without extra state, and is exact for a first-attempt failure."""
-    ts = getattr(meta, "timestamp", None)
-    if isinstance(ts, datetime):
-        return ts if ts.tzinfo else ts.replace(tzinfo=timezone.utc)
-    return None
+    async def _publish_record(self, data: bytes, headers: dict[str, str] | None, subject: str, seq: int,
+                              err: HubError, history: list[dict[str, Any]], attempts: int) -> None:
+        first = datetime.fromisoformat(history[0]["at"]) if history else None
+        record_headers = build_headers(
+            headers, flow=self.flow.name, err=err, attempts=attempts, subject=subject, stream=self.stream,
+            sequence=seq, consumer=self.flow.name, first_failure=first, history=history)
+        await self.js.publish(dlq_subject(self.flow.name), data, headers=record_headers,
+                              timeout=self.publish_timeout)

@@ -164,8 +164,12 @@ class Pipeline:
         timeout = spec.timeout or getattr(adapter.config, "timeout", None) or 30.0
         # targets see the idempotency key (a replay keeps it) where adapters pass one on
         ctx = CallContext(env.headers, env.idem_key or env.msg_id, env.correlation_id, timeout)
-        result: Any = await self.guard.call(name, lambda: asyncio.wait_for(
-            adapter.call(spec.operation, env.payload, ctx), timeout + 1.0))
+        try:
+            result: Any = await self.guard.call(name, lambda: asyncio.wait_for(
+                adapter.call(spec.operation, env.payload, ctx), timeout + 1.0))
+        except HubError as exc:
+            exc.endpoint = name
+            raise
         if spec.into:
             if not isinstance(env.payload, dict):
                 raise RoutingError(f"`into: {spec.into}` needs an object payload")

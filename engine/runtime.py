@@ -11,7 +11,9 @@ import structlog
 
 from adapters.base import Adapter, Services
 from engine.executor import StreamFlowRunner
+from engine.failures import FailureHistory
 from engine.idempotency import IdempotencyStore
+from engine.advisories import MaxDeliveriesWatcher
 from engine.connection import URL_FILE, connect_options
 from engine.nats_client import connect
 from engine.pipeline import Pipeline
@@ -36,6 +38,7 @@ class Hub:
         self.js: Any = None
         self.adapters: dict[str, Adapter] = {}
         self.runners: dict[str, StreamFlowRunner | RequestFlowRunner] = {}
+        self.max_deliveries: MaxDeliveriesWatcher | None = None
 
     async def start(self) -> None:
         ncfg = self.project.config.nats
@@ -58,6 +61,8 @@ class Hub:
         await ensure_streams(self.js, self.project.config)
         self.idempotency = IdempotencyStore(self.js, self.project.config.state.idempotency_keep)
         await self.idempotency.start()
+        self.history = FailureHistory(self.js)
+        await self.history.start()
         services = Services(nc=self.nc, js=self.js)
         registry = load_builtin_adapters()
         for name, cfg in self.project.endpoints.items():
@@ -74,14 +79,19 @@ class Hub:
                 stream = stream_for(self.project.config, flow.source.subject, pattern=True)  # type: ignore[union-attr]
                 assert stream is not None  # validation guarantees it
                 runner = StreamFlowRunner(pipeline, stream, self.nc, self.js, ncfg.publish_timeout,
-                                          self.idempotency)
+                                          self.idempotency, self.history)
             await runner.start()
             self.runners[flow.name] = runner
+        handlers = {name: r.failures for name, r in self.runners.items() if isinstance(r, StreamFlowRunner)}
+        self.max_deliveries = MaxDeliveriesWatcher(self.js, handlers, self.history)
+        await self.max_deliveries.start()
         log.info("hub_started", flows=list(self.runners), endpoints=list(self.adapters))
 
     async def stop(self, timeout: float = 10.0) -> None:
         """Graceful: stop pulling, finish or hand back in-flight messages, close, stop the broker."""
         try:
+            if self.max_deliveries is not None:
+                await self.max_deliveries.stop()
             if self.runners:
                 await asyncio.gather(*(r.stop(timeout) for r in self.runners.values()), return_exceptions=True)
             for adapter in self.adapters.values():
