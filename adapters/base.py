@@ -11,6 +11,8 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from engine.breaker import BreakerSettings
+
 
 class EndpointConfig(BaseModel):
     """Keys common to every endpoint; adapters subclass it with their own fields."""
@@ -19,6 +21,9 @@ class EndpointConfig(BaseModel):
 
     adapter: str = Field(description="Adapter name, e.g. http or nats.")
     description: str = Field("", description="What this endpoint is, for humans.")
+    circuit_breaker: BreakerSettings | None = Field(
+        default_factory=BreakerSettings,
+        description="Shared by every flow and runner calling this endpoint; `null` turns it off.")
 
 
 class CallContext:

@@ -72,11 +72,13 @@ class StreamFlowRunner:
         self._last_pull = 0.0
         self._stopping = False
         self._paused = False
+        self._window = self.max_in_flight  # messages this runner may hold now (less while a circuit is open)
         self._wake_puller = asyncio.Event()
         self._wake_processor = asyncio.Event()
         self._finalisers: set[asyncio.Task[None]] = set()
         self._slots = asyncio.Semaphore(PENDING_BATCHES)
         self._tasks: list[asyncio.Task[None]] = []
+        self._workers: list[asyncio.Task[None]] = []
         self._sub: Any = None
 
     # --- lifecycle ---------------------------------------------------------------------------
@@ -86,8 +88,12 @@ class StreamFlowRunner:
         self._inbox = self.nc.new_inbox()
         self._pull_subject = f"$JS.API.CONSUMER.MSG.NEXT.{self.stream}.{self.flow.name}"
         self._sub = await self.nc.subscribe(self._inbox, cb=self._on_msg)
+        if self.concurrent:
+            self._workers = [asyncio.create_task(self._worker(), name=f"worker:{self.flow.name}:{i}")
+                             for i in range(self.concurrency)]
+        else:
+            self._workers = [asyncio.create_task(self._process_loop(), name=f"process:{self.flow.name}")]
         self._tasks = [asyncio.create_task(self._pull_loop(), name=f"pull:{self.flow.name}"),
-                       asyncio.create_task(self._process_loop(), name=f"process:{self.flow.name}"),
                        asyncio.create_task(self._keep_alive(), name=f"keepalive:{self.flow.name}")]
         self.log.info("flow_started", stream=self.stream, subject=self.flow.source.subject)  # type: ignore[union-attr]
 
@@ -108,6 +114,21 @@ class StreamFlowRunner:
         )
         await self.js.add_consumer(self.stream, config)  # creates, or updates the mutable fields
 
+    def watch_breaker(self, breaker: Any) -> None:
+        """Stop pulling while the circuit of the flow's first endpoint is open; pull again on
+        half-open (so a probe can go out) and closed. Held messages still finish or wait."""
+        probes = breaker.settings.half_open_probes
+
+        def changed(state: str) -> None:
+            self.log.warning("circuit_" + state, endpoint=breaker.endpoint)
+            # open: nothing; half-open: just enough for the probes, so the backlog is not pulled
+            # only to be handed back; closed: the flow's own bound
+            self._window = {"open": 0, "half_open": probes}.get(state, self.max_in_flight)
+            self._wake_puller.set()
+
+        breaker.on_change(changed)
+        changed(breaker.state)
+
     def on_reconnect(self) -> None:
         """Pull requests die with the connection; ask again."""
         self._requested = 0
@@ -125,14 +146,14 @@ class StreamFlowRunner:
         self._wake_processor.set()
         await self._return_buffered()
         try:
-            await asyncio.wait_for(asyncio.gather(*self._tasks[1:2], return_exceptions=True), timeout)
+            await asyncio.wait_for(asyncio.gather(*self._workers, return_exceptions=True), timeout)
             if self._finalisers:
                 await asyncio.wait_for(asyncio.gather(*self._finalisers, return_exceptions=True), timeout)
         except TimeoutError:
             self.log.warning("stop_timeout", held=len(self._held))
-        for task in self._tasks:
+        for task in (*self._tasks, *self._workers):
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*self._tasks, *self._workers, return_exceptions=True)
         await self._return_buffered()
         if self._sub is not None and not self.nc.is_closed:
             await self._sub.unsubscribe()
@@ -170,8 +191,9 @@ class StreamFlowRunner:
         request_base = {"expires": int(PULL_EXPIRES * 1e9)}
         low_water = max(1, self.batch // 2)
         while not self._stopping:
-            room = self.max_in_flight - len(self._held) - self._requested
-            if not self._paused and room >= low_water and not self.nc.is_reconnecting:
+            room = self._window - len(self._held) - self._requested
+            if not self._paused and room >= min(low_water, self._window) and room > 0 \
+                    and not self.nc.is_reconnecting:
                 n = min(self.batch, room)
                 try:
                     await self.nc.publish(self._pull_subject, json.dumps({**request_base, "batch": n}).encode(),
@@ -209,10 +231,7 @@ class StreamFlowRunner:
                 continue
             n = min(len(self._buffer), self.batch)
             msgs = [self._buffer.popleft() for _ in range(n)]
-            if self.concurrent:
-                results = await self._run_concurrent(msgs)
-            else:
-                results = await self._run_sync_batch(msgs)
+            results = await self._run_sync_batch(msgs)
             await self._slots.acquire()
             task = asyncio.create_task(self._finalise(results))
             self._finalisers.add(task)
@@ -251,81 +270,95 @@ class StreamFlowRunner:
                 append((msg, env, None, classify(exc)))
         return results
 
-    async def _run_concurrent(self, msgs: list[Any]) -> list[tuple[Any, Any, Any, HubError | None]]:
-        gate = asyncio.Semaphore(self.concurrency)
-
-        async def one(msg: Any) -> tuple[Any, Any, Any, HubError | None]:
-            env = None
-            async with gate:
+    async def _worker(self) -> None:
+        """Flows with calls: `concurrency` workers each take the next message and settle it on its
+        own, so one slow call delays no other message's ack (and a crash repeats little)."""
+        while True:
+            if not self._buffer:
                 if self._stopping:
-                    return msg, None, None, HAND_BACK
-                try:
-                    if self.limiter:
-                        await self.limiter.acquire()
-                    env = self._envelope(msg)
-                    if env is None:
-                        return msg, env, None, None
-                    if self.idempotency is not None:
-                        key = business_key(self.flow, env)
-                        if await self.idempotency.is_done(self.flow.name, key):
-                            self.log.info("duplicate_skipped", msg_id=env.msg_id, idempotency_key=key,
-                                          correlation_id=env.correlation_id)
-                            self.stats.skipped += 1
-                            return msg, None, None, None
-                        env.idem_key = key
-                    if not await self.pipeline.run(env):
-                        return msg, env, None, None
-                    futures = [await self.js.publish_async(s, d, headers=h) for s, d, h in env.outputs]
-                    return msg, env, futures, None
-                except Exception as exc:
-                    return msg, env, None, classify(exc)
+                    return
+                self._wake_processor.clear()
+                await self._wake_processor.wait()
+                continue
+            msg = self._buffer.popleft()
+            if self._stopping:
+                await self._settle(msg, None, None, HAND_BACK)
+                continue
+            await self._settle(*await self._run_one(msg))
 
-        return await asyncio.gather(*(one(m) for m in msgs))
+    async def _run_one(self, msg: Any) -> tuple[Any, Any, Any, HubError | None]:
+        env = None
+        try:
+            if self.limiter:
+                await self.limiter.acquire()
+            env = self._envelope(msg)
+            if env is None:
+                return msg, env, None, None
+            if self.idempotency is not None:
+                key = business_key(self.flow, env)
+                if await self.idempotency.is_done(self.flow.name, key):
+                    self.log.info("duplicate_skipped", msg_id=env.msg_id, idempotency_key=key,
+                                  correlation_id=env.correlation_id)
+                    self.stats.skipped += 1
+                    return msg, None, None, None
+                env.idem_key = key
+            if not await self.pipeline.run(env):
+                return msg, env, None, None
+            futures = [await self.js.publish_async(s, d, headers=h) for s, d, h in env.outputs]
+            if futures:
+                _, late = await asyncio.wait(futures, timeout=self.publish_timeout)
+                for f in late:
+                    f.cancel()
+            return msg, env, futures, None
+        except Exception as exc:
+            return msg, env, None, classify(exc)
 
     async def _finalise(self, results: list[tuple[Any, Any, Any, HubError | None]]) -> None:
-        """Ack only what is done and confirmed; everything else goes to the failure policy."""
+        """Pure flows: one wait for the whole batch's publish acks, then each message is settled."""
         try:
             pending_futures = [f for _, _, futs, _ in results if futs for f in futs]
             if pending_futures:
                 _, late = await asyncio.wait(pending_futures, timeout=self.publish_timeout)
                 for f in late:
                     f.cancel()
-            marks = []
-            for i, (msg, env, futures, err) in enumerate(results):
-                if err is None and futures:
-                    for f in futures:
-                        if f.cancelled() or f.exception() is not None:
-                            why = "no publish ack in time" if f.cancelled() else repr(f.exception())
-                            err = PublishFailed(f"output not confirmed: {why}", step="publish")
-                            results[i] = (msg, env, futures, err)
-                            break
-                if err is None and futures is not None and env is not None and env.idem_key is not None:
-                    marks.append(self.idempotency.mark_done(self.flow.name, env.idem_key, env.msg_id))  # type: ignore[union-attr]
-            if marks:
-                await asyncio.gather(*marks)
-            for msg, env, futures, err in results:
-                try:
-                    if err is HAND_BACK:
-                        await msg.nak(delay=HAND_BACK_DELAY)  # not started: for another runner
-                    elif err is None:
-                        await msg.ack()
-                        if futures is None:
-                            if env is not None:
-                                self.stats.filtered += 1
-                        else:
-                            self.stats.acked += 1
-                            self.stats.published += len(futures)
-                    else:
-                        self.stats.failed += 1
-                        await self.failures.handle(msg, err, getattr(env, "msg_id", None),
-                                                   getattr(env, "correlation_id", None))
-                except Exception as exc:  # connection gone: JetStream will redeliver after ack_wait
-                    self.log.warning("settle_failed", error=repr(exc))
-                finally:
-                    self._release(msg)
+            for result in results:
+                await self._settle(*result)
         finally:
             self._slots.release()
             self._wake_puller.set()
+
+    async def _settle(self, msg: Any, env: Any, futures: Any, err: HubError | None) -> None:
+        """Ack only what is done and confirmed (and its effect recorded); the rest goes to the
+        failure policy. `futures` are done (or cancelled) by now."""
+        try:
+            if err is None and futures:
+                for f in futures:
+                    if f.cancelled() or f.exception() is not None:
+                        why = "no publish ack in time" if f.cancelled() else repr(f.exception())
+                        err = PublishFailed(f"output not confirmed: {why}", step="publish")
+                        break
+            if err is HAND_BACK:
+                await msg.nak(delay=HAND_BACK_DELAY)  # not started: for another runner
+            elif err is None:
+                if futures is not None and env is not None and env.idem_key is not None:
+                    await self.idempotency.mark_done(self.flow.name, env.idem_key, env.msg_id)  # type: ignore[union-attr]
+                await msg.ack()
+                if futures is None:
+                    if env is not None:
+                        self.stats.filtered += 1
+                else:
+                    self.stats.acked += 1
+                    self.stats.published += len(futures)
+            else:
+                self.stats.failed += 1
+                await self.failures.handle(msg, err, getattr(env, "msg_id", None),
+                                           getattr(env, "correlation_id", None))
+        except Exception as exc:  # connection gone: JetStream will redeliver after ack_wait
+            self.log.warning("settle_failed", error=repr(exc))
+        finally:
+            self._release(msg)
+            if self.concurrent:
+                self._wake_puller.set()
 
     def _release(self, msg: Any) -> None:
         self._held.pop(id(msg), None)

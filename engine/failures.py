@@ -95,7 +95,7 @@ class FailureHandler:
         if wait is None:
             return None
         # grows with repeated deliveries so a long outage costs few deliveries
-        return min(MAX_OUTAGE_DELAY, max(wait, 1.0) * 2 ** max(0, min(delivered - 1, 12)))
+        return min(MAX_OUTAGE_DELAY, max(wait, 0.5) * 2 ** max(0, min(delivered - 1, 12)))
 
     async def handle(self, msg: Any, err: HubError, msg_id: str | None, correlation_id: str | None) -> None:
         meta = msg.metadata

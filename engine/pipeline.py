@@ -8,6 +8,7 @@ sent by the executor, so nothing leaves the flow unless every step succeeded.
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any, Callable
 
 import jmespath
@@ -17,6 +18,8 @@ from adapters.base import Adapter, CallContext
 from engine.errors import HubError, RoutingError, TransformFailed, ValidationFailed, classify
 from engine.messages import Envelope, encode, output_headers
 from engine.nats_client import encode_headers
+from engine.breaker import Breaker
+from engine.fallback import FallbackCache
 from engine.resilience import CallGuard
 from engine.spec import CallStep, FilterStep, Flow, PublishStep, ReplyStep, TransformStep, ValidateStep
 from engine.subjects import placeholders, render, subject_problem
@@ -97,7 +100,8 @@ def _reply(env: Envelope) -> bool:
 class Pipeline:
     """The compiled steps of one flow. `run_sync` serves flows without calls; `run` all flows."""
 
-    def __init__(self, flow: Flow, adapters: dict[str, Adapter], guard: CallGuard | None = None) -> None:
+    def __init__(self, flow: Flow, adapters: dict[str, Adapter], guard: CallGuard | None = None,
+                 breakers: dict[str, Breaker] | None = None, fallback: FallbackCache | None = None) -> None:
         self.flow = flow
         self.steps: list[tuple[str, SyncStep | None, CallStep | None]] = []
         if flow.schema_:
@@ -118,8 +122,17 @@ class Pipeline:
                 self.steps.append((label + ".call", None, step))
         self.adapters = adapters
         self.guard = guard or CallGuard(flow)
+        self.breakers = breakers or {}
+        self.fallback = fallback
         self.is_async = any(call is not None for _, _, call in self.steps)
+        self.call_count = 0        # for the latency alert: calls made and the seconds they took
+        self.call_seconds = 0.0
         self.calls_endpoints = [s.call.endpoint for _, _, s in self.steps if s is not None]
+        # the endpoint a message needs first, when it does not depend on the payload: while its
+        # circuit is open the flow stops pulling (engine/executor.py)
+        self.first_endpoint = next((e for e in self.calls_endpoints), None)
+        if self.first_endpoint and placeholders(self.first_endpoint):
+            self.first_endpoint = None
         # a flow of static publishes only (a router) never needs the payload parsed
         self.reads_payload = bool(flow.schema_) or any(
             not isinstance(step, PublishStep) or placeholders(step.publish.subject) for step in flow.steps)
@@ -164,12 +177,28 @@ class Pipeline:
         timeout = spec.timeout or getattr(adapter.config, "timeout", None) or 30.0
         # targets see the idempotency key (a replay keeps it) where adapters pass one on
         ctx = CallContext(env.headers, env.idem_key or env.msg_id, env.correlation_id, timeout)
+        breaker = self.breakers.get(name)
+
+        def attempt() -> Any:
+            def once() -> Any:
+                return asyncio.wait_for(adapter.call(spec.operation, env.payload, ctx), timeout + 1.0)
+            return breaker.call(once) if breaker is not None else once()
+
+        started = time.monotonic()
         try:
-            result: Any = await self.guard.call(name, lambda: asyncio.wait_for(
-                adapter.call(spec.operation, env.payload, ctx), timeout + 1.0))
+            result: Any = await self.guard.call(name, attempt)
         except HubError as exc:
             exc.endpoint = name
-            raise
+            if spec.fallback is not None and exc.transient and self.fallback is not None:
+                result = await self.fallback.stale_answer(name, spec.fallback, env.payload, exc)
+            else:
+                raise
+        else:
+            if spec.fallback is not None and self.fallback is not None:
+                await self.fallback.remember(name, spec.fallback, env.payload, result)
+        finally:
+            self.call_count += 1
+            self.call_seconds += time.monotonic() - started
         if spec.into:
             if not isinstance(env.payload, dict):
                 raise RoutingError(f"`into: {spec.into}` needs an object payload")

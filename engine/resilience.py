@@ -12,12 +12,13 @@ from typing import Any, Awaitable, Callable
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
-from engine.errors import HubError, classify
+from engine.errors import CircuitOpen, HubError, classify
 from engine.spec import Flow
 
 
 def _is_transient(exc: BaseException) -> bool:
-    return isinstance(exc, HubError) and exc.transient
+    # an open circuit is not retried in-process: the breaker already knows, the message waits instead
+    return isinstance(exc, HubError) and exc.transient and not isinstance(exc, CircuitOpen)
 
 
 class CallGuard:

@@ -14,6 +14,9 @@ from engine.executor import StreamFlowRunner
 from engine.failures import FailureHistory
 from engine.idempotency import IdempotencyStore
 from engine.advisories import MaxDeliveriesWatcher
+from engine.alerts import AlertWatcher
+from engine.breaker import BreakerBoard
+from engine.fallback import FallbackCache
 from engine.connection import URL_FILE, connect_options
 from engine.nats_client import connect
 from engine.pipeline import Pipeline
@@ -39,6 +42,9 @@ class Hub:
         self.adapters: dict[str, Adapter] = {}
         self.runners: dict[str, StreamFlowRunner | RequestFlowRunner] = {}
         self.max_deliveries: MaxDeliveriesWatcher | None = None
+        self.alerts: AlertWatcher | None = None
+        self.breakers: BreakerBoard | None = None
+        self.fallback: FallbackCache | None = None
 
     async def start(self) -> None:
         ncfg = self.project.config.nats
@@ -63,6 +69,12 @@ class Hub:
         await self.idempotency.start()
         self.history = FailureHistory(self.js)
         await self.history.start()
+        self.breakers = BreakerBoard(self.js)
+        await self.breakers.start()
+        self.fallback = FallbackCache(self.js)
+        await self.fallback.start()
+        breakers = {name: self.breakers.breaker(name, cfg.circuit_breaker)
+                    for name, cfg in self.project.endpoints.items() if cfg.circuit_breaker is not None}
         services = Services(nc=self.nc, js=self.js)
         registry = load_builtin_adapters()
         for name, cfg in self.project.endpoints.items():
@@ -71,7 +83,7 @@ class Hub:
             self.adapters[name] = adapter
         for lf in self.project.flows:
             flow = lf.flow
-            pipeline = Pipeline(flow, self.adapters)
+            pipeline = Pipeline(flow, self.adapters, breakers=breakers, fallback=self.fallback)
             if flow.is_request:
                 runner: StreamFlowRunner | RequestFlowRunner = RequestFlowRunner(
                     pipeline, self.nc, self.js, ncfg.publish_timeout)
@@ -79,21 +91,30 @@ class Hub:
                 stream = stream_for(self.project.config, flow.source.subject, pattern=True)  # type: ignore[union-attr]
                 assert stream is not None  # validation guarantees it
                 runner = StreamFlowRunner(pipeline, stream, self.nc, self.js, ncfg.publish_timeout,
-                                          self.idempotency, self.history)
+                                          self.idempotency, self.history, self.breakers.wait)
+                if pipeline.first_endpoint in breakers:
+                    runner.watch_breaker(breakers[pipeline.first_endpoint])
             await runner.start()
             self.runners[flow.name] = runner
         handlers = {name: r.failures for name, r in self.runners.items() if isinstance(r, StreamFlowRunner)}
         self.max_deliveries = MaxDeliveriesWatcher(self.js, handlers, self.history)
         await self.max_deliveries.start()
+        self.alerts = AlertWatcher(self.nc, self.js, [r for r in self.runners.values() if isinstance(r, StreamFlowRunner)],
+                                   self.project.config.dlq.stream)
+        await self.alerts.start()
         log.info("hub_started", flows=list(self.runners), endpoints=list(self.adapters))
 
     async def stop(self, timeout: float = 10.0) -> None:
         """Graceful: stop pulling, finish or hand back in-flight messages, close, stop the broker."""
         try:
+            if self.alerts is not None:
+                await self.alerts.stop()
             if self.max_deliveries is not None:
                 await self.max_deliveries.stop()
             if self.runners:
                 await asyncio.gather(*(r.stop(timeout) for r in self.runners.values()), return_exceptions=True)
+            if self.breakers is not None:
+                await self.breakers.stop()
             for adapter in self.adapters.values():
                 try:
                     await adapter.close()
@@ -114,6 +135,8 @@ class Hub:
         log.warning("nats_reconnected", url=str(self.nc.connected_url.netloc if self.nc.connected_url else ""))
         for runner in self.runners.values():
             runner.on_reconnect()
+        if self.breakers is not None:
+            await self.breakers.resync()
 
     async def _disconnected(self) -> None:
         log.warning("nats_disconnected")

@@ -97,6 +97,13 @@ class TransformStep(_Strict):
                            examples=["contracts.to_switch_request"])
 
 
+class Fallback(_Strict):
+    """Every good answer is remembered (KV) under `key`; when the call fails transiently (down, slow,
+    circuit open) the last one is used instead, with `stale: true` and `cached_at` added."""
+
+    key: str = Field(description="Cache key template from the payload.", examples=["{country}:{postcode}:{households}"])
+
+
 class CallSpec(_Strict):
     endpoint: str = Field(description="Endpoint name from config; `{field}` placeholders allowed.",
                           examples=["erp_{country}", "crm_readings"])
@@ -106,6 +113,9 @@ class CallSpec(_Strict):
     into: str | None = Field(
         None, description="Store the answer under this payload key instead of replacing the payload.",
         examples=["erp_answer"])
+    fallback: "Fallback | None" = Field(
+        None, description="When the endpoint is down, answer with its last answer for the same key, "
+        "marked possibly stale.")
 
 
 class CallStep(_Strict):
@@ -203,6 +213,18 @@ class Idempotency(_Strict):
     enabled: bool = Field(True, description="false turns the check off (the target is idempotent itself).")
 
 
+class Alerts(_Strict):
+    """Thresholds that raise an alert event on `ops.alert.<flow>` (and a log line) when crossed, and
+    a `resolved` event when the flow is back under them."""
+
+    lag: Duration | None = Field(None, description="Oldest message waiting longer than this.", examples=["30m"])
+    pending: int | None = Field(None, ge=1, description="More messages than this waiting in the stream.")
+    dead_letters: int | None = Field(None, ge=1, description="At least this many records in dlq.<flow>.")
+    latency: Duration | None = Field(None, description="Average call latency over the last check interval.",
+                                     examples=["500ms"])
+    every: Duration = Field(30.0, description="How often the thresholds are checked.")
+
+
 class Limits(_Strict):
     """Bounds that keep a backlog from overrunning a target or the runner's memory."""
 
@@ -233,6 +255,7 @@ class Flow(_Strict):
     on_error: OnError = Field(default_factory=OnError)
     limits: Limits = Field(default_factory=Limits)
     idempotency: Idempotency = Field(default_factory=Idempotency)
+    alerts: Alerts | None = None
     ack_wait: Duration = Field(30.0, description="How long JetStream waits for an ack before redelivering.")
 
     @field_validator("name")

@@ -186,6 +186,8 @@ def check_flow(lf: LoadedFlow, project: Project) -> list[str]:
         subject = flow.source.subject  # type: ignore[union-attr]
         if stream_for(config, subject, pattern=True) is None:
             bad(("source", "subject"), f"no stream in config captures {subject!r}")
+    if flow.alerts is not None and stream_for(config, f"ops.alert.{flow.name}", pattern=False) is None:
+        bad(("alerts",), f"no stream in config captures ops.alert.{flow.name}; alerts would be lost")
     if flow.schema_:
         try:
             resolve_schema(flow.schema_)

@@ -49,6 +49,7 @@ class HttpSink:
         self.record = record
         self.received: list[ReceivedRequest] = []
         self.count = 0
+        self.applied: dict[str, int] = {}  # Idempotency-Key -> 2xx answers (an effect, then repeats)
         self.url = ""
         self.port = 0
         self._runner: web.AppRunner | None = None
@@ -115,6 +116,7 @@ class HttpSink:
         self._delay = 0.0
         self.received.clear()
         self.count = 0
+        self.applied.clear()
 
     def _release_delayed(self) -> None:
         self._wake.set()
@@ -170,7 +172,20 @@ class HttpSink:
         fault = await self._answer_fault()
         if fault is not None:
             return fault
+        key = request.headers.get("Idempotency-Key")
+        if key is not None:
+            # as an idempotent target: the first success per key is the effect, later ones are repeats
+            self.applied[key] = self.applied.get(key, 0) + 1
+            async with self._arrived:
+                self._arrived.notify_all()
         return web.json_response({"ok": True, "received": self.count})
+
+    async def wait_for_effects(self, count: int, timeout: float = 30) -> dict[str, int]:
+        """Return once `count` distinct Idempotency-Keys were answered 2xx; TimeoutError otherwise."""
+        async with asyncio.timeout(timeout):
+            async with self._arrived:
+                await self._arrived.wait_for(lambda: len(self.applied) >= count)
+        return self.applied
 
     async def _echo(self, request: web.Request) -> web.Response:
         entry = await self._note(request)

@@ -35,7 +35,7 @@ async def test_an_exhausted_schedule_dead_letters_with_every_failure(tmp_path: P
         sink.set_status(500)
         project = project_from(tmp_path, config_for(unique, f"""
     endpoints:
-      target: {{adapter: http, base_url: "{sink.url}"}}
+      target: {{adapter: http, base_url: "{sink.url}", circuit_breaker: null}}
         """), f"""
         name: {unique}
         source: {{subject: {unique}.in.x}}

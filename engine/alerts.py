@@ -1,0 +1,109 @@
+"""Alerts as events: each flow's thresholds (lag, pending, dead letters, call latency) are checked
+on a timer; crossing one publishes `ops.alert.<flow>` (state `firing`), coming back under it
+publishes `resolved`. Events, not pages: whatever watches `ops.alert.>` decides who is woken."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import datetime, timezone
+from typing import Any
+
+import structlog
+from nats.js.errors import NotFoundError
+
+from engine.executor import StreamFlowRunner
+from engine.messages import event_headers
+
+log = structlog.get_logger("hub.alerts")
+
+
+class FlowAlerts:
+    """The checks of one flow; remembers what is firing so each change is reported once."""
+
+    def __init__(self, runner: StreamFlowRunner, js: Any, dlq_stream: str) -> None:
+        self.runner = runner
+        self.flow = runner.flow
+        self.spec = runner.flow.alerts
+        self.js = js
+        self.dlq_stream = dlq_stream
+        self.firing: dict[str, bool] = {}
+        self._calls = (0, 0.0)
+
+    async def measure(self) -> dict[str, tuple[float, float]]:
+        """kind -> (value, threshold) for every configured threshold."""
+        spec, out = self.spec, {}
+        assert spec is not None
+        if spec.pending is not None or spec.lag is not None:
+            info = await self.js.consumer_info(self.runner.stream, self.flow.name)
+            waiting = info.num_pending + info.num_ack_pending
+            if spec.pending is not None:
+                out["pending"] = (float(waiting), float(spec.pending))
+            if spec.lag is not None:
+                out["lag"] = (await self._oldest_age(info) if waiting else 0.0, spec.lag)
+        if spec.dead_letters is not None:
+            count = 0
+            try:
+                state = (await self.js.stream_info(self.dlq_stream, subjects_filter=f"dlq.{self.flow.name}")).state
+                count = (state.subjects or {}).get(f"dlq.{self.flow.name}", 0)
+            except NotFoundError:
+                pass
+            out["dead_letters"] = (float(count), float(spec.dead_letters))
+        if spec.latency is not None:
+            calls, total = self.runner.pipeline.call_count, self.runner.pipeline.call_seconds
+            n, t = calls - self._calls[0], total - self._calls[1]
+            self._calls = (calls, total)
+            out["latency"] = ((t / n) if n else 0.0, spec.latency)
+        return out
+
+    async def _oldest_age(self, info: Any) -> float:
+        """Age of the first message after the ack floor: how far behind the flow is."""
+        try:
+            msg = await self.js.get_msg(self.runner.stream, info.ack_floor.stream_seq + 1)
+        except Exception:
+            return 0.0
+        stamp = getattr(msg, "time", None)
+        if not isinstance(stamp, datetime):
+            return 0.0
+        return (datetime.now(timezone.utc) - stamp).total_seconds()
+
+    async def check(self, nc: Any) -> list[dict[str, Any]]:
+        events = []
+        for kind, (value, threshold) in (await self.measure()).items():
+            over = value >= threshold if kind == "dead_letters" else value > threshold
+            if over == self.firing.get(kind, False):
+                continue
+            self.firing[kind] = over
+            event = {"flow": self.flow.name, "alert": kind, "state": "firing" if over else "resolved",
+                     "value": round(value, 3), "threshold": threshold,
+                     "at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+            (log.warning if over else log.info)("alert", **event)
+            subject = f"ops.alert.{self.flow.name}"
+            await nc.jetstream().publish(subject, json.dumps(event).encode(),
+                                         headers=event_headers(f"/plu-hub/flows/{self.flow.name}", subject))
+            events.append(event)
+        return events
+
+
+class AlertWatcher:
+    def __init__(self, nc: Any, js: Any, runners: list[StreamFlowRunner], dlq_stream: str) -> None:
+        self.nc = nc
+        self.checks = [FlowAlerts(r, js, dlq_stream) for r in runners if r.flow.alerts is not None]
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        self._tasks = [asyncio.create_task(self._loop(c), name=f"alerts:{c.flow.name}") for c in self.checks]
+
+    async def _loop(self, check: FlowAlerts) -> None:
+        assert check.spec is not None
+        while True:
+            await asyncio.sleep(check.spec.every)
+            try:
+                await check.check(self.nc)
+            except Exception as exc:
+                log.warning("alert_check_failed", flow=check.flow.name, error=repr(exc))
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)

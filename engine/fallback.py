@@ -1,0 +1,65 @@
+"""The `fallback` of a call step: the last good answer per key in KV, served marked as possibly
+stale while the target is down — a website keeps answering when Power Sales does not."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+import structlog
+from nats.js.api import KeyValueConfig
+from nats.js.errors import BucketNotFoundError, KeyNotFoundError
+
+from engine.errors import HubError, RoutingError
+from engine.messages import now_iso
+from engine.spec import Fallback
+from engine.subjects import render
+
+log = structlog.get_logger("hub.fallback")
+
+BUCKET = "hub_fallback"
+KEEP = 30 * 86400.0
+
+
+class FallbackCache:
+    def __init__(self, js: Any) -> None:
+        self.js = js
+        self.kv: Any = None
+
+    async def start(self) -> None:
+        try:
+            self.kv = await self.js.key_value(BUCKET)
+        except BucketNotFoundError:
+            self.kv = await self.js.create_key_value(KeyValueConfig(bucket=BUCKET, history=1, ttl=KEEP))
+
+    @staticmethod
+    def _key(endpoint: str, spec: Fallback, payload: Any) -> str:
+        try:
+            raw = render(spec.key, payload)
+        except KeyError as exc:
+            raise RoutingError(f"fallback key {spec.key!r} needs payload field {exc}") from None
+        return f"{endpoint}.{hashlib.blake2b(raw.encode(), digest_size=16).hexdigest()}"
+
+    async def remember(self, endpoint: str, spec: Fallback, payload: Any, answer: Any) -> None:
+        try:
+            value = json.dumps({"answer": answer, "cached_at": now_iso()}).encode()
+            await self.kv.put(self._key(endpoint, spec, payload), value)
+        except HubError:
+            raise
+        except Exception as exc:  # a cache write must not fail a call that succeeded
+            log.warning("fallback_not_saved", endpoint=endpoint, error=repr(exc))
+
+    async def stale_answer(self, endpoint: str, spec: Fallback, payload: Any, error: HubError) -> Any:
+        """The last answer marked stale, or the original error when there is none."""
+        try:
+            entry = await self.kv.get(self._key(endpoint, spec, payload))
+        except KeyNotFoundError:
+            raise error from None
+        cached = json.loads(entry.value)
+        answer = cached["answer"]
+        log.warning("fallback_answer", endpoint=endpoint, cached_at=cached["cached_at"],
+                    error_class=error.error_class, error=str(error))
+        if isinstance(answer, dict):
+            return {**answer, "stale": True, "cached_at": cached["cached_at"]}
+        return {"answer": answer, "stale": True, "cached_at": cached["cached_at"]}
