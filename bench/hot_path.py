@@ -34,6 +34,7 @@ from adapters.base import Services  # noqa: E402
 from engine import logs  # noqa: E402
 from engine.embedded_nats import EmbeddedNats  # noqa: E402
 from engine.executor import StreamFlowRunner  # noqa: E402
+from engine.idempotency import IdempotencyStore  # noqa: E402
 from engine.nats_client import connect  # noqa: E402
 from engine.pipeline import Pipeline  # noqa: E402
 from engine.spec import Flow  # noqa: E402
@@ -179,12 +180,26 @@ async def http_section(nc, js, stream: str, n: int, concurrency: int) -> None:
         cfg = HttpEndpointConfig.model_validate({"adapter": "http", "base_url": url, "path": "/readings"})
         adapter = HttpAdapter("sink", cfg, Services(nc, js))
         await adapter.start()
-        await preload(js, "bin.http", n)
-        flow = make_flow("http", "bin.http", [{"call": {"endpoint": "sink"}}], concurrency=concurrency)
-        flow_rps, _ = await run_flow(nc, js, stream, flow, n, {"sink": adapter})
+        idem = IdempotencyStore(js, 3600.0)
+        await idem.start()
+        rows = []
+        for label, enabled in (("no idempotency check", False), ("idempotency check + mark (KV)", True)):
+            subject = f"bin.http{int(enabled)}"
+            await preload(js, subject, n)
+            flow = make_flow(f"http{int(enabled)}", subject, [{"call": {"endpoint": "sink"}}],
+                             concurrency=concurrency)
+            flow = flow.model_copy(update={"idempotency": flow.idempotency.model_copy(update={"enabled": enabled})})
+            runner = StreamFlowRunner(Pipeline(flow, {"sink": adapter}), stream, nc, js, 10.0, idem)
+            t0 = time.perf_counter()
+            await runner.start()
+            while runner.stats.acked + runner.stats.failed < n:
+                await asyncio.sleep(0.01)
+            rows.append((label, n / (time.perf_counter() - t0)))
+            await runner.stop()
         await adapter.close()
-        print(f"{'http: plain aiohttp loop':<36} {raw_rps:>10,.0f} req/s")
-        print(f"{'http: flow with a call step':<36} {flow_rps:>10,.0f} req/s   {flow_rps / raw_rps:.2f}x  (target >= 0.8x)")
+        print(f"{'http: plain aiohttp loop':<36} {raw_rps:>10,.0f} req/s   (concurrency {concurrency})")
+        for label, rps in rows:
+            print(f"{'http: call flow, ' + label:<36} {rps:>10,.0f} req/s   {rps / raw_rps:.2f}x  (target >= 0.8x)")
     finally:
         proc.terminate()
         proc.join(5)

@@ -179,9 +179,12 @@ class Pipeline:
         ctx = CallContext(env.headers, env.idem_key or env.msg_id, env.correlation_id, timeout)
         breaker = self.breakers.get(name)
 
+        async def once() -> Any:
+            # a safety net over the adapter's own deadline; asyncio.timeout starts no extra task
+            async with asyncio.timeout(timeout + 1.0):
+                return await adapter.call(spec.operation, env.payload, ctx)
+
         def attempt() -> Any:
-            def once() -> Any:
-                return asyncio.wait_for(adapter.call(spec.operation, env.payload, ctx), timeout + 1.0)
             return breaker.call(once) if breaker is not None else once()
 
         started = time.monotonic()

@@ -172,13 +172,16 @@ class HttpSink:
         fault = await self._answer_fault()
         if fault is not None:
             return fault
+        await self._applied(request)
+        return web.json_response({"ok": True, "received": self.count})
+
+    async def _applied(self, request: web.Request) -> None:
+        """As an idempotent target: the first success per key is the effect, later ones are repeats."""
         key = request.headers.get("Idempotency-Key")
         if key is not None:
-            # as an idempotent target: the first success per key is the effect, later ones are repeats
             self.applied[key] = self.applied.get(key, 0) + 1
             async with self._arrived:
                 self._arrived.notify_all()
-        return web.json_response({"ok": True, "received": self.count})
 
     async def wait_for_effects(self, count: int, timeout: float = 30) -> dict[str, int]:
         """Return once `count` distinct Idempotency-Keys were answered 2xx; TimeoutError otherwise."""
@@ -193,6 +196,7 @@ class HttpSink:
         fault = await self._answer_fault()
         if fault is not None:
             return fault
+        await self._applied(request)
         return web.Response(body=raw, content_type=request.content_type or "application/json")
 
 
