@@ -4,6 +4,7 @@ loader uses (so it cannot drift), plus JSON Schemas that editors use to complete
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,9 @@ from pydantic import BaseModel
 
 from engine.config import HubConfig
 from engine.registry import load_builtin_adapters
-from engine.spec import STEP_KINDS, _STEP_MODELS, CallSpec, Flow, Limits, OnError, PublishSpec, RequestSource, StreamSource
+from engine.breaker import BreakerSettings
+from engine.spec import (STEP_KINDS, _STEP_MODELS, Alerts, CallSpec, Fallback, Flow, Idempotency, Limits, OnError,
+                         PublishSpec, RequestSource, StreamSource)
 
 
 def _fields_table(model: type[BaseModel]) -> list[str]:
@@ -24,7 +27,7 @@ def _fields_table(model: type[BaseModel]) -> list[str]:
             default = "(see meaning)"
         else:
             default = f"`{json.dumps(f.default, default=str)}`"
-        ann = getattr(f.annotation, "__name__", None) or str(f.annotation).replace("typing.", "")
+        ann = getattr(f.annotation, "__name__", None) or re.sub(r"\b[a-z_]+\.", "", str(f.annotation))
         text = (f.description or "").replace("|", "\\|")
         if f.examples:
             text += " e.g. " + ", ".join(f"`{json.dumps(e)}`" for e in f.examples)
@@ -37,7 +40,9 @@ def reference() -> str:
            "and each adapter's Config. Durations take a unit (`200ms`, `5s`, `2h`); rates are `N/s`, `N/m`, `N/h`.", ""]
     sections: list[tuple[str, type[BaseModel]]] = [
         ("Flow (one file in flows/)", Flow), ("source: subject", StreamSource), ("source: request", RequestSource),
-        ("on_error", OnError), ("limits", Limits), ("call", CallSpec), ("publish", PublishSpec),
+        ("on_error", OnError), ("limits", Limits), ("idempotency", Idempotency), ("alerts", Alerts),
+        ("call", CallSpec), ("call.fallback", Fallback), ("publish", PublishSpec),
+        ("endpoint circuit_breaker (config)", BreakerSettings),
     ]
     for title, model in sections:
         out += [f"## {title}", "", (model.__doc__ or "").strip(), "", *_fields_table(model), ""]

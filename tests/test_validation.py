@@ -168,3 +168,11 @@ def test_subject_rules() -> None:
     assert pattern_covers("crm.>", "crm.contract.*") and not pattern_covers("crm.*", "crm.a.b")
     assert patterns_overlap("crm.>", "crm.contract.*") and not patterns_overlap("crm.a", "erp.a")
     assert render("erp.{country}.{site.id}", {"country": "DE", "site": {"id": "S1"}}) == "erp.de.s1"
+
+
+def test_the_committed_flow_reference_is_current() -> None:
+    """docs/ is generated from the models; regenerate with `runner.py docs` when this fails."""
+    from engine.docs import reference
+
+    root = Path(__file__).resolve().parents[1]
+    assert (root / "docs" / "flow-reference.md").read_text(encoding="utf-8") == reference()
