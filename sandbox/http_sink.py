@@ -108,6 +108,13 @@ class HttpSink:
         """Wait this long before answering each request (a slow or stalled target)."""
         self._delay = seconds
 
+    def recover(self) -> None:
+        """The target is healthy again: injected faults and delays end, records are kept."""
+        self._release_delayed()
+        self._failures.clear()
+        self._sticky = None
+        self._delay = 0.0
+
     def reset(self) -> None:
         """Forget injected faults and recorded requests; delayed answers go out at once."""
         self._release_delayed()
