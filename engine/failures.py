@@ -12,6 +12,7 @@ Nothing is acked or termed unless done or safely dead-lettered (the DLQ publish 
 from __future__ import annotations
 
 import json
+import random
 from datetime import datetime
 from typing import Any
 
@@ -115,7 +116,8 @@ class FailureHandler:
                         "error": str(err)[:500], "transient": err.transient})
         failures = len(history)
         if err.transient and failures <= len(self.schedule):
-            delay = max(self.schedule[failures - 1], getattr(err, "retry_after", None) or 0.0)
+            base = self.schedule[failures - 1] * (1 + random.uniform(-1, 1) * self.flow.on_error.jitter)
+            delay = max(base, getattr(err, "retry_after", None) or 0.0)
             if self.history:
                 await self.history.append(key, history)
             log.warning("redeliver_later", delay_s=delay, attempt=failures, **fields)

@@ -24,9 +24,9 @@ def _is_transient(exc: BaseException) -> bool:
 class CallGuard:
     """Wraps every `call` step of one flow with its retry schedule."""
 
-    def __init__(self, flow: Flow, *, jitter: float = 0.1) -> None:
+    def __init__(self, flow: Flow) -> None:
         self.schedule = list(flow.on_error.retry)
-        self.jitter = jitter
+        self.jitter = flow.on_error.jitter
 
     def _wait(self, state: RetryCallState) -> float:
         base = self.schedule[min(state.attempt_number, len(self.schedule)) - 1]

@@ -201,6 +201,8 @@ class OnError(_Strict):
         description="Then JetStream redelivers after these delays (survives restarts, holds no worker).",
         examples=[["1m", "5m", "30m", "2h"]])
     dead_letter: bool = Field(True, description="Send permanent failures and exhausted schedules to dlq.<flow>.")
+    jitter: float = Field(0.1, ge=0, le=1, description="Each wait varies by up to this fraction, so retries "
+                          "of many messages do not arrive in step; 0 turns it off.")
 
 
 class Idempotency(_Strict):
