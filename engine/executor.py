@@ -1,9 +1,10 @@
 """The hot path of a stream flow: a callback-driven durable pull consumer on nats-py.
 
 Shape (MEASURED.md): pull requests keep up to `max_in_flight` messages coming into a subscription
-callback that only buffers them; a processor runs the compiled steps over a batch, publishes the
-outputs with `publish_async`, and hands the batch to a finaliser that waits for every publish ack
-before acking the sources. Batches overlap: while one batch waits for its acks the next one runs.
+callback that only buffers them. Pure flows: a processor runs the compiled steps over a batch,
+publishes the outputs with `publish_async`, and hands the batch to a finaliser that waits for every
+publish ack before acking the sources; batches overlap. Flows with calls: `concurrency` workers
+each settle their own message, so a slow call holds back no other message's ack.
 """
 
 from __future__ import annotations
@@ -71,7 +72,6 @@ class StreamFlowRunner:
         self._requested = 0
         self._last_pull = 0.0
         self._stopping = False
-        self._paused = False
         self._window = self.max_in_flight  # messages this runner may hold now (less while a circuit is open)
         self._wake_puller = asyncio.Event()
         self._wake_processor = asyncio.Event()
@@ -119,28 +119,27 @@ class StreamFlowRunner:
         half-open (so a probe can go out) and closed. Held messages still finish or wait."""
         probes = breaker.settings.half_open_probes
 
-        def changed(state: str) -> None:
-            self.log.warning("circuit_" + state, endpoint=breaker.endpoint)
+        def window(state: str) -> None:
             # open: nothing; half-open: just enough for the probes, so the backlog is not pulled
             # only to be handed back; closed: the flow's own bound
             self._window = {"open": 0, "half_open": probes}.get(state, self.max_in_flight)
             self._wake_puller.set()
 
+        def changed(state: str) -> None:
+            self.log.warning("circuit_" + state, endpoint=breaker.endpoint)
+            window(state)
+
         breaker.on_change(changed)
-        changed(breaker.state)
+        window(breaker.state)
 
     def on_reconnect(self) -> None:
         """Pull requests die with the connection; ask again."""
         self._requested = 0
         self._wake_puller.set()
 
-    def pause(self, paused: bool) -> None:
-        """Stop (or resume) pulling; held messages still finish."""
-        self._paused = paused
-        self._wake_puller.set()
-
     async def stop(self, timeout: float = 10.0) -> None:
-        """Stop pulling; hand unstarted messages back at once; let started ones finish."""
+        """Stop pulling; hand unstarted messages back (redelivered to any runner after
+        HAND_BACK_DELAY); let started ones finish and settle."""
         self._stopping = True
         self._wake_puller.set()
         self._wake_processor.set()
@@ -192,8 +191,7 @@ class StreamFlowRunner:
         low_water = max(1, self.batch // 2)
         while not self._stopping:
             room = self._window - len(self._held) - self._requested
-            if not self._paused and room >= min(low_water, self._window) and room > 0 \
-                    and not self.nc.is_reconnecting:
+            if room > 0 and room >= min(low_water, self._window) and not self.nc.is_reconnecting:
                 n = min(self.batch, room)
                 try:
                     await self.nc.publish(self._pull_subject, json.dumps({**request_base, "batch": n}).encode(),

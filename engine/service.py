@@ -42,9 +42,6 @@ class RequestFlowRunner:
     def on_reconnect(self) -> None:
         """Core subscriptions are restored by nats-py itself."""
 
-    def pause(self, paused: bool) -> None:
-        """Requests are answered (with an error or a fallback) even while a target is down."""
-
     async def _on_request(self, msg: Any) -> None:
         task = asyncio.create_task(self._answer(msg))
         self._inflight.add(task)
