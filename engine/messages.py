@@ -7,12 +7,13 @@ redelivered input republishes under the same Nats-Msg-Id, and JetStream drops th
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import time
 import uuid
 from datetime import datetime, timezone
 from typing import Any
+
+import orjson
 
 from engine.errors import UnparseablePayload
 
@@ -70,7 +71,7 @@ def decode(data: bytes, headers: dict[str, str] | None, subject: str, fallback_i
     hdrs = headers or {}
     msg_id = message_id(hdrs, fallback_id)
     try:
-        payload = json.loads(data)
+        payload = orjson.loads(data)
     except (ValueError, UnicodeDecodeError) as exc:
         snippet = data[:80].decode("utf-8", "replace")
         raise UnparseablePayload(f"payload is not JSON ({exc}); starts with {snippet!r}", step="source") from None
@@ -114,7 +115,8 @@ def output_headers(env: Envelope, flow: str, step: int, subject: str) -> dict[st
 
 
 def encode(payload: Any) -> bytes:
-    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False, default=str).encode()
+    """Compact UTF-8 JSON; dates and other non-JSON values as their text."""
+    return orjson.dumps(payload, default=str)
 
 
 def event_headers(source: str, ce_type: str, msg_id: str | None = None,
