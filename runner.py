@@ -23,6 +23,8 @@ examples:
   runner.py run                              run all flows on the embedded nats-server
   runner.py run --nats nats://10.0.0.5:4222  run against an existing NATS (cluster: repeat --nats)
   runner.py demo                             start broker + sandbox, drive a scenario, report
+  runner.py dlq list --flow contract-switch-request     what failed, and why
+  runner.py dlq edit 42 --set country=DE     fix a dead letter, validate it, replay it
   runner.py docs --out docs/                 write the flow reference and JSON Schema
 
 exit codes: 0 ok, 1 the work failed (demo outcome, runtime error), 2 invalid configuration or usage.
@@ -59,6 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
                        "short scenario, print what happened per flow; exit 0 only if every expected "
                        "outcome occurred.")
     p.add_argument("--keep-data", action="store_true", help="keep the demo's JetStream store afterwards")
+
+    from dlq.cli import register as register_dlq
+
+    register_dlq(sub)
 
     p = sub.add_parser("docs", help="write the flow reference (Markdown) and the JSON Schema for editors")
     p.add_argument("--out", type=Path, default=ROOT / "docs", help="output directory (default: docs/)")
@@ -144,7 +150,10 @@ def cmd_docs(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return {"validate": cmd_validate, "run": cmd_run, "demo": cmd_demo, "docs": cmd_docs}[args.command](args)
+    from dlq.cli import main as cmd_dlq
+
+    commands = {"validate": cmd_validate, "run": cmd_run, "demo": cmd_demo, "docs": cmd_docs, "dlq": cmd_dlq}
+    return commands[args.command](args)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from engine.ratelimit import RateLimiter
 REPLAY_OF = "Hub-Replay-Of"  # the DLQ stream sequence a replayed message came from
 DLQ_PREFIX = "Hub-Dlq-"
 FETCH_BATCH = 512
+FETCH_TIMEOUT = 1.0  # then ask the consumer whether anything is still pending
 STREAM_NOT_FOUND = 10059  # JetStream API err_code
 WINDOW = 256  # replays in flight before their acks are awaited and their records deleted
 
@@ -133,14 +134,18 @@ async def _scan(js: Any, stream: str, subject: str, *, since: datetime | None = 
                             opt_start_time=since)
     sub = await js.pull_subscribe(subject, stream=stream, config=config)
     try:
-        expected = (await sub.consumer_info()).num_pending or 0
-        got = 0
-        while got < expected:
-            for msg in await sub.fetch(min(FETCH_BATCH, expected - got), timeout=10.0):
-                got += 1
+        pending = (await sub.consumer_info()).num_pending or 0
+        while pending > 0:
+            try:
+                msgs = await sub.fetch(min(FETCH_BATCH, pending), timeout=FETCH_TIMEOUT)
+            except asyncio.TimeoutError:  # records deleted meanwhile (a replay elsewhere, max_age)?
+                pending = (await sub.consumer_info()).num_pending or 0
+                continue
+            for msg in msgs:
                 meta = msg.metadata
                 if meta.sequence.stream > last:
                     return
+                pending = meta.num_pending  # still to come after this one
                 yield Record.of(stream, meta.sequence.stream, msg.subject, meta.timestamp, msg.data, msg.headers)
     finally:
         await _quietly(sub.unsubscribe())
@@ -165,6 +170,8 @@ async def list_records(js: Any, stream: str, *, flow: str | None = None, error_c
         return out
     async with aclosing(_scan(js, stream, flow_subject(flow), since=since, headers_only=headers_only)) as records:
         async for r in records:
+            if until is not None and r.time > until:
+                break  # stream time only grows with the sequence
             if sel.matches(r):
                 out.append(r)
                 if limit is not None and len(out) >= limit:
@@ -235,9 +242,18 @@ def replay_message(r: Record) -> tuple[str, dict[str, str]]:
     return subject, headers
 
 
+@dataclass
+class Replayed:
+    seq: int
+    subject: str
+    msg_id: str
+    ack: Any
+
+
 async def replay(js: Any, record: Record, *, keep: bool = False, payload: bytes | None = None,
-                 timeout: float = 10.0) -> Any:
-    """Publish one record back to its original subject, wait for the ack, then delete the record."""
+                 timeout: float = 10.0) -> Replayed:
+    """Publish one record back to its original subject (`payload` replaces its payload), wait for
+    the ack, then delete the record."""
     subject, headers = replay_message(record)
     ack = await js.publish(subject, record.data if payload is None else payload, headers=headers, timeout=timeout)
     if not keep:
@@ -245,7 +261,7 @@ async def replay(js: Any, record: Record, *, keep: bool = False, payload: bytes 
         if failed:
             raise DeleteFailed(f"record {record.seq} was replayed but not deleted ({failed[record.seq]}); "
                                "purge it, do not replay it again")
-    return ack
+    return Replayed(record.seq, subject, headers[MSG_ID], ack)
 
 
 @dataclass

@@ -70,7 +70,8 @@ async def ops_connection(config: HubConfig, servers: list[str] | None = None,
         embedded = EmbeddedNats(data_dir=store).start()
         urls = [embedded.url]
     try:
-        nc = await connect(**connect_options(config, urls))
+        # an ops command fails fast and says so rather than retrying for minutes
+        nc = await connect(**connect_options(config, urls, max_reconnect_attempts=1, allow_reconnect=False))
         try:
             yield nc
         finally:
