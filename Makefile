@@ -27,6 +27,7 @@ bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
 	$(BIN)/python bench/hot_path.py
 	$(BIN)/python bench/http_call.py
+	$(BIN)/python bench/dlq_replay.py
 
 clean:
 	rm -rf $(VENV) .hub

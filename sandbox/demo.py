@@ -132,7 +132,26 @@ async def run_demo(root: Path, keep_data: bool = False) -> int:
         for cls, text in reasons:
             print(f"          {cls}: {text[:90]}")
 
-        print("\n  2. A meter platform sends readings; the CRM bridge answers 503 twice at first")
+        print("\n  2. Ops repair the contract that failed its schema, from the DLQ, with the CLI")
+        from dlq.cli import run as dlq_cli
+        from runner import build_parser
+
+        def cli(*words: str) -> Any:
+            return build_parser().parse_args(["dlq", *words, "--nats", hub.servers[0],
+                                              "--config", str(root / "config" / "sandbox.yaml"),
+                                              "--flows", str(root / "flows")])
+
+        bad_seq = next(m.metadata.sequence.stream for m in dlq.messages
+                       if m.headers.get("Hub-Dlq-Error-Class") == "ValidationFailed")
+        print(f"       $ runner.py dlq list --flow contract-switch-request")
+        await dlq_cli(cli("list", "--flow", "contract-switch-request"))
+        print(f"       $ runner.py dlq edit {bad_seq} --set country=DE")
+        code = await dlq_cli(cli("edit", str(bad_seq), "--set", "country=DE"))
+        fixed = await wait_until(lambda: len(switch.messages) >= 6, [switch.changed], deadline)
+        check(code == 0 and fixed and json.loads(switch.messages[-1].data)["contract_id"] == "C-DE-1099",
+              "the fixed contract was validated, replayed, and reached the ERP side")
+
+        print("\n  3. A meter platform sends readings; the CRM bridge answers 503 twice at first")
         crm.fail_next(2, status=503, retry_after="0")
         for i in range(READINGS):
             await js.publish("meter.reading.received", json.dumps(reading(i)).encode(),
@@ -146,7 +165,7 @@ async def run_demo(root: Path, keep_data: bool = False) -> int:
         auth = {r.headers.get("Authorization") for r in crm.received}
         check(auth == {"Bearer " + os.environ["CRM_BRIDGE_TOKEN"]}, "the CRM token came from the environment, not YAML")
 
-        print("\n  3. The CRM bridge goes down while 30 more readings arrive, then comes back")
+        print("\n  4. The CRM bridge goes down while 30 more readings arrive, then comes back")
         breaker = hub.breakers.breaker("crm_readings", project.endpoints["crm_readings"].circuit_breaker)
         opened = asyncio.Event()
         breaker.on_change(lambda state: opened.set() if state == "open" else None)
