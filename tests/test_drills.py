@@ -180,3 +180,47 @@ async def test_drill_two_runners_share_a_flow_and_one_dies(tmp_path: Path, nats_
                 if p.returncode is None:
                     p.kill()
                     await p.wait()
+
+
+async def dlq_cli(*words: str, url: str, tmp: Path) -> int:
+    from dlq.cli import run
+    from runner import build_parser
+
+    (tmp / "flows").mkdir(exist_ok=True)
+    return await run(build_parser().parse_args(["dlq", *words, "--nats", url, "--config", str(tmp / "config.yaml"),
+                                                "--flows", str(tmp / "flows")]))
+
+
+async def test_drill_dlq_replays_single_filtered_and_twice_cause_one_effect_each(
+        tmp_path: Path, nats_url: str, js, unique: str, capsys):
+    """Rejected messages wait in the DLQ; once the target is fixed, a single replay and a filtered,
+    rate-limited replay deliver them; replaying one again (kept with --keep) is skipped by the
+    flow's idempotency check, so the target sees one effect per message."""
+    async with HttpSink() as sink:
+        (tmp_path / "config.yaml").write_text(textwrap.dedent(config(unique, sink.url)))
+        hub = await started_hub(project_from(tmp_path, config(unique, sink.url), flow(unique)), nats_url)
+        try:
+            sink.set_status(409, body="account locked")
+            await publish_many(js, f"{unique}.in.x", 6)
+            dlq = await StreamReader.open(js, f"dlq.{unique}")
+            records = await dlq.wait_for(6)
+            sink.recover()
+            first = records[0].metadata.sequence.stream
+            assert await dlq_cli("replay", str(first), "--keep", url=nats_url, tmp=tmp_path) == 0
+            await sink.wait_for_effects(1)
+            assert await dlq_cli("replay", "--flow", unique, "--error-class", "TargetRejected", "--rate", "20/s",
+                                 url=nats_url, tmp=tmp_path) == 0
+            applied = await sink.wait_for_effects(6)
+
+            async def settled() -> bool:
+                info = await js.consumer_info(f"IN{unique}", unique)
+                return info.num_pending == 0 and info.num_ack_pending == 0
+
+            await wait_until(settled)
+            print(f"\n[drill replay] dead-lettered 6, replayed 1 + 6 (one twice), effects {len(applied)}, "
+                  f"repeats {sum(applied.values()) - len(applied)}, skipped {hub.runners[unique].stats.skipped}")
+            assert sorted(applied) == sorted(f"m{i}" for i in range(6)) and set(applied.values()) == {1}
+            assert hub.runners[unique].stats.skipped == 1  # the second replay of the first record
+            assert await dlq_count(js, unique) == 0
+        finally:
+            await hub.stop()
