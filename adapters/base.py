@@ -41,7 +41,8 @@ class CallContext:
 class Adapter:
     """One live endpoint. Subclasses set `name` and `Config`, and implement `call`.
 
-    `call` raises only errors of engine.errors (adapters map protocol failures onto them) and
+    `call` raises only errors of engine.errors (adapters map protocol failures onto them), ends
+    within `ctx.timeout` (the engine adds no timer of its own: one per call is enough), and
     returns the answer as JSON-like data, or None when the target answers with no body.
     """
 

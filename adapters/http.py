@@ -27,10 +27,13 @@ import aiohttp
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 from yarl import URL
 
+import orjson
+
 from adapters.base import Adapter, CallContext, EndpointConfig
 from engine.durations import Duration
 from engine.errors import (ConfigError, RoutingError, TargetRejected, TargetServerError, TargetTimeout,
                            TargetUnavailable, Throttled, UnparseablePayload, ValidationFailed)
+from engine.messages import encode
 from engine.registry import register
 from engine.secrets import SecretRef, resolve_value
 
@@ -41,7 +44,6 @@ Method = Annotated[
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 _FORWARDED = ("ce-id", "ce-correlationid", "traceparent", "tracestate")
 SNIPPET = 300
-_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=str)  # built once, not per call
 
 
 def template_fields(template: str) -> list[str]:
@@ -195,7 +197,7 @@ class HttpAdapter(Adapter):
         data = params = None
         if route.has_body:
             if payload is not None:
-                data = _JSON.encode(payload).encode()
+                data = encode(payload)
                 headers.setdefault(self._content_type, "application/json")
         else:
             params = _query(self.endpoint, payload, route.fields)
@@ -215,7 +217,7 @@ class HttpAdapter(Adapter):
                     if ctype != "application/json" and not ctype.endswith("+json"):
                         return _text(resp, body)
             try:
-                return json.loads(body)
+                return orjson.loads(body)
             except ValueError as exc:
                 raise UnparseablePayload(
                     f"{self._where(route, url)}: answer is not valid JSON: {snippet(_text(resp, body))}") from exc

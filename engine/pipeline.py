@@ -7,7 +7,6 @@ sent by the executor, so nothing leaves the flow unless every step succeeded.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import Any, Callable
 
@@ -179,10 +178,8 @@ class Pipeline:
         ctx = CallContext(env.headers, env.idem_key or env.msg_id, env.correlation_id, timeout)
         breaker = self.breakers.get(name)
 
-        async def once() -> Any:
-            # a safety net over the adapter's own deadline; asyncio.timeout starts no extra task
-            async with asyncio.timeout(timeout + 1.0):
-                return await adapter.call(spec.operation, env.payload, ctx)
+        def once() -> Any:
+            return adapter.call(spec.operation, env.payload, ctx)  # adapters enforce ctx.timeout
 
         def attempt() -> Any:
             return breaker.call(once) if breaker is not None else once()
