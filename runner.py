@@ -81,6 +81,13 @@ def _load(args: argparse.Namespace):  # noqa: ANN202
     return load_project(args.config, files)
 
 
+def _print_issues(issues: list[str], closing: str) -> int:
+    for line in issues:
+        print(line, file=sys.stderr)
+    print(closing, file=sys.stderr)
+    return 2
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     from engine.errors import ConfigError
     from engine.streams import declared_streams
@@ -88,10 +95,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     try:
         project = _load(args)
     except ConfigError as exc:
-        for line in exc.issues:
-            print(line, file=sys.stderr)
-        print(f"invalid: {len(exc.issues)} problem(s)", file=sys.stderr)
-        return 2
+        return _print_issues(exc.issues, f"invalid: {len(exc.issues)} problem(s)")
     print(f"ok: {len(project.flows)} flow(s), {len(project.endpoints)} endpoint(s), "
           f"{len(declared_streams(project.config))} stream(s) in {args.config}")
     for lf in project.flows:
@@ -107,10 +111,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         project = _load(args)
     except ConfigError as exc:
-        for line in exc.issues:
-            print(line, file=sys.stderr)
-        print("refusing to start: fix the configuration first (runner.py validate)", file=sys.stderr)
-        return 2
+        return _print_issues(exc.issues, "refusing to start: fix the configuration first (runner.py validate)")
     cfg = project.config.logging
     logs.configure(args.log_level or cfg.level, cfg.format)
 

@@ -7,29 +7,22 @@ import json
 from typing import Any, ClassVar, Literal
 
 import nats.errors
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from adapters.base import Adapter, CallContext, EndpointConfig
 from engine.durations import Duration
 from engine.errors import PublishFailed, RoutingError, TargetRejected, TargetTimeout, TargetUnavailable
 from engine.messages import CE_CORRELATION, MSG_ID, encode
 from engine.registry import register
-from engine.subjects import render, subject_problem
+from engine.subjects import SubjectTemplate, render
 
 
 class NatsEndpointConfig(EndpointConfig):
     mode: Literal["request", "publish"] = Field(
         "request", description="request: wait for a reply (core NATS); publish: JetStream publish, confirmed.")
-    subject: str = Field(description="Subject; `{field}` placeholders are filled from the payload.",
-                         examples=["powersales.quote.request", "crm.bridge.reading"])
+    subject: SubjectTemplate = Field(description="Subject; `{field}` placeholders are filled from the payload.",
+                                     examples=["powersales.quote.request", "crm.bridge.reading"])
     timeout: Duration = Field(5.0, description="How long to wait for the reply or the publish ack.")
-
-    @field_validator("subject")
-    @classmethod
-    def _subject(cls, v: str) -> str:
-        if problem := subject_problem(v, template=True):
-            raise ValueError(problem)
-        return v
 
 
 @register

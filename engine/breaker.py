@@ -21,13 +21,13 @@ import uuid
 from typing import Any, Awaitable, Callable, TypeVar
 
 import structlog
-from nats.js.api import KeyValueConfig
-from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KV_DEL, KV_PURGE
 from pydantic import BaseModel, ConfigDict, Field
 
 from engine.durations import Duration, format_duration
 from engine.errors import CircuitOpen, classify
+from engine.kv import bucket
 
 log = structlog.get_logger("hub.breaker")
 T = TypeVar("T")
@@ -224,10 +224,7 @@ class BreakerBoard:
 
     async def start(self) -> None:
         """Bind (or create) the bucket and load every endpoint's current state before returning."""
-        try:
-            self.kv = await self.js.key_value(self.bucket)
-        except BucketNotFoundError:  # no TTL: an open circuit must not silently expire
-            self.kv = await self.js.create_key_value(KeyValueConfig(bucket=self.bucket, history=1))
+        self.kv = await bucket(self.js, self.bucket)  # no TTL: an open circuit must not silently expire
         self._watcher = await self.kv.watchall()
         self._watch_task = asyncio.create_task(self._watch())
         await asyncio.wait_for(self._ready.wait(), timeout=10)

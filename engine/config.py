@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from engine.durations import Duration
 from engine.secrets import SecretRef
-from engine.subjects import subject_problem
+from engine.subjects import SubjectPattern
 
 
 class _Strict(BaseModel):
@@ -40,7 +40,7 @@ class NatsConfig(_Strict):
 
 class StreamConfig(_Strict):
     name: str = Field(description="Stream name (upper-case by convention).", examples=["CRM"])
-    subjects: list[str] = Field(min_length=1, examples=[["crm.>"]])
+    subjects: list[SubjectPattern] = Field(min_length=1, examples=[["crm.>"]])
     retention: Literal["limits", "interest", "workqueue"] = "limits"
     storage: Literal["file", "memory"] = "file"
     replicas: int = Field(1, ge=1, le=5)
@@ -55,13 +55,6 @@ class StreamConfig(_Strict):
             raise ValueError(f"stream name {v!r} may not contain spaces, '.', '*', '>', '/'")
         return v
 
-    @field_validator("subjects")
-    @classmethod
-    def _subjects(cls, v: list[str]) -> list[str]:
-        for s in v:
-            if problem := subject_problem(s, pattern=True):
-                raise ValueError(problem)
-        return v
 
 
 class DlqConfig(_Strict):

@@ -219,14 +219,17 @@ class StreamFlowRunner:
 
     # --- processing --------------------------------------------------------------------------
 
+    async def _have_work(self) -> bool:
+        """Wait until something is buffered; False when stopping with nothing left."""
+        while not self._buffer:
+            if self._stopping:
+                return False
+            self._wake_processor.clear()
+            await self._wake_processor.wait()
+        return True
+
     async def _process_loop(self) -> None:
-        while True:
-            if not self._buffer:
-                if self._stopping:
-                    return
-                self._wake_processor.clear()
-                await self._wake_processor.wait()
-                continue
+        while await self._have_work():
             n = min(len(self._buffer), self.batch)
             msgs = [self._buffer.popleft() for _ in range(n)]
             results = await self._run_sync_batch(msgs)
@@ -271,13 +274,7 @@ class StreamFlowRunner:
     async def _worker(self) -> None:
         """Flows with calls: `concurrency` workers each take the next message and settle it on its
         own, so one slow call delays no other message's ack (and a crash repeats little)."""
-        while True:
-            if not self._buffer:
-                if self._stopping:
-                    return
-                self._wake_processor.clear()
-                await self._wake_processor.wait()
-                continue
+        while await self._have_work():
             msg = self._buffer.popleft()
             if self._stopping:
                 await self._settle(msg, None, None, HAND_BACK)

@@ -17,11 +17,11 @@ from datetime import datetime
 from typing import Any
 
 import structlog
-from nats.js.api import KeyValueConfig
-from nats.js.errors import BucketNotFoundError, KeyNotFoundError
+from nats.js.errors import KeyNotFoundError
 
 from dlq.record import build_headers, dlq_subject
 from engine.errors import CircuitOpen, HubError
+from engine.kv import bucket
 from engine.messages import message_id, now_iso
 from engine.spec import Flow
 
@@ -41,10 +41,7 @@ class FailureHistory:
         self.kv: Any = None
 
     async def start(self) -> None:
-        try:
-            self.kv = await self.js.key_value(HISTORY_BUCKET)
-        except BucketNotFoundError:
-            self.kv = await self.js.create_key_value(KeyValueConfig(bucket=HISTORY_BUCKET, history=1, ttl=HISTORY_KEEP))
+        self.kv = await bucket(self.js, HISTORY_BUCKET, HISTORY_KEEP)
 
     @staticmethod
     def key(flow: str, stream: str, seq: int) -> str:

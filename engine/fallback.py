@@ -8,10 +8,10 @@ import json
 from typing import Any
 
 import structlog
-from nats.js.api import KeyValueConfig
-from nats.js.errors import BucketNotFoundError, KeyNotFoundError
+from nats.js.errors import KeyNotFoundError
 
 from engine.errors import HubError, RoutingError
+from engine.kv import bucket
 from engine.messages import now_iso
 from engine.spec import Fallback
 from engine.subjects import render
@@ -28,10 +28,7 @@ class FallbackCache:
         self.kv: Any = None
 
     async def start(self) -> None:
-        try:
-            self.kv = await self.js.key_value(BUCKET)
-        except BucketNotFoundError:
-            self.kv = await self.js.create_key_value(KeyValueConfig(bucket=BUCKET, history=1, ttl=KEEP))
+        self.kv = await bucket(self.js, BUCKET, KEEP)
 
     @staticmethod
     def _key(endpoint: str, spec: Fallback, payload: Any) -> str:

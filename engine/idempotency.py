@@ -8,10 +8,10 @@ import hashlib
 from typing import Any
 
 import structlog
-from nats.js.api import KeyValueConfig
-from nats.js.errors import BucketNotFoundError, KeyNotFoundError
+from nats.js.errors import KeyNotFoundError
 
 from engine.errors import RoutingError
+from engine.kv import bucket
 from engine.messages import IDEMPOTENCY_KEY, Envelope, now_iso
 from engine.spec import Flow
 from engine.subjects import placeholders
@@ -49,10 +49,7 @@ class IdempotencyStore:
         self.kv: Any = None
 
     async def start(self) -> None:
-        try:
-            self.kv = await self.js.key_value(BUCKET)
-        except BucketNotFoundError:
-            self.kv = await self.js.create_key_value(KeyValueConfig(bucket=BUCKET, history=1, ttl=self.keep))
+        self.kv = await bucket(self.js, BUCKET, self.keep)
 
     @staticmethod
     def kv_key(flow: str, key: str) -> str:

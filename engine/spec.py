@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
 
 from engine.durations import Duration, Rate
-from engine.subjects import subject_problem
+from engine.subjects import Subject, SubjectPattern, SubjectTemplate
 
 _FLOW_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 
@@ -27,31 +27,17 @@ class _Strict(BaseModel):
 class StreamSource(_Strict):
     """Read a JetStream subject through a durable pull consumer named after the flow."""
 
-    subject: str = Field(description="Subject (wildcards allowed) captured by a stream in config.",
-                         examples=["crm.contract.signed", "meter.reading.*"])
+    subject: SubjectPattern = Field(description="Subject (wildcards allowed) captured by a stream in config.",
+                                    examples=["crm.contract.signed", "meter.reading.*"])
     deliver: Literal["all", "new"] = Field(
         "all", description="Where a new durable starts: every stored message, or only new ones.")
-
-    @field_validator("subject")
-    @classmethod
-    def _subject(cls, v: str) -> str:
-        if problem := subject_problem(v, pattern=True):
-            raise ValueError(problem)
-        return v
 
 
 class RequestSource(_Strict):
     """Answer core-NATS requests (request/reply) in a queue group named after the flow."""
 
-    request: str = Field(description="Subject requesters send to; the flow must end with `reply`.",
-                         examples=["tariff.quote"])
-
-    @field_validator("request")
-    @classmethod
-    def _subject(cls, v: str) -> str:
-        if problem := subject_problem(v):
-            raise ValueError(problem)
-        return v
+    request: Subject = Field(description="Subject requesters send to; the flow must end with `reply`.",
+                             examples=["tariff.quote"])
 
 
 def _source_kind(v: Any) -> str | None:
@@ -125,15 +111,8 @@ class CallStep(_Strict):
 
 
 class PublishSpec(_Strict):
-    subject: str = Field(description="Subject captured by a stream; `{field}` placeholders allowed.",
-                         examples=["erp.contract.switch-requested"])
-
-    @field_validator("subject")
-    @classmethod
-    def _subject(cls, v: str) -> str:
-        if problem := subject_problem(v, template=True):
-            raise ValueError(problem)
-        return v
+    subject: SubjectTemplate = Field(description="Subject captured by a stream; `{field}` placeholders allowed.",
+                                     examples=["erp.contract.switch-requested"])
 
 
 class PublishStep(_Strict):

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import re
 from functools import lru_cache
+from typing import Annotated
+
+from pydantic import AfterValidator
 
 _TOKEN = re.compile(r"^[a-z0-9_-]+$")
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_.]*)\}")
@@ -33,6 +36,20 @@ def subject_problem(subject: str, *, pattern: bool = False, template: bool = Fal
                 hint = " (subjects are lower-case)"
             return f"malformed subject {subject!r}: token {token!r} is not [a-z0-9_-]+{hint}"
     return None
+
+
+def _checked(*, pattern: bool = False, template: bool = False) -> AfterValidator:
+    def check(value: str) -> str:
+        if problem := subject_problem(value, pattern=pattern, template=template):
+            raise ValueError(problem)
+        return value
+
+    return AfterValidator(check)
+
+
+Subject = Annotated[str, _checked()]
+SubjectPattern = Annotated[str, _checked(pattern=True)]     # may hold * and a final >
+SubjectTemplate = Annotated[str, _checked(template=True)]   # may hold {field} placeholders
 
 
 def placeholders(template: str) -> list[str]:

@@ -1,0 +1,17 @@
+"""The hub's KV buckets (idempotency keys, failure history, fallback answers, breaker state)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from nats.js.api import KeyValueConfig
+from nats.js.errors import BucketNotFoundError
+
+
+async def bucket(js: Any, name: str, ttl: float | None = None) -> Any:
+    """Bind the bucket, creating it on first use (history 1; `ttl` expires keys). No
+    limit_marker_ttl: nats-py 2.16 would then return expiry markers from get() (MEASURED.md)."""
+    try:
+        return await js.key_value(name)
+    except BucketNotFoundError:
+        return await js.create_key_value(KeyValueConfig(bucket=name, history=1, ttl=ttl))
