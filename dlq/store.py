@@ -1,4 +1,4 @@
-"""Reading and acting on dead-letter records in the DLQ stream; no printing (dlq/cli.py formats).
+"""Reading and acting on dead-letter records in the DLQ stream; no printing (dlq/format.py formats).
 
 Records are read through one ephemeral consumer (not one `get_msg` per record), up to the stream's
 last sequence when the read began: a consistent snapshot while flows keep failing. A replay is
@@ -20,10 +20,9 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import APIError, NotFoundError
 
 from dlq import record as rec
-from engine.messages import CE_ID, IDEMPOTENCY_KEY, MSG_ID, REPLAY_FOR
+from engine.messages import CE_ID, IDEMPOTENCY_KEY, MSG_ID, REPLAY_FOR, REPLAY_OF
 from engine.ratelimit import RateLimiter
 
-REPLAY_OF = "Hub-Replay-Of"  # the DLQ stream sequence a replayed message came from
 DLQ_PREFIX = "Hub-Dlq-"
 FETCH_BATCH = 512
 FETCH_TIMEOUT = 1.0  # then ask the consumer whether anything is still pending

@@ -23,6 +23,7 @@ TRACEPARENT = "traceparent"
 MSG_ID = "Nats-Msg-Id"
 IDEMPOTENCY_KEY = "Hub-Idempotency-Key"
 REPLAY_FOR = "Hub-Replay-For"  # a DLQ replay is for one flow; others on the same subject skip it
+REPLAY_OF = "Hub-Replay-Of"  # the DLQ stream sequence a replayed message came from
 _NS = b"plu-hub/v1/"
 _clock: list[Any] = [0, ""]
 
