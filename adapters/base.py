@@ -31,11 +31,26 @@ class CallContext:
 
     __slots__ = ("headers", "msg_id", "correlation_id", "timeout")
 
+    FORWARDED = ("ce-id", "ce-correlationid", "traceparent", "tracestate")
+
     def __init__(self, headers: dict[str, str], msg_id: str, correlation_id: str, timeout: float):
         self.headers = headers
         self.msg_id = msg_id
         self.correlation_id = correlation_id
         self.timeout = timeout
+
+    def http_headers(self) -> dict[str, str]:
+        """What an HTTP-based target sees of the message: trace and event ids, the correlation id,
+        and the idempotency key (a replay keeps it), so its logs join ours and it can dedupe."""
+        headers: dict[str, str] = {}
+        for name in self.FORWARDED if self.headers else ():
+            if value := self.headers.get(name):
+                headers[name] = value
+        if self.correlation_id:
+            headers["X-Correlation-Id"] = self.correlation_id
+        if self.msg_id:
+            headers["Idempotency-Key"] = self.msg_id
+        return headers
 
 
 class Adapter:

@@ -42,7 +42,6 @@ Method = Annotated[
     BeforeValidator(lambda v: v.upper() if isinstance(v, str) else v),
 ]
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
-_FORWARDED = ("ce-id", "ce-correlationid", "traceparent", "tracestate")
 SNIPPET = 300
 
 
@@ -254,15 +253,7 @@ class HttpAdapter(Adapter):
         return route.base + route.template.format_map(values)
 
     def _call_headers(self, ctx: CallContext) -> dict[str, str]:
-        headers = dict(self._headers)
-        for name in _FORWARDED if ctx.headers else ():
-            if value := ctx.headers.get(name):
-                headers[name] = value
-        if ctx.correlation_id:
-            headers["X-Correlation-Id"] = ctx.correlation_id
-        if ctx.msg_id:
-            headers["Idempotency-Key"] = ctx.msg_id
-        return headers
+        return {**self._headers, **ctx.http_headers()}
 
 
 # --- helpers (pure) ----------------------------------------------------------------------------
