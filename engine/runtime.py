@@ -45,8 +45,18 @@ class Hub:
         self.alerts: AlertWatcher | None = None
         self.breakers: BreakerBoard | None = None
         self.fallback: FallbackCache | None = None
+        self.endpoint_breakers: dict[str, Any] = {}
 
     async def start(self) -> None:
+        """Broker, streams, shared state, adapters, then flows; stop() undoes what got started."""
+        await self._connect()
+        await ensure_streams(self.js, self.project.config)
+        await self._open_state()
+        await self._start_adapters()
+        await self._start_flows()
+        log.info("hub_started", flows=list(self.runners), endpoints=list(self.adapters))
+
+    async def _connect(self) -> None:
         ncfg = self.project.config.nats
         if not self.servers:
             from engine.embedded_nats import EmbeddedNats
@@ -64,7 +74,9 @@ class Hub:
             self.project.config, self.servers, max_reconnect_attempts=-1, reconnect_time_wait=0.5,
             reconnected_cb=self._reconnected, disconnected_cb=self._disconnected, error_cb=self._error))
         self.js = self.nc.jetstream(timeout=ncfg.publish_timeout)
-        await ensure_streams(self.js, self.project.config)
+
+    async def _open_state(self) -> None:
+        """The KV buckets every runner shares: done effects, failure history, breakers, fallbacks."""
         self.idempotency = IdempotencyStore(self.js, self.project.config.state.idempotency_keep)
         await self.idempotency.start()
         self.history = FailureHistory(self.js)
@@ -73,14 +85,19 @@ class Hub:
         await self.breakers.start()
         self.fallback = FallbackCache(self.js)
         await self.fallback.start()
-        breakers = {name: self.breakers.breaker(name, cfg.circuit_breaker)
-                    for name, cfg in self.project.endpoints.items() if cfg.circuit_breaker is not None}
+        self.endpoint_breakers = {name: self.breakers.breaker(name, cfg.circuit_breaker)
+                                  for name, cfg in self.project.endpoints.items() if cfg.circuit_breaker is not None}
+
+    async def _start_adapters(self) -> None:
         services = Services(nc=self.nc, js=self.js)
         registry = load_builtin_adapters()
         for name, cfg in self.project.endpoints.items():
             adapter = registry[cfg.adapter](name, cfg, services)
             await adapter.start()
             self.adapters[name] = adapter
+
+    async def _start_flows(self) -> None:
+        ncfg, breakers = self.project.config.nats, self.endpoint_breakers
         for lf in self.project.flows:
             flow = lf.flow
             pipeline = Pipeline(flow, self.adapters, breakers=breakers, fallback=self.fallback)
@@ -99,10 +116,9 @@ class Hub:
         handlers = {name: r.failures for name, r in self.runners.items() if isinstance(r, StreamFlowRunner)}
         self.max_deliveries = MaxDeliveriesWatcher(self.js, handlers, self.history)
         await self.max_deliveries.start()
-        self.alerts = AlertWatcher(self.nc, self.js, [r for r in self.runners.values() if isinstance(r, StreamFlowRunner)],
-                                   self.project.config.dlq.stream)
+        streams = [r for r in self.runners.values() if isinstance(r, StreamFlowRunner)]
+        self.alerts = AlertWatcher(self.nc, self.js, streams, self.project.config.dlq.stream)
         await self.alerts.start()
-        log.info("hub_started", flows=list(self.runners), endpoints=list(self.adapters))
 
     async def stop(self, timeout: float = 10.0) -> None:
         """Graceful: stop pulling, finish or hand back in-flight messages, close, stop the broker."""
