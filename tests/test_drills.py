@@ -152,8 +152,9 @@ async def test_drill_runner_sigkilled_mid_batch_then_restarted(tmp_path: Path, n
             assert sorted(applied) == sorted(f"m{i}" for i in range(n))
             assert repeats <= 8 * 2  # at most what was in flight at the kill
         finally:
-            proc.kill()
-            await proc.wait()
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
 
 
 async def test_drill_two_runners_share_a_flow_and_one_dies(tmp_path: Path, nats_url: str, js, unique: str):
