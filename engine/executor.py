@@ -17,8 +17,9 @@ from typing import Any
 
 import structlog
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import NoStreamResponseError
 
-from engine.errors import HubError, PublishFailed, classify
+from engine.errors import HubError, PublishFailed, RoutingError, classify
 from engine.failures import FailureHandler, FailureHistory
 from engine.idempotency import IdempotencyStore, applies_to, business_key
 from engine.messages import REPLAY_FOR, Envelope, decode, opaque
@@ -327,11 +328,7 @@ class StreamFlowRunner:
         failure policy. `futures` are done (or cancelled) by now."""
         try:
             if err is None and futures:
-                for f in futures:
-                    if f.cancelled() or f.exception() is not None:
-                        why = "no publish ack in time" if f.cancelled() else repr(f.exception())
-                        err = PublishFailed(f"output not confirmed: {why}", step="publish")
-                        break
+                err = _unconfirmed(futures, env)
             if err is HAND_BACK:
                 await msg.nak(delay=HAND_BACK_DELAY)  # not started: for another runner
             elif err is None:
@@ -357,6 +354,21 @@ class StreamFlowRunner:
 
     def _release(self, msg: Any) -> None:
         self._held.pop(id(msg), None)
+
+
+def _unconfirmed(futures: list[Any], env: Envelope) -> HubError | None:
+    """Why an output was not stored, or None. A subject no stream captures cannot succeed by
+    waiting (a payload-made subject outside the config): that is permanent and says which."""
+    for f, (subject, _, _) in zip(futures, env.outputs):
+        if f.cancelled():
+            return PublishFailed(f"{subject}: no publish ack in time", step="publish")
+        exc = f.exception()
+        if isinstance(exc, NoStreamResponseError):
+            return RoutingError(f"no stream captures {subject!r} (the subject came from the payload); "
+                                "add it to a stream in config or fix the payload", step="publish")
+        if exc is not None:
+            return PublishFailed(f"{subject}: output not confirmed: {exc!r}", step="publish")
+    return None
 
 
 async def _quietly(coro: Any) -> None:

@@ -218,3 +218,30 @@ async def test_graceful_stop_hands_back_what_it_has_not_finished(tmp_path: Path,
             assert hub.runners[unique].stats.acked + hub2.runners[unique].stats.acked == 40
         finally:
             await hub2.stop()
+
+
+async def test_a_subject_made_from_the_payload_that_no_stream_captures_is_dead_lettered_by_name(
+        tmp_path: Path, nats_url: str, js, unique: str):
+    """`publish: out.{kind}` with a kind config never planned for: the DLQ record names the subject."""
+    project = project_from(tmp_path, f"""
+    streams:
+      - {{name: IN{unique}, subjects: ["{unique}.in.>"]}}
+      - {{name: OUT{unique}, subjects: ["{unique}.out.*"]}}
+    """, f"""
+    name: {unique}
+    source: {{subject: {unique}.in.x}}
+    steps:
+      - publish: {unique}.out.{{kind}}
+    """)
+    hub = await started_hub(project, nats_url)
+    try:
+        dlq = await StreamReader.open(js, f"dlq.{unique}")
+        out = await StreamReader.open(js, f"{unique}.out.*")
+        await js.publish(f"{unique}.in.x", b'{"kind": "a.b"}', headers={"ce-id": "nested"})
+        await js.publish(f"{unique}.in.x", b'{"kind": "ok"}', headers={"ce-id": "fine"})
+        record = (await dlq.wait_for(1))[0]
+        assert record.headers["Hub-Dlq-Error-Class"] == "RoutingError"
+        assert f"no stream captures '{unique}.out.a.b'" in record.headers["Hub-Dlq-Error"]
+        assert (await out.wait_for(1))[0].subject == f"{unique}.out.ok"
+    finally:
+        await hub.stop()
