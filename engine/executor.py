@@ -1,4 +1,4 @@
-"""The hot path of a stream flow: a callback-driven durable pull consumer on nats-py.
+"""The hot path of a stream flow: steps over what engine/pull_feed.py delivers, acks after confirms.
 
 Shape (MEASURED.md): pull requests keep up to `max_in_flight` messages coming into a subscription
 callback that only buffers them. Pure flows: a processor runs the compiled steps over a batch,
@@ -10,9 +10,6 @@ each settle their own message, so a slow call holds back no other message's ack.
 from __future__ import annotations
 
 import asyncio
-import json
-import time
-from collections import deque
 from typing import Any
 
 import structlog
@@ -24,16 +21,13 @@ from engine.failures import FailureHandler, FailureHistory
 from engine.idempotency import IdempotencyStore, applies_to, business_key
 from engine.messages import REPLAY_FOR, Envelope, decode, opaque
 from engine.pipeline import Pipeline
+from engine.pull_feed import HAND_BACK_DELAY, PullFeed
 from engine.ratelimit import RateLimiter
 
 log = structlog.get_logger("hub.executor")
 
-PULL_EXPIRES = 10.0          # seconds a pull request waits on the server
 PENDING_BATCHES = 4          # batches whose publish acks may be outstanding at once
 HAND_BACK = HubError("runner stopping: message not started")  # marker, never raised
-# A handed-back message is redelivered after this delay, not at once: at once, JetStream would give it
-# straight back to this runner's own pull requests, which stay open until the runner unsubscribes.
-HAND_BACK_DELAY = 1.0
 EXTRA_DELIVERIES = 10
 
 
@@ -68,34 +62,22 @@ class StreamFlowRunner:
         self.concurrent = pipeline.is_async or self.idempotency is not None
         self.stats = FlowStats()
         self.log = log.bind(flow=self.flow.name)
-        self._buffer: deque[Any] = deque()
-        self._held: dict[int, Any] = {}
-        self._requested = 0
-        self._last_pull = 0.0
-        self._stopping = False
-        self._window = self.max_in_flight  # messages this runner may hold now (less while a circuit is open)
-        self._wake_puller = asyncio.Event()
-        self._wake_processor = asyncio.Event()
+        self.feed = PullFeed(nc, stream, self.flow.name, batch=self.batch, max_in_flight=self.max_in_flight,
+                             ack_wait=self.flow.ack_wait, log=self.log, stats=self.stats)
         self._finalisers: set[asyncio.Task[None]] = set()
         self._slots = asyncio.Semaphore(PENDING_BATCHES)
-        self._tasks: list[asyncio.Task[None]] = []
         self._workers: list[asyncio.Task[None]] = []
-        self._sub: Any = None
 
     # --- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
         await self._ensure_consumer()
-        self._inbox = self.nc.new_inbox()
-        self._pull_subject = f"$JS.API.CONSUMER.MSG.NEXT.{self.stream}.{self.flow.name}"
-        self._sub = await self.nc.subscribe(self._inbox, cb=self._on_msg)
+        await self.feed.start()
         if self.concurrent:
             self._workers = [asyncio.create_task(self._worker(), name=f"worker:{self.flow.name}:{i}")
                              for i in range(self.concurrency)]
         else:
             self._workers = [asyncio.create_task(self._process_loop(), name=f"process:{self.flow.name}")]
-        self._tasks = [asyncio.create_task(self._pull_loop(), name=f"pull:{self.flow.name}"),
-                       asyncio.create_task(self._keep_alive(), name=f"keepalive:{self.flow.name}")]
         self.log.info("flow_started", stream=self.stream, subject=self.flow.source.subject)  # type: ignore[union-attr]
 
     async def _ensure_consumer(self) -> None:
@@ -123,8 +105,7 @@ class StreamFlowRunner:
         def window(state: str) -> None:
             # open: nothing; half-open: just enough for the probes, so the backlog is not pulled
             # only to be handed back; closed: the flow's own bound
-            self._window = {"open": 0, "half_open": probes}.get(state, self.max_in_flight)
-            self._wake_puller.set()
+            self.feed.set_window({"open": 0, "half_open": probes}.get(state, self.max_in_flight))
 
         def changed(state: str) -> None:
             self.log.warning("circuit_" + state, endpoint=breaker.endpoint)
@@ -134,105 +115,31 @@ class StreamFlowRunner:
         window(breaker.state)
 
     def on_reconnect(self) -> None:
-        """Pull requests die with the connection; ask again."""
-        self._requested = 0
-        self._wake_puller.set()
+        self.feed.on_reconnect()
 
     async def stop(self, timeout: float = 10.0) -> None:
         """Stop pulling; hand unstarted messages back (redelivered to any runner after
         HAND_BACK_DELAY); let started ones finish and settle."""
-        self._stopping = True
-        self._wake_puller.set()
-        self._wake_processor.set()
-        await self._return_buffered()
+        self.feed.stop_pulling()
+        await self.feed.hand_back_buffered()
         try:
             await asyncio.wait_for(asyncio.gather(*self._workers, return_exceptions=True), timeout)
             if self._finalisers:
                 await asyncio.wait_for(asyncio.gather(*self._finalisers, return_exceptions=True), timeout)
         except TimeoutError:
-            self.log.warning("stop_timeout", held=len(self._held))
-        for task in (*self._tasks, *self._workers):
+            self.log.warning("stop_timeout", held=len(self.feed.held))
+        for task in self._workers:
             task.cancel()
-        await asyncio.gather(*self._tasks, *self._workers, return_exceptions=True)
-        await self._return_buffered()
-        if self._sub is not None and not self.nc.is_closed:
-            await self._sub.unsubscribe()
+        await asyncio.gather(*self._workers, return_exceptions=True)
+        await self.feed.close()
         self.log.info("flow_stopped", **self.stats.as_dict())
-
-    async def _return_buffered(self) -> None:
-        while self._buffer:
-            msg = self._buffer.popleft()
-            self._release(msg)
-            await _quietly(msg.nak(delay=HAND_BACK_DELAY))
-
-    # --- receiving ---------------------------------------------------------------------------
-
-    async def _on_msg(self, msg: Any) -> None:
-        headers = msg.headers
-        if headers and not msg.data and "Status" in headers:
-            status = headers["Status"]
-            if status in ("408", "409", "404"):
-                self._requested = max(0, self._requested - int(headers.get("Nats-Pending-Messages", 0) or 0))
-                if status == "409":
-                    self.log.warning("pull_conflict", description=headers.get("Description"))
-            self._wake_puller.set()
-            return
-        if self._stopping:
-            await _quietly(msg.nak(delay=HAND_BACK_DELAY))
-            return
-        if self._requested:
-            self._requested -= 1
-        self._held[id(msg)] = msg
-        self._buffer.append(msg)
-        self.stats.received += 1
-        self._wake_processor.set()
-
-    async def _pull_loop(self) -> None:
-        request_base = {"expires": int(PULL_EXPIRES * 1e9)}
-        low_water = max(1, self.batch // 2)
-        while not self._stopping:
-            room = self._window - len(self._held) - self._requested
-            if room > 0 and room >= min(low_water, self._window) and not self.nc.is_reconnecting:
-                n = min(self.batch, room)
-                try:
-                    await self.nc.publish(self._pull_subject, json.dumps({**request_base, "batch": n}).encode(),
-                                          reply=self._inbox)
-                    self._requested += n
-                    self._last_pull = time.monotonic()
-                    continue
-                except Exception as exc:
-                    self.log.warning("pull_failed", error=repr(exc))
-            self._wake_puller.clear()
-            try:
-                await asyncio.wait_for(self._wake_puller.wait(), PULL_EXPIRES + 5)
-            except TimeoutError:
-                if self._requested and time.monotonic() - self._last_pull > PULL_EXPIRES + 5:
-                    self._requested = 0  # the server's expiry notice was lost (reconnect)
-
-    async def _keep_alive(self) -> None:
-        """Tell JetStream we still work on what we hold, so no other runner gets it meanwhile."""
-        interval = max(1.0, self.flow.ack_wait / 3)
-        while True:
-            await asyncio.sleep(interval)
-            for msg in list(self._held.values()):
-                if not msg._ackd:
-                    await _quietly(msg.in_progress())
 
     # --- processing --------------------------------------------------------------------------
 
-    async def _have_work(self) -> bool:
-        """Wait until something is buffered; False when stopping with nothing left."""
-        while not self._buffer:
-            if self._stopping:
-                return False
-            self._wake_processor.clear()
-            await self._wake_processor.wait()
-        return True
-
     async def _process_loop(self) -> None:
-        while await self._have_work():
-            n = min(len(self._buffer), self.batch)
-            msgs = [self._buffer.popleft() for _ in range(n)]
+        buffer = self.feed.buffer
+        while await self.feed.ready():
+            msgs = [buffer.popleft() for _ in range(min(len(buffer), self.batch))]
             results = await self._run_sync_batch(msgs)
             await self._slots.acquire()
             task = asyncio.create_task(self._finalise(results))
@@ -275,9 +182,9 @@ class StreamFlowRunner:
     async def _worker(self) -> None:
         """Flows with calls: `concurrency` workers each take the next message and settle it on its
         own, so one slow call delays no other message's ack (and a crash repeats little)."""
-        while await self._have_work():
-            msg = self._buffer.popleft()
-            if self._stopping:
+        while await self.feed.ready():
+            msg = self.feed.buffer.popleft()
+            if self.feed.stopping:
                 await self._settle(msg, None, None, HAND_BACK)
                 continue
             await self._settle(*await self._run_one(msg))
@@ -321,7 +228,6 @@ class StreamFlowRunner:
                 await self._settle(*result)
         finally:
             self._slots.release()
-            self._wake_puller.set()
 
     async def _settle(self, msg: Any, env: Any, futures: Any, err: HubError | None) -> None:
         """Ack only what is done and confirmed (and its effect recorded); the rest goes to the
@@ -348,13 +254,7 @@ class StreamFlowRunner:
         except Exception as exc:  # connection gone: JetStream will redeliver after ack_wait
             self.log.warning("settle_failed", error=repr(exc))
         finally:
-            self._release(msg)
-            if self.concurrent:
-                self._wake_puller.set()
-
-    def _release(self, msg: Any) -> None:
-        self._held.pop(id(msg), None)
-
+            self.feed.release(msg)
 
 def _unconfirmed(futures: list[Any], env: Envelope) -> HubError | None:
     """Why an output was not stored, or None. A subject no stream captures cannot succeed by
@@ -369,10 +269,3 @@ def _unconfirmed(futures: list[Any], env: Envelope) -> HubError | None:
         if exc is not None:
             return PublishFailed(f"{subject}: output not confirmed: {exc!r}", step="publish")
     return None
-
-
-async def _quietly(coro: Any) -> None:
-    try:
-        await coro
-    except Exception:
-        pass
