@@ -13,7 +13,11 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # flat layout: engine/, adapters/ ... live at the project root
     sys.path.insert(0, str(ROOT))
 
+from engine import logs  # noqa: E402
 from engine.embedded_nats import EmbeddedNats  # noqa: E402
+
+# warnings and errors only, readable: a failing test shows them; `pytest -s` drill reports stay legible
+logs.configure("warning", "console")
 
 
 @pytest.fixture(scope="session")
