@@ -1,0 +1,304 @@
+"""What each country's ERP looks like on the wire: operation element names, request paths, answer nesting.
+
+A dialect turns the first Body child into a generic call (`kind`, `args`) and a generic result back into
+the inner XML of its answer. The generic behaviour (state, delays, idempotency) lives in simulator.py.
+
+| country | SOAP | naming | security | refusals | paging |
+|---------|------|--------|----------|----------|--------|
+| de | 1.1 | PascalCase, SAP-like | WS-Security UsernameToken | Return rows Type E in a 200 | PageToken |
+| fr | 1.2 | lowerCamel French | none | soap:Sender fault | page number |
+| it | 1.1 | snake_case Italian | none | soap:Client fault, coded detail | offset/limite + totale |
+| pt | 1.2 | PascalCase Portuguese, Cabecalho/Dados | none | soap:Sender fault | keyset cursor |
+| uk | 1.1 | PascalCase, *Request/*Response | none; HTML 503 when over capacity | soap:Client fault | PageNumber/TotalPages |
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+from xml.sax.saxutils import escape
+
+from lxml import etree
+
+Parse = Callable[[etree._Element, "Dialect"], dict[str, Any]]
+Render = Callable[[dict[str, Any], "Dialect"], str]
+
+
+def e(tag: str, value: Any) -> str:
+    """`<tag>value</tag>`, escaped; nothing for None."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        value = "true" if value else "false"
+    return f"<{tag}>{escape(str(value))}</{tag}>"
+
+
+@dataclass
+class Op:
+    kind: str  # submit | status | upsert | invoices
+    element: str  # the request element (first child of Body)
+    response: str  # the answer element
+    parse: Parse
+    render: Render
+
+
+@dataclass
+class Dialect:
+    country: str
+    ns: str
+    soap: int  # 11 or 12
+    wsdl: str
+    ops: dict[str, Op]  # by request element local name
+    messages: dict[str, str]  # refusal and failure texts, str.format'ed with the refusal's fields
+    ws_security: bool = False
+    return_table: bool = False  # DE: refusals are Type E rows inside a 200 answer
+    account_key: Callable[[int], str] = str
+    switch_ref: Callable[[int], str] = str
+    fault_detail: Callable[[str, str], str] = lambda code, msg: f"<code>{escape(code)}</code>"
+    operation_names: dict[str, str] = field(default_factory=dict)  # kind -> WSDL operation name
+
+    def text(self, el: etree._Element, path: str) -> str | None:
+        """Text at a slash path of local names in this dialect's namespace."""
+        return el.findtext("/".join(f"{{{self.ns}}}{p}" for p in path.split("/")))
+
+    def integer(self, el: etree._Element, path: str, default: int) -> int:
+        value = self.text(el, path)
+        return int(value) if value not in (None, "") else default
+
+
+# --- DE ---------------------------------------------------------------------------------------
+
+def _de_return(rows: list[tuple[str, str, str, str]]) -> str:
+    return "".join(f"<Return>{e('Type', t)}{e('Id', i)}{e('Number', n)}{e('Message', m)}</Return>"
+                   for t, i, n, m in rows)
+
+
+def _de_ok(message: str) -> str:
+    return _de_return([("S", "ZISU", "000", message)])
+
+
+DE = Dialect(
+    country="de", ns="urn:plu:sandbox:erp:de:isu:v1", soap=11, wsdl="de.wsdl", ws_security=True, return_table=True,
+    account_key=lambda n: f"{1000000 + n:010d}", switch_ref=lambda n: f"SW{4500000000 + n}",
+    messages={"blocked": "Vertrag {contract} ist für Tarifwechsel gesperrt",
+              "not_found": "Wechselbeleg {ref} existiert nicht",
+              "missing": "Pflichtfeld {field} fehlt",
+              "unknown_tariff": "Tarif {tariff} ist im Tarifkatalog nicht vorhanden"},
+    ops={
+        "TariffSwitchCreate": Op(
+            "submit", "TariffSwitchCreate", "TariffSwitchCreateResponse",
+            lambda b, d: {"contract": d.text(b, "Contract/ContractId"), "tariff": d.text(b, "Contract/TariffCode"),
+                          "effective": d.text(b, "Contract/ValidFrom"),
+                          "key": f"{d.text(b, 'Contract/ContractId')}#{d.text(b, 'Contract/ContractVersion')}"},
+            lambda r, d: e("SwitchReference", r["ref"]) + e("Status", r["status"])
+            + _de_ok(f"Wechselbeleg {r['ref']} angelegt")),
+        "TariffSwitchGetStatus": Op(
+            "status", "TariffSwitchGetStatus", "TariffSwitchGetStatusResponse",
+            lambda b, d: {"ref": d.text(b, "SwitchReference")},
+            lambda r, d: e("SwitchReference", r["ref"]) + e("Status", r["status"]) + e("Reason", r["reason"])
+            + _de_ok("Status gelesen")),
+        "BusinessPartnerUpsert": Op(
+            "upsert", "BusinessPartnerUpsert", "BusinessPartnerUpsertResponse",
+            lambda b, d: {"crm_id": d.text(b, "Partner/CrmAccountId"), "name": d.text(b, "Partner/Name"),
+                          "email": d.text(b, "Partner/Email")},
+            lambda r, d: e("PartnerNumber", r["key"]) + e("Created", r["created"])
+            + _de_ok(f"Geschäftspartner {r['key']} gesichert")),
+        "InvoiceGetChangedList": Op(
+            "invoices", "InvoiceGetChangedList", "InvoiceGetChangedListResponse",
+            lambda b, d: {"since": d.text(b, "ChangedSince"), "size": d.integer(b, "MaxRows", 100),
+                          "offset": int((d.text(b, "PageToken") or "P0")[1:] or 0)},
+            lambda r, d: "<Invoices>" + "".join(
+                f"<Invoice>{e('InvoiceNumber', i.number)}{e('PartnerNumber', i.account)}"
+                f"{e('GrossAmount', i.amount)}{e('Currency', i.currency)}{e('ChangedAt', i.changed_iso)}</Invoice>"
+                for i in r["rows"]) + "</Invoices>"
+            + e("NextPageToken", None if r["next"] is None else f"P{r['next']}") + _de_ok("Liste gelesen")),
+    },
+)
+
+
+# --- FR ---------------------------------------------------------------------------------------
+
+def _fr_bascule(r: dict[str, Any]) -> str:
+    return f"<bascule>{e('reference', r['ref'])}{e('statut', r['status'])}{e('motif', r.get('reason'))}</bascule>"
+
+
+FR = Dialect(
+    country="fr", ns="http://erp.plu.fr/sandbox/bascule/2024", soap=12, wsdl="fr.wsdl",
+    account_key=lambda n: f"CPT-{n:06d}", switch_ref=lambda n: f"BSC-2025-{n:05d}",
+    fault_detail=lambda code, msg: f"<codeErreur>{escape(code)}</codeErreur>",
+    messages={"blocked": "Le contrat {contract} est bloqué pour bascule",
+              "not_found": "Bascule {ref} introuvable",
+              "missing": "Champ obligatoire {field} absent",
+              "unknown_tariff": "Code tarif {tariff} inconnu"},
+    ops={
+        "demanderBascule": Op(
+            "submit", "demanderBascule", "demanderBasculeReponse",
+            lambda b, d: {"contract": d.text(b, "demande/contrat/numero"), "tariff": d.text(b, "demande/codeTarif"),
+                          "effective": d.text(b, "demande/dateEffet"),
+                          "key": f"{d.text(b, 'demande/contrat/numero')}/v{d.text(b, 'demande/contrat/version')}"},
+            lambda r, d: _fr_bascule(r)),
+        "consulterBascule": Op(
+            "status", "consulterBascule", "consulterBasculeReponse",
+            lambda b, d: {"ref": d.text(b, "reference")}, lambda r, d: _fr_bascule(r)),
+        "enregistrerCompte": Op(
+            "upsert", "enregistrerCompte", "enregistrerCompteReponse",
+            lambda b, d: {"crm_id": d.text(b, "compte/identifiantCrm"), "name": d.text(b, "compte/raisonSociale"),
+                          "email": d.text(b, "compte/courriel")},
+            lambda r, d: e("codeCompte", r["key"])),
+        "listerFactures": Op(
+            "invoices", "listerFactures", "listerFacturesReponse",
+            lambda b, d: {"since": d.text(b, "modifieesDepuis"), "size": d.integer(b, "taillePage", 50),
+                          "offset": (max(d.integer(b, "numeroPage", 1), 1) - 1) * d.integer(b, "taillePage", 50)},
+            lambda r, d: "<factures>" + "".join(
+                f"<facture>{e('numero', i.number)}{e('codeCompte', i.account)}{e('montantTtc', i.amount)}"
+                f"{e('devise', i.currency)}{e('dateModification', i.changed_iso)}</facture>" for i in r["rows"])
+            + "</factures>" + e("pageSuivante", None if r["next"] is None else r["next"] // max(r["size"], 1) + 1)),
+    },
+)
+
+
+# --- IT ---------------------------------------------------------------------------------------
+
+def _it_esito(r: dict[str, Any]) -> str:
+    return f"<esito>{e('id_pratica', r['ref'])}{e('stato', r['status'])}{e('motivo', r.get('reason'))}</esito>"
+
+
+IT = Dialect(
+    country="it", ns="urn:it:plu:sandbox:gestionale:v2", soap=11, wsdl="it.wsdl",
+    account_key=lambda n: f"CLI/2025/{n:04d}", switch_ref=lambda n: f"PRAT-{770000 + n}",
+    fault_detail=lambda code, msg: f"<errore><codice>{escape(code)}</codice><descrizione>{escape(msg)}"
+                                   "</descrizione></errore>",
+    messages={"blocked": "Contratto {contract} bloccato per cambio tariffa",
+              "not_found": "Pratica {ref} inesistente",
+              "missing": "Campo obbligatorio {field} mancante",
+              "unknown_tariff": "Codice tariffa {tariff} sconosciuto"},
+    ops={
+        "richiesta_cambio_tariffa": Op(
+            "submit", "richiesta_cambio_tariffa", "richiesta_cambio_tariffa_risposta",
+            lambda b, d: {"contract": d.text(b, "codice_contratto"), "tariff": d.text(b, "codice_tariffa"),
+                          "effective": d.text(b, "data_decorrenza"), "key": d.text(b, "chiave_idempotenza")},
+            lambda r, d: _it_esito(r)),
+        "stato_cambio_tariffa": Op(
+            "status", "stato_cambio_tariffa", "stato_cambio_tariffa_risposta",
+            lambda b, d: {"ref": d.text(b, "id_pratica")}, lambda r, d: _it_esito(r)),
+        "salva_cliente": Op(
+            "upsert", "salva_cliente", "salva_cliente_risposta",
+            lambda b, d: {"crm_id": d.text(b, "cliente/id_crm"), "name": d.text(b, "cliente/denominazione"),
+                          "email": d.text(b, "cliente/email")},
+            lambda r, d: e("codice_cliente", r["key"])),
+        "elenco_fatture": Op(
+            "invoices", "elenco_fatture", "elenco_fatture_risposta",
+            lambda b, d: {"since": d.text(b, "modificate_dal"), "size": d.integer(b, "limite", 50),
+                          "offset": d.integer(b, "offset", 0)},
+            lambda r, d: e("totale", r["total"]) + "".join(
+                f"<fattura>{e('numero_fattura', i.number)}{e('codice_cliente', i.account)}{e('importo', i.amount)}"
+                f"{e('valuta', i.currency)}{e('modificata_il', i.changed_iso)}</fattura>" for i in r["rows"])),
+    },
+)
+
+
+# --- PT ---------------------------------------------------------------------------------------
+
+def _pt_head(b: etree._Element, d: Dialect) -> str | None:
+    return d.text(b, "Cabecalho/IdPedido")
+
+
+def _pt_answer(r: dict[str, Any], dados: str) -> str:
+    return f"<Cabecalho>{e('IdPedido', r.get('request_id') or '')}{e('Sucesso', True)}</Cabecalho><Dados>{dados}</Dados>"
+
+
+def _pt_mudanca(r: dict[str, Any], d: Dialect) -> str:
+    return _pt_answer(r, e("ReferenciaMudanca", r["ref"]) + e("Estado", r["status"]) + e("Motivo", r.get("reason")))
+
+
+PT = Dialect(
+    country="pt", ns="http://erp.plu.pt/sandbox/faturacao/v3", soap=12, wsdl="pt.wsdl",
+    account_key=lambda n: f"PT5{n:07d}", switch_ref=lambda n: f"MT/{2025}/{n:06d}",
+    fault_detail=lambda code, msg: f"<Erro><Codigo>{escape(code)}</Codigo></Erro>",
+    messages={"blocked": "Contrato {contract} bloqueado para mudança de tarifário",
+              "not_found": "Mudança {ref} não encontrada",
+              "missing": "Campo obrigatório {field} em falta",
+              "unknown_tariff": "Tarifário {tariff} desconhecido"},
+    ops={
+        "SubmeterMudancaTarifario": Op(
+            "submit", "SubmeterMudancaTarifario", "SubmeterMudancaTarifarioResposta",
+            lambda b, d: {"contract": d.text(b, "Dados/NumeroContrato"), "tariff": d.text(b, "Dados/Tarifario"),
+                          "effective": d.text(b, "Dados/DataInicio"), "key": _pt_head(b, d),
+                          "request_id": _pt_head(b, d)},
+            _pt_mudanca),
+        "ConsultarMudancaTarifario": Op(
+            "status", "ConsultarMudancaTarifario", "ConsultarMudancaTarifarioResposta",
+            lambda b, d: {"ref": d.text(b, "Dados/ReferenciaMudanca"), "request_id": _pt_head(b, d)},
+            _pt_mudanca),
+        "GravarCliente": Op(
+            "upsert", "GravarCliente", "GravarClienteResposta",
+            lambda b, d: {"crm_id": d.text(b, "Dados/IdCrm"), "name": d.text(b, "Dados/Nome"),
+                          "email": None, "request_id": _pt_head(b, d)},
+            lambda r, d: _pt_answer(r, e("NumeroCliente", r["key"]))),
+        "ListarFaturas": Op(
+            "invoices", "ListarFaturas", "ListarFaturasResposta",
+            lambda b, d: {"since": d.text(b, "Dados/AlteradasDesde"), "size": d.integer(b, "Dados/Limite", 50),
+                          "after": d.text(b, "Dados/Cursor") or None, "request_id": _pt_head(b, d)},
+            lambda r, d: _pt_answer(r, "<Faturas>" + "".join(
+                f"<Fatura>{e('Numero', i.number)}{e('NumeroCliente', i.account)}{e('Valor', i.amount)}"
+                f"{e('Moeda', i.currency)}{e('AlteradaEm', i.changed_iso)}</Fatura>" for i in r["rows"])
+                + "</Faturas>" + e("ProximoCursor", r["rows"][-1].number if r["next"] is not None else None))),
+    },
+)
+
+
+# --- UK ---------------------------------------------------------------------------------------
+
+def _uk_change(r: dict[str, Any], d: Dialect) -> str:
+    return (f"<ChangeRequest>{e('Id', r['ref'])}{e('State', r['status'])}"
+            f"{e('FailureReason', r.get('reason'))}</ChangeRequest>")
+
+
+def _uk_pages(r: dict[str, Any]) -> tuple[int, int]:
+    size = max(r["size"], 1)
+    return r["offset"] // size + 1, max((r["total"] + size - 1) // size, 1)
+
+
+UK = Dialect(
+    country="uk", ns="http://erp.plu.co.uk/sandbox/billing/2023", soap=11, wsdl="uk.wsdl",
+    account_key=lambda n: f"ACC-{100000 + n}", switch_ref=lambda n: f"TC-{n:08d}",
+    fault_detail=lambda code, msg: f"<ErrorCode>{escape(code)}</ErrorCode>",
+    messages={"blocked": "Agreement {contract} is locked for tariff changes",
+              "not_found": "Change request {ref} not found",
+              "missing": "Required field {field} missing",
+              "unknown_tariff": "Tariff {tariff} is not in the price book"},
+    ops={
+        "RequestTariffChangeRequest": Op(
+            "submit", "RequestTariffChangeRequest", "RequestTariffChangeResponse",
+            lambda b, d: {"contract": d.text(b, "AgreementRef"), "tariff": d.text(b, "NewTariff"),
+                          "effective": d.text(b, "EffectiveDate"),
+                          "key": f"{d.text(b, 'AgreementRef')}:{d.text(b, 'AgreementRevision')}"},
+            _uk_change),
+        "GetTariffChangeRequest": Op(
+            "status", "GetTariffChangeRequest", "GetTariffChangeResponse",
+            lambda b, d: {"ref": d.text(b, "ChangeRequestId")}, _uk_change),
+        "SaveCustomerAccountRequest": Op(
+            "upsert", "SaveCustomerAccountRequest", "SaveCustomerAccountResponse",
+            lambda b, d: {"crm_id": d.text(b, "Account/CrmId"), "name": d.text(b, "Account/DisplayName"),
+                          "email": d.text(b, "Account/EmailAddress")},
+            lambda r, d: e("AccountNumber", r["key"])),
+        "FetchInvoicesRequest": Op(
+            "invoices", "FetchInvoicesRequest", "FetchInvoicesResponse",
+            lambda b, d: {"since": d.text(b, "ModifiedAfter"), "size": d.integer(b, "PageSize", 50),
+                          "offset": (max(d.integer(b, "PageNumber", 1), 1) - 1) * d.integer(b, "PageSize", 50)},
+            lambda r, d: "<InvoicePage>" + e("PageNumber", _uk_pages(r)[0]) + e("TotalPages", _uk_pages(r)[1])
+            + "<Invoices>" + "".join(
+                f"<Invoice>{e('Number', i.number)}{e('AccountNumber', i.account)}"
+                f"{e('TotalPence', int(i.amount * 100))}{e('ModifiedAt', i.changed_iso)}</Invoice>"
+                for i in r["rows"]) + "</Invoices></InvoicePage>"),
+    },
+)
+
+DIALECTS: dict[str, Dialect] = {d.country: d for d in (DE, FR, IT, PT, UK)}
+COUNTRIES: tuple[str, ...] = tuple(DIALECTS)
+
+# the WSDL operation name of each kind (UK's request elements carry a Request suffix, the operations don't)
+for _d in DIALECTS.values():
+    for _op in _d.ops.values():
+        _name = _op.element.removesuffix("Request") if _d.country == "uk" else _op.element
+        _d.operation_names[_op.kind] = _name
