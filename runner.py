@@ -25,6 +25,8 @@ examples:
   runner.py demo                             start broker + sandbox, drive a scenario, report
   runner.py dlq list --flow contract-switch-request     what failed, and why
   runner.py dlq edit 42 --set country=DE     fix a dead letter, validate it, replay it
+  runner.py trigger erp-invoices-nightly     run a scheduled flow now
+  runner.py pending                          tariff switches (and other waits) not done yet
   runner.py docs --out docs/                 write the flow reference and JSON Schema
 
 exit codes: 0 ok, 1 the work failed (demo outcome, runtime error), 2 invalid configuration or usage.
@@ -63,8 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-data", action="store_true", help="keep the demo's JetStream store afterwards")
 
     from dlq.cli import register as register_dlq
+    from engine.ops_cli import register as register_ops
 
     register_dlq(sub)
+    register_ops(sub)
 
     p = sub.add_parser("docs", help="write the flow reference (Markdown) and the JSON Schema for editors")
     p.add_argument("--out", type=Path, default=ROOT / "docs", help="output directory (default: docs/)")
@@ -75,8 +79,9 @@ def _load(args: argparse.Namespace):  # noqa: ANN202
     from engine.errors import ConfigError
     from engine.validation import flow_files, load_project
 
-    files = args.files or (flow_files(args.flows) if args.flows.is_dir() else [])
-    if not args.files and not args.flows.is_dir():
+    chosen = getattr(args, "files", None)
+    files = chosen or (flow_files(args.flows) if args.flows.is_dir() else [])
+    if not chosen and not args.flows.is_dir():
         raise ConfigError([f"{args.flows}: flow directory not found"])
     return load_project(args.config, files)
 
@@ -141,6 +146,29 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return asyncio.run(run_demo(ROOT, keep_data=args.keep_data))
 
 
+def cmd_trigger(args: argparse.Namespace) -> int:
+    from engine.errors import ConfigError
+    from engine.ops_cli import cmd_trigger as trigger
+
+    try:
+        project = _load(args)
+    except ConfigError as exc:
+        return _print_issues(exc.issues, "fix the configuration first (runner.py validate)")
+    return trigger(args, project)
+
+
+def cmd_pending(args: argparse.Namespace) -> int:
+    from engine.errors import ConfigError
+    from engine.ops_cli import cmd_pending as pending
+    from engine.validation import load_config
+
+    try:
+        config, _ = load_config(args.config)
+    except ConfigError as exc:
+        return _print_issues(exc.issues, "fix the configuration first (runner.py validate)")
+    return pending(args, config)
+
+
 def cmd_docs(args: argparse.Namespace) -> int:
     from engine.docs import write_docs
 
@@ -153,7 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from dlq.cli import main as cmd_dlq
 
-    commands = {"validate": cmd_validate, "run": cmd_run, "demo": cmd_demo, "docs": cmd_docs, "dlq": cmd_dlq}
+    commands = {"validate": cmd_validate, "run": cmd_run, "demo": cmd_demo, "docs": cmd_docs, "dlq": cmd_dlq,
+                "trigger": cmd_trigger, "pending": cmd_pending}
     return commands[args.command](args)
 
 

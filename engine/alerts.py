@@ -12,16 +12,26 @@ from typing import Any
 import structlog
 from nats.js.errors import NotFoundError
 
-from engine.executor import StreamFlowRunner
 from engine.messages import event_headers
 
 log = structlog.get_logger("hub.alerts")
 
 
+async def publish_alert(js: Any, flow: str, alert: str, state: str, **fields: Any) -> dict[str, Any]:
+    """Publish one alert event on `ops.alert.<flow>` (confirmed) and log it; returns the event."""
+    event = {"flow": flow, "alert": alert, "state": state, **fields,
+             "at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    (log.warning if state == "firing" else log.info)("alert", **event)
+    subject = f"ops.alert.{flow}"
+    await js.publish(subject, json.dumps(event, default=str).encode(),
+                     headers=event_headers(f"/plu-hub/flows/{flow}", subject))
+    return event
+
+
 class FlowAlerts:
     """The checks of one flow; remembers what is firing so each change is reported once."""
 
-    def __init__(self, runner: StreamFlowRunner, js: Any, dlq_stream: str) -> None:
+    def __init__(self, runner: Any, js: Any, dlq_stream: str) -> None:
         self.runner = runner
         self.flow = runner.flow
         self.spec = runner.flow.alerts
@@ -74,19 +84,13 @@ class FlowAlerts:
             if over == self.firing.get(kind, False):
                 continue
             self.firing[kind] = over
-            event = {"flow": self.flow.name, "alert": kind, "state": "firing" if over else "resolved",
-                     "value": round(value, 3), "threshold": threshold,
-                     "at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-            (log.warning if over else log.info)("alert", **event)
-            subject = f"ops.alert.{self.flow.name}"
-            await nc.jetstream().publish(subject, json.dumps(event).encode(),
-                                         headers=event_headers(f"/plu-hub/flows/{self.flow.name}", subject))
-            events.append(event)
+            events.append(await publish_alert(self.js, self.flow.name, kind, "firing" if over else "resolved",
+                                              value=round(value, 3), threshold=threshold))
         return events
 
 
 class AlertWatcher:
-    def __init__(self, nc: Any, js: Any, runners: list[StreamFlowRunner], dlq_stream: str) -> None:
+    def __init__(self, nc: Any, js: Any, runners: list[Any], dlq_stream: str) -> None:
         self.nc = nc
         self.checks = [FlowAlerts(r, js, dlq_stream) for r in runners if r.flow.alerts is not None]
         self._tasks: list[asyncio.Task[None]] = []

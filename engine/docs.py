@@ -3,6 +3,7 @@ loader uses (so it cannot drift), plus JSON Schemas that editors use to complete
 
 from __future__ import annotations
 
+import inspect
 import json
 import re
 from pathlib import Path
@@ -14,7 +15,7 @@ from engine.config import HubConfig
 from engine.registry import load_builtin_adapters
 from engine.breaker import BreakerSettings
 from engine.spec import (STEP_KINDS, _STEP_MODELS, Alerts, CallSpec, Fallback, Flow, Idempotency, Limits, OnError,
-                         PublishSpec, RequestSource, StreamSource)
+                         PublishSpec, PullSpec, RequestSource, ScheduleSource, ScheduleSpec, StreamSource, UntilSpec)
 
 
 def _fields_table(model: type[BaseModel]) -> list[str]:
@@ -40,12 +41,14 @@ def reference() -> str:
            "and each adapter's Config. Durations take a unit (`200ms`, `5s`, `2h`); rates are `N/s`, `N/m`, `N/h`.", ""]
     sections: list[tuple[str, type[BaseModel]]] = [
         ("Flow (one file in flows/)", Flow), ("source: subject", StreamSource), ("source: request", RequestSource),
+        ("source: schedule", ScheduleSource), ("source: schedule.schedule", ScheduleSpec),
         ("on_error", OnError), ("limits", Limits), ("idempotency", Idempotency), ("alerts", Alerts),
         ("call", CallSpec), ("call.fallback", Fallback), ("publish", PublishSpec),
+        ("until", UntilSpec), ("pull", PullSpec),
         ("endpoint circuit_breaker (config)", BreakerSettings),
     ]
     for title, model in sections:
-        out += [f"## {title}", "", (model.__doc__ or "").strip(), "", *_fields_table(model), ""]
+        out += [f"## {title}", "", inspect.cleandoc(model.__doc__ or ""), "", *_fields_table(model), ""]
     out += ["## Steps", "", "A step is a mapping with exactly one of: " + ", ".join(f"`{k}`" for k in STEP_KINDS) + ".", ""]
     for kind, model in _STEP_MODELS.items():
         out += [f"- `{kind}`: {(model.__doc__ or '').strip()}"]

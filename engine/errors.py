@@ -100,6 +100,24 @@ class RoutingError(PermanentError):
     """A template (endpoint or subject) could not be resolved from the payload."""
 
 
+class DeadlineExceeded(PermanentError):
+    """An `until` wait outlived its give_up age: what it waited for never happened."""
+
+
+# --- not an error: an outcome ------------------------------------------------------------------
+
+
+class NotYet(HubError):
+    """An `until` step's condition is not met yet: the message goes back to JetStream for a later
+    check. Never dead-lettered, never counted as a failure."""
+
+    transient = True
+
+    def __init__(self, spec: object, *, step: str | None = None) -> None:
+        super().__init__("waiting: condition not met yet", step=step)
+        self.spec = spec
+
+
 # --- configuration -----------------------------------------------------------------------------
 
 

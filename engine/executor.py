@@ -16,13 +16,14 @@ import structlog
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NoStreamResponseError
 
-from engine.errors import HubError, PublishFailed, RoutingError, classify
+from engine.errors import HubError, NotYet, PublishFailed, RoutingError, classify
 from engine.failures import FailureHandler, FailureHistory
 from engine.idempotency import IdempotencyStore, applies_to, business_key
 from engine.messages import REPLAY_FOR, Envelope, decode, opaque
 from engine.pipeline import Pipeline
 from engine.pull_feed import HAND_BACK_DELAY, PullFeed
 from engine.ratelimit import RateLimiter
+from engine.waiting import WaitHandler, checks_within
 
 log = structlog.get_logger("hub.executor")
 
@@ -58,6 +59,7 @@ class StreamFlowRunner:
         self.concurrency = limits.concurrency
         self.limiter = RateLimiter(limits.rate) if limits.rate else None
         self.failures = FailureHandler(self.flow, js, stream, publish_timeout, history, breaker_wait)
+        self.waits = WaitHandler(self.flow, js, self.failures) if pipeline.waits else None
         self.idempotency = idempotency if idempotency and applies_to(self.flow, pipeline.is_async) else None
         self.concurrent = pipeline.is_async or self.idempotency is not None
         self.stats = FlowStats()
@@ -71,6 +73,8 @@ class StreamFlowRunner:
     # --- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
+        if self.waits is not None:
+            await self.waits.start()
         await self._ensure_consumer()
         await self.feed.start()
         if self.concurrent:
@@ -78,21 +82,23 @@ class StreamFlowRunner:
                              for i in range(self.concurrency)]
         else:
             self._workers = [asyncio.create_task(self._process_loop(), name=f"process:{self.flow.name}")]
-        self.log.info("flow_started", stream=self.stream, subject=self.flow.source.subject)  # type: ignore[union-attr]
+        self.log.info("flow_started", stream=self.stream, subject=self.flow.consumed_subject)
 
     async def _ensure_consumer(self) -> None:
         source = self.flow.source
+        # `until` checks come back as deliveries too: room for every check before give_up
+        checks = max((checks_within(w) for w in self.pipeline.waits), default=0)
         config = ConsumerConfig(
             durable_name=self.flow.name,
-            filter_subject=source.subject,  # type: ignore[union-attr]
+            filter_subject=self.flow.consumed_subject,
             ack_policy=AckPolicy.EXPLICIT,
             ack_wait=self.flow.ack_wait,
             max_ack_pending=self.max_in_flight,
             # the schedule is enforced by the failure handler from the failure history; this bound
             # is the backstop for messages that crash a worker (engine/advisories.py), with room
             # for hand-backs and outage waits, which do not count against the schedule
-            max_deliver=len(self.flow.on_error.redeliver) + 1 + EXTRA_DELIVERIES,
-            deliver_policy=DeliverPolicy.NEW if source.deliver == "new" else DeliverPolicy.ALL,  # type: ignore[union-attr]
+            max_deliver=len(self.flow.on_error.redeliver) + 1 + EXTRA_DELIVERIES + checks,
+            deliver_policy=DeliverPolicy.NEW if getattr(source, "deliver", "all") == "new" else DeliverPolicy.ALL,
             description=self.flow.description[:200] or None,
         )
         await self.js.add_consumer(self.stream, config)  # creates, or updates the mutable fields
@@ -237,10 +243,14 @@ class StreamFlowRunner:
                 err = _unconfirmed(futures, env)
             if err is HAND_BACK:
                 await msg.nak(delay=HAND_BACK_DELAY)  # not started: for another runner
+            elif isinstance(err, NotYet) and self.waits is not None:
+                await self.waits.not_yet(msg, env, err)
             elif err is None:
                 if futures is not None and env is not None and env.idem_key is not None:
                     await self.idempotency.mark_done(self.flow.name, env.idem_key, env.msg_id)  # type: ignore[union-attr]
                 await msg.ack()
+                if self.waits is not None and env is not None:
+                    await self.waits.forget(env)
                 if futures is None:
                     if env is not None:
                         self.stats.filtered += 1

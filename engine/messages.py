@@ -45,7 +45,8 @@ def derived_id(*parts: str) -> str:
 class Envelope:
     """A message inside a flow: the payload being transformed plus its identity."""
 
-    __slots__ = ("payload", "raw", "headers", "subject", "msg_id", "correlation_id", "outputs", "reply", "idem_key")
+    __slots__ = ("payload", "raw", "headers", "subject", "msg_id", "correlation_id", "outputs", "reply", "idem_key",
+                 "wait_key")
 
     def __init__(self, payload: Any, headers: dict[str, str], subject: str, msg_id: str,
                  correlation_id: str, raw: bytes | None = None) -> None:
@@ -58,6 +59,7 @@ class Envelope:
         self.outputs: list[tuple[str, bytes, bytes]] = []  # subject, payload, encoded headers
         self.reply: bytes | None = None
         self.idem_key: str | None = None  # set when the flow's effects are idempotency-checked
+        self.wait_key: str | None = None  # set by an `until` step: the pending record's key
 
 
 def message_id(headers: dict[str, str] | None, fallback: str) -> str:

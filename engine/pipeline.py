@@ -14,13 +14,14 @@ import jmespath
 from pydantic import BaseModel, ValidationError
 
 from adapters.base import Adapter, CallContext
-from engine.errors import HubError, RoutingError, TransformFailed, ValidationFailed, classify
+from engine.errors import HubError, NotYet, RoutingError, TransformFailed, ValidationFailed, classify
 from engine.messages import Envelope, encode, output_headers
 from engine.nats_client import encode_headers
 from engine.breaker import Breaker
 from engine.fallback import FallbackCache
 from engine.resilience import CallGuard
-from engine.spec import CallStep, FilterStep, Flow, PublishStep, ReplyStep, TransformStep, ValidateStep
+from engine.spec import (CallStep, FilterStep, Flow, PublishStep, PullStep, ReplyStep, TransformStep, UntilSpec,
+                         UntilStep, ValidateStep)
 from engine.subjects import placeholders, render, subject_problem
 from engine.validation import resolve_schema, resolve_transform
 from engine.yaml_lines import format_loc
@@ -91,6 +92,25 @@ def _publish(template: str, flow: str, index: int, label: str) -> SyncStep:
     return run
 
 
+def _until(spec: UntilSpec, label: str) -> SyncStep:
+    done = jmespath.compile(spec.done).search
+    track = spec.track
+
+    def run(env: Envelope) -> bool:
+        if track:
+            try:
+                env.wait_key = render(track, env.payload, lower=False)
+            except KeyError as exc:
+                raise RoutingError(f"track key {track!r} needs payload field {exc}", step=label) from None
+        else:
+            env.wait_key = env.msg_id
+        if done(env.payload):
+            return True
+        raise NotYet(spec, step=label)
+
+    return run
+
+
 def _reply(env: Envelope) -> bool:
     env.reply = encode(env.payload)
     return True
@@ -100,9 +120,13 @@ class Pipeline:
     """The compiled steps of one flow. `run_sync` serves flows without calls; `run` all flows."""
 
     def __init__(self, flow: Flow, adapters: dict[str, Adapter], guard: CallGuard | None = None,
-                 breakers: dict[str, Breaker] | None = None, fallback: FallbackCache | None = None) -> None:
+                 breakers: dict[str, Breaker] | None = None, fallback: FallbackCache | None = None,
+                 js: Any = None, publish_timeout: float = 10.0) -> None:
+        from engine.paged_pull import PagedPull
+
         self.flow = flow
-        self.steps: list[tuple[str, SyncStep | None, CallStep | None]] = []
+        self.publish_timeout = publish_timeout
+        self.steps: list[tuple[str, SyncStep | None, Any]] = []
         if flow.schema_:
             self.steps.append(("schema", _validator(resolve_schema(flow.schema_), "schema"), None))
         for i, step in enumerate(flow.steps):
@@ -117,8 +141,12 @@ class Pipeline:
                 self.steps.append((label + ".publish", _publish(step.publish.subject, flow.name, i, label), None))
             elif isinstance(step, ReplyStep):
                 self.steps.append((label + ".reply", _reply, None))
+            elif isinstance(step, UntilStep):
+                self.steps.append((label + ".until", _until(step.until, label), None))
             elif isinstance(step, CallStep):
                 self.steps.append((label + ".call", None, step))
+            elif isinstance(step, PullStep):
+                self.steps.append((label + ".pull", None, PagedPull(step.pull, self, js, label)))
         self.adapters = adapters
         self.guard = guard or CallGuard(flow)
         self.breakers = breakers or {}
@@ -126,7 +154,9 @@ class Pipeline:
         self.is_async = any(call is not None for _, _, call in self.steps)
         self.call_count = 0        # for the latency alert: calls made and the seconds they took
         self.call_seconds = 0.0
-        self.calls_endpoints = [s.call.endpoint for _, _, s in self.steps if s is not None]
+        self.calls_endpoints = [s.call.endpoint if isinstance(s, CallStep) else s.spec.endpoint
+                                for _, _, s in self.steps if s is not None]
+        self.waits = [s.until for s in flow.steps if isinstance(s, UntilStep)]
         # the endpoint a message needs first, when it does not depend on the payload: while its
         # circuit is open the flow stops pulling (engine/executor.py)
         self.first_endpoint = next((e for e in self.calls_endpoints), None)
@@ -153,8 +183,10 @@ class Pipeline:
                 if func is not None:
                     if not func(env):
                         return False
+                elif isinstance(call, CallStep):
+                    await self._call(env, call, label)
                 else:
-                    await self._call(env, call, label)  # type: ignore[arg-type]
+                    await call.run(env)
             except HubError as exc:
                 exc.step = exc.step or label
                 raise
@@ -164,41 +196,56 @@ class Pipeline:
                 raise err from exc
         return True
 
-    async def _call(self, env: Envelope, step: CallStep, label: str) -> None:
-        spec = step.call
+    async def call_endpoint(self, env: Envelope, template: str, operation: str | None, timeout: float | None,
+                            body: Any, idem_key: str | None = None) -> Any:
+        """One guarded call: endpoint from the template, the flow's retries, the endpoint's breaker.
+        Raises a HubError that names the endpoint."""
         try:
-            name = render(spec.endpoint, env.payload)
+            name = render(template, env.payload)
         except KeyError as exc:
-            raise RoutingError(f"endpoint {spec.endpoint!r} needs payload field {exc}") from None
+            raise RoutingError(f"endpoint {template!r} needs payload field {exc}") from None
         adapter = self.adapters.get(name)
         if adapter is None:
-            raise RoutingError(f"endpoint {spec.endpoint!r} resolved to {name!r}, which config does not define")
-        timeout = spec.timeout or getattr(adapter.config, "timeout", None) or 30.0
+            raise RoutingError(f"endpoint {template!r} resolved to {name!r}, which config does not define")
+        timeout = timeout or getattr(adapter.config, "timeout", None) or 30.0
         # targets see the idempotency key (a replay keeps it) where adapters pass one on
-        ctx = CallContext(env.headers, env.idem_key or env.msg_id, env.correlation_id, timeout)
+        ctx = CallContext(env.headers, idem_key or env.idem_key or env.msg_id, env.correlation_id, timeout)
         breaker = self.breakers.get(name)
 
         def once() -> Any:
-            return adapter.call(spec.operation, env.payload, ctx)  # adapters enforce ctx.timeout
+            return adapter.call(operation, body, ctx)  # adapters enforce ctx.timeout
 
         def attempt() -> Any:
             return breaker.call(once) if breaker is not None else once()
 
         started = time.monotonic()
         try:
-            result: Any = await self.guard.call(name, attempt)
+            return await self.guard.call(name, attempt)
         except HubError as exc:
             exc.endpoint = name
+            raise
+        finally:
+            self.call_count += 1
+            self.call_seconds += time.monotonic() - started
+
+    async def _call(self, env: Envelope, step: CallStep, label: str) -> None:
+        spec = step.call
+        body = env.payload
+        if spec.input:
+            if not isinstance(body, dict) or spec.input not in body:
+                raise RoutingError(f"`input: {spec.input}` needs that key in the payload")
+            body = body[spec.input]
+        try:
+            result: Any = await self.call_endpoint(env, spec.endpoint, spec.operation, spec.timeout, body)
+        except HubError as exc:
             if spec.fallback is not None and exc.transient and self.fallback is not None:
-                result = await self.fallback.stale_answer(name, spec.fallback, env.payload, exc)
+                result = await self.fallback.stale_answer(exc.endpoint or spec.endpoint, spec.fallback,
+                                                          env.payload, exc)
             else:
                 raise
         else:
             if spec.fallback is not None and self.fallback is not None:
-                await self.fallback.remember(name, spec.fallback, env.payload, result)
-        finally:
-            self.call_count += 1
-            self.call_seconds += time.monotonic() - started
+                await self.fallback.remember(render(spec.endpoint, env.payload), spec.fallback, env.payload, result)
         if spec.into:
             if not isinstance(env.payload, dict):
                 raise RoutingError(f"`into: {spec.into}` needs an object payload")

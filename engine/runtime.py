@@ -21,6 +21,7 @@ from engine.connection import URL_FILE, connect_options
 from engine.nats_client import connect
 from engine.pipeline import Pipeline
 from engine.registry import load_builtin_adapters
+from engine.schedule import Scheduler
 from engine.service import RequestFlowRunner
 from engine.streams import ensure_streams
 from engine.validation import Project, stream_for
@@ -46,6 +47,7 @@ class Hub:
         self.breakers: BreakerBoard | None = None
         self.fallback: FallbackCache | None = None
         self.endpoint_breakers: dict[str, Any] = {}
+        self.schedulers: dict[str, Scheduler] = {}
 
     async def start(self) -> None:
         """Broker, streams, shared state, adapters, then flows; stop() undoes what got started."""
@@ -100,12 +102,13 @@ class Hub:
         ncfg, breakers = self.project.config.nats, self.endpoint_breakers
         for lf in self.project.flows:
             flow = lf.flow
-            pipeline = Pipeline(flow, self.adapters, breakers=breakers, fallback=self.fallback)
+            pipeline = Pipeline(flow, self.adapters, breakers=breakers, fallback=self.fallback, js=self.js,
+                                publish_timeout=ncfg.publish_timeout)
             if flow.is_request:
                 runner: StreamFlowRunner | RequestFlowRunner = RequestFlowRunner(
                     pipeline, self.nc, self.js, ncfg.publish_timeout)
             else:
-                stream = stream_for(self.project.config, flow.source.subject, pattern=True)  # type: ignore[union-attr]
+                stream = stream_for(self.project.config, flow.consumed_subject, pattern=True)  # type: ignore[arg-type]
                 assert stream is not None  # validation guarantees it
                 runner = StreamFlowRunner(pipeline, stream, self.nc, self.js, ncfg.publish_timeout,
                                           self.idempotency, self.history, self.breakers.wait)
@@ -113,6 +116,10 @@ class Hub:
                     runner.watch_breaker(breakers[pipeline.first_endpoint])
             await runner.start()
             self.runners[flow.name] = runner
+            if flow.is_scheduled:
+                scheduler = Scheduler(flow, self.js, ncfg.publish_timeout)
+                await scheduler.start()
+                self.schedulers[flow.name] = scheduler
         handlers = {name: r.failures for name, r in self.runners.items() if isinstance(r, StreamFlowRunner)}
         self.max_deliveries = MaxDeliveriesWatcher(self.js, handlers, self.history)
         await self.max_deliveries.start()
@@ -127,6 +134,8 @@ class Hub:
                 await self.alerts.stop()
             if self.max_deliveries is not None:
                 await self.max_deliveries.stop()
+            for scheduler in self.schedulers.values():
+                await scheduler.stop()
             if self.runners:
                 await asyncio.gather(*(r.stop(timeout) for r in self.runners.values()), return_exceptions=True)
             if self.breakers is not None:

@@ -15,6 +15,8 @@ from engine.durations import Duration, Rate
 from engine.subjects import Subject, SubjectPattern, SubjectTemplate
 
 _FLOW_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+SCHEDULE_SUBJECT_PREFIX = "hub.schedule"   # ticks of scheduled flows: hub.schedule.<flow>
+SCHEDULE_STREAM = "HUB_SCHEDULE"
 
 
 class _Strict(BaseModel):
@@ -40,9 +42,44 @@ class RequestSource(_Strict):
                              examples=["tariff.quote"])
 
 
+class ScheduleSpec(_Strict):
+    """When a scheduled flow starts: a cron expression in a time zone, or a fixed interval."""
+
+    cron: str | None = Field(None, description="Five-field cron expression (minute hour day month weekday).",
+                             examples=["30 1 * * *", "0 6 1 * *"])
+    every: Duration | None = Field(None, description="Fixed interval instead of cron, aligned to the epoch.",
+                                   examples=["15m", "1h"])
+    timezone: str = Field("UTC", description="IANA time zone the cron expression is read in (DST-aware).",
+                          examples=["Europe/Brussels"])
+
+    @model_validator(mode="after")
+    def _one_of(self) -> "ScheduleSpec":
+        from engine.schedule import check_schedule
+
+        if (self.cron is None) == (self.every is None):
+            raise ValueError("a schedule needs exactly one of: cron, every")
+        if problem := check_schedule(self.cron, self.timezone):
+            raise ValueError(problem)
+        return self
+
+
+class ScheduleSource(_Strict):
+    """Start the flow on a schedule: each tick is stored in JetStream (stream HUB_SCHEDULE, subject
+    `hub.schedule.<flow>`) and consumed like any message, so retries, the DLQ and many runners work
+    as for a subject source. Every runner publishes the tick under the same id; JetStream keeps one."""
+
+    schedule: ScheduleSpec
+    each: list[dict[str, Any]] = Field(
+        default_factory=lambda: [{}], min_length=1,
+        description="One tick per entry, the entry as the tick's payload (e.g. one per country).",
+        examples=[[{"country": "DE"}, {"country": "FR"}]])
+    catch_up: bool = Field(True, description="At start, run a slot that was missed while no runner was up "
+                           "(the latest one only).")
+
+
 def _source_kind(v: Any) -> str | None:
     if isinstance(v, dict):
-        for kind in ("subject", "request"):
+        for kind in ("subject", "request", "schedule"):
             if kind in v:
                 return kind
         return None
@@ -51,11 +88,13 @@ def _source_kind(v: Any) -> str | None:
 
 StreamSource.__source_kind__ = "subject"  # type: ignore[attr-defined]
 RequestSource.__source_kind__ = "request"  # type: ignore[attr-defined]
+ScheduleSource.__source_kind__ = "schedule"  # type: ignore[attr-defined]
 
 Source = Annotated[
-    Union[Annotated[StreamSource, Tag("subject")], Annotated[RequestSource, Tag("request")]],
+    Union[Annotated[StreamSource, Tag("subject")], Annotated[RequestSource, Tag("request")],
+          Annotated[ScheduleSource, Tag("schedule")]],
     Discriminator(_source_kind, custom_error_type="source_kind",
-                  custom_error_message="a source needs one of: subject, request"),
+                  custom_error_message="a source needs one of: subject, request, schedule"),
 ]
 
 
@@ -96,6 +135,9 @@ class CallSpec(_Strict):
     operation: str | None = Field(None, description="Adapter operation (SOAP operation, HTTP operation name).")
     timeout: Duration | None = Field(None, description="Per-call timeout; default: the endpoint's.",
                                      examples=["5s"])
+    input: str | None = Field(
+        None, description="Send only this payload key's value (e.g. a request a transform built) "
+        "instead of the whole payload.", examples=["erp_request"])
     into: str | None = Field(
         None, description="Store the answer under this payload key instead of replacing the payload.",
         examples=["erp_answer"])
@@ -128,6 +170,67 @@ class PublishStep(_Strict):
         return data
 
 
+class UntilSpec(_Strict):
+    done: str = Field(description="JMESPath over the payload; truthy means the wait is over.",
+                      examples=["status != 'PENDING'"])
+    every: list[Duration] = Field(min_length=1, description="Waits between checks; the last one repeats.",
+                                  examples=[["30s", "2m", "10m", "30m", "1h"]])
+    deadline: Duration | None = Field(None, description="Past this age an alert event `deadline` fires once "
+                                      "(and `resolved` when it ends); the wait goes on.", examples=["48h"])
+    give_up: Duration = Field(7 * 86400.0, description="Past this age the message goes to the DLQ "
+                              "(DeadlineExceeded), its last payload kept.", examples=["7d"])
+    track: str | None = Field(None, description="Key of the pending record (`runner.py pending`), from the "
+                              "payload; default: the message id.", examples=["{contract_id}:v{version}"])
+
+    @model_validator(mode="after")
+    def _order(self) -> "UntilSpec":
+        if self.deadline is not None and self.deadline > self.give_up:
+            raise ValueError("deadline cannot exceed give_up")
+        return self
+
+
+class UntilStep(_Strict):
+    """Wait for something outside to finish (a 48 h tariff switch): while `done` is false the message
+    goes back to JetStream and comes again after the next `every` wait; the steps before it run again
+    (e.g. a status call), the steps after it run once it is done. State survives restarts, one runner
+    holds a message at a time (no parallel polls), and each wait is visible as a pending record."""
+
+    until: UntilSpec
+
+
+class PullSpec(_Strict):
+    endpoint: str = Field(description="Endpoint name from config; `{field}` placeholders allowed.",
+                          examples=["erp_{country}"])
+    operation: str | None = Field(None, description="Adapter operation that returns one page.",
+                                  examples=["list_invoices"])
+    timeout: Duration | None = Field(None, description="Per-page timeout; default: the endpoint's.")
+    request: str = Field(description="Transform building a page request from {…payload, since, cursor, "
+                         "page_size}.", examples=["erp_soap.invoices_request"])
+    page: str = Field(description="Transform reading an answer ({…, answer}) into {items, next, total}.",
+                      examples=["erp_soap.invoices_page"])
+    publish: SubjectTemplate = Field(description="Subject each item is published on (`{field}` from the item).",
+                                     examples=["erp.invoice.updated"])
+    item_id: str = Field(description="Template of an item's stable identity: its message id, so a page "
+                         "published again after a crash is dropped as a duplicate.",
+                         examples=["{invoice_id}:{changed_at}"])
+    checkpoint: str = Field(description="Key of the watermark and progress (KV hub_checkpoints), from the "
+                            "payload.", examples=["invoices:{country}"])
+    watermark: str = Field(description="Item field (ISO time) whose highest value is the next run's `since`.",
+                           examples=["changed_at"])
+    start: str = Field("1970-01-01T00:00:00Z", description="`since` of the very first run (ISO time).",
+                       examples=["2025-01-01T00:00:00Z"])
+    page_size: int = Field(100, ge=1, le=10_000, description="Items asked for per page.")
+    max_pages: int = Field(100_000, ge=1, description="Stop a run that pages on past this (a cursor loop).")
+
+
+class PullStep(_Strict):
+    """Page through an endpoint (since the last watermark), publish every item, checkpoint after each
+    page's publishes are confirmed; a crash resumes at the next page. The payload becomes the run's
+    reconciliation record; an ERP-reported total that differs from the count raises an alert."""
+
+    pull: PullSpec
+
+
 class ReplyStep(_Strict):
     """Answer the requester with the current payload (request sources only)."""
 
@@ -139,7 +242,7 @@ class ReplyStep(_Strict):
         return {"reply": None} if data == "reply" else data
 
 
-STEP_KINDS = ("filter", "validate", "transform", "call", "publish", "reply")
+STEP_KINDS = ("filter", "validate", "transform", "call", "publish", "reply", "until", "pull")
 
 
 def _step_kind(v: Any) -> str | None:
@@ -156,7 +259,7 @@ def _step_kind(v: Any) -> str | None:
 
 _STEP_MODELS: dict[str, type[BaseModel]] = {
     "filter": FilterStep, "validate": ValidateStep, "transform": TransformStep,
-    "call": CallStep, "publish": PublishStep, "reply": ReplyStep,
+    "call": CallStep, "publish": PublishStep, "reply": ReplyStep, "until": UntilStep, "pull": PullStep,
 }
 
 Step = Annotated[
@@ -249,3 +352,16 @@ class Flow(_Strict):
     @property
     def is_request(self) -> bool:
         return isinstance(self.source, RequestSource)
+
+    @property
+    def is_scheduled(self) -> bool:
+        return isinstance(self.source, ScheduleSource)
+
+    @property
+    def consumed_subject(self) -> str | None:
+        """The JetStream subject the flow's durable consumer reads (None for request sources)."""
+        if isinstance(self.source, StreamSource):
+            return self.source.subject
+        if isinstance(self.source, ScheduleSource):
+            return f"{SCHEDULE_SUBJECT_PREFIX}.{self.name}"
+        return None

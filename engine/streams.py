@@ -10,17 +10,24 @@ from nats.js.api import StreamConfig as JsStreamConfig
 from nats.js.errors import NotFoundError
 
 from engine.config import HubConfig, StreamConfig
+from engine.spec import SCHEDULE_STREAM, SCHEDULE_SUBJECT_PREFIX
 
 log = structlog.get_logger("hub.streams")
 
 
+SCHEDULE_KEEP = 7 * 86400.0
+
+
 def declared_streams(config: HubConfig) -> list[StreamConfig]:
-    """The config's streams plus the dead-letter stream every flow may write to."""
-    dlq = StreamConfig.model_construct(  # values are already validated seconds, not YAML text
-        name=config.dlq.stream, subjects=["dlq.>"], retention="limits", storage="file",
-        replicas=max((s.replicas for s in config.streams), default=1), max_age=config.dlq.max_age,
-        max_bytes=None, duplicate_window=120.0)
-    return [*config.streams, *([] if any(s.name == dlq.name for s in config.streams) else [dlq])]
+    """The config's streams plus the hub's own: the dead-letter stream every flow may write to and
+    the stream of schedule ticks."""
+    replicas = max((s.replicas for s in config.streams), default=1)
+    own = [StreamConfig.model_construct(  # values are already validated seconds, not YAML text
+        name=name, subjects=[subjects], retention="limits", storage="file", replicas=replicas,
+        max_age=keep, max_bytes=None, duplicate_window=120.0)
+        for name, subjects, keep in ((config.dlq.stream, "dlq.>", config.dlq.max_age),
+                                     (SCHEDULE_STREAM, f"{SCHEDULE_SUBJECT_PREFIX}.>", SCHEDULE_KEEP))]
+    return [*config.streams, *(s for s in own if not any(c.name == s.name for c in config.streams))]
 
 
 def _to_js(s: StreamConfig) -> JsStreamConfig:

@@ -105,10 +105,11 @@ def patterns_overlap(a: str, b: str) -> bool:
     return True
 
 
-def render(template: str, payload: object) -> str:
+def render(template: str, payload: object, *, lower: bool = True) -> str:
     """Fill `{field}` (dotted for nesting) from a JSON object; KeyError names the missing field.
 
-    Values are lower-cased: subjects and endpoint names are lower-case, payloads say `DE`."""
+    Values are lower-cased: subjects and endpoint names are lower-case, payloads say `DE`. Keys
+    (`lower=False`) keep their case: `A1` and `a1` are two contracts."""
     if "{" not in template:
         return template
 
@@ -118,6 +119,6 @@ def render(template: str, payload: object) -> str:
             if not isinstance(value, dict) or part not in value:
                 raise KeyError(m.group(1))
             value = value[part]
-        return str(value).lower()
+        return str(value).lower() if lower else str(value)
 
     return _PLACEHOLDER.sub(lookup, template)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import os
 import re
+from datetime import datetime
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -23,7 +24,8 @@ from adapters.base import EndpointConfig
 from engine.config import HubConfig
 from engine.errors import ConfigError
 from engine.registry import load_builtin_adapters
-from engine.spec import CallStep, FilterStep, Flow, PublishStep, ReplyStep, TransformStep, ValidateStep
+from engine.spec import (SCHEDULE_STREAM, SCHEDULE_SUBJECT_PREFIX, CallStep, FilterStep, Flow, PublishStep, PullStep,
+                         ReplyStep, TransformStep, UntilStep, ValidateStep)
 from engine.subjects import matches, pattern_covers, patterns_overlap, placeholders, render
 from engine.yaml_lines import Loc, YamlProblem, describe, issue, load_with_lines
 
@@ -153,6 +155,8 @@ def stream_for(config: HubConfig, subject: str, *, pattern: bool) -> str | None:
                 return stream.name
     if subject.startswith("dlq."):
         return config.dlq.stream
+    if subject.startswith(SCHEDULE_SUBJECT_PREFIX + "."):
+        return SCHEDULE_STREAM
     return None
 
 
@@ -174,7 +178,6 @@ def check_flow(lf: LoadedFlow, project: Project) -> list[str]:
     flow, file, lines = lf.flow, lf.file, lf.lines
     problems: list[str] = []
     config = project.config
-    names = list(project.endpoints)
 
     def bad(loc: Loc, message: str) -> None:
         problems.append(issue(file, lines, loc, message))
@@ -182,7 +185,7 @@ def check_flow(lf: LoadedFlow, project: Project) -> list[str]:
     if flow.is_request:
         if not any(isinstance(s, ReplyStep) for s in flow.steps):
             bad(("steps",), "a request source needs a `reply` step, or the requester waits in vain")
-    else:
+    elif not flow.is_scheduled:
         subject = flow.source.subject  # type: ignore[union-attr]
         if stream_for(config, subject, pattern=True) is None:
             bad(("source", "subject"), f"no stream in config captures {subject!r}")
@@ -211,26 +214,60 @@ def check_flow(lf: LoadedFlow, project: Project) -> list[str]:
             except LookupError as exc:
                 bad(loc + ("transform",), str(exc))
         elif isinstance(step, CallStep):
-            found = endpoint_candidates(step.call.endpoint, names)
-            if not found:
-                bad(loc + ("call", "endpoint"),
-                    f"unknown endpoint {step.call.endpoint!r}; config has: {', '.join(sorted(names)) or 'none'}")
-            for name in found:
-                endpoint = project.endpoints[name]
-                adapter_cls = load_builtin_adapters()[endpoint.adapter]
-                why = adapter_cls(name, endpoint, None).check_operation(step.call.operation)  # type: ignore[arg-type]
-                if why:
-                    bad(loc + ("call", "operation"), f"endpoint {name}: {why}")
+            check_endpoint(step.call.endpoint, step.call.operation, loc + ("call",), project, bad)
         elif isinstance(step, PublishStep):
-            subject = step.publish.subject
-            sample = render(subject, _Anything())
-            if stream_for(config, sample, pattern=False) is None:
-                bad(loc + ("publish", "subject"), f"no stream in config captures {subject!r}; "
-                    "the publish could never be confirmed")
+            check_published(step.publish.subject, loc + ("publish", "subject"), config, bad)
+        elif isinstance(step, UntilStep):
+            if flow.is_request:
+                bad(loc + ("until",), "`until` waits in JetStream; a request source has a requester waiting now")
+            try:
+                jmespath.compile(step.until.done)
+            except jmespath.exceptions.JMESPathError as exc:
+                bad(loc + ("until", "done"), f"not a valid JMESPath expression: {str(exc).splitlines()[0]}")
+            if flow.alerts is None and step.until.deadline is not None and \
+                    stream_for(config, f"ops.alert.{flow.name}", pattern=False) is None:
+                bad(loc + ("until", "deadline"), f"no stream in config captures ops.alert.{flow.name}; "
+                    "the deadline alert would be lost")
+        elif isinstance(step, PullStep):
+            pull = step.pull
+            check_endpoint(pull.endpoint, pull.operation, loc + ("pull",), project, bad)
+            check_published(pull.publish, loc + ("pull", "publish"), config, bad)
+            for key in ("request", "page"):
+                try:
+                    resolve_transform(getattr(pull, key))
+                except LookupError as exc:
+                    bad(loc + ("pull", key), str(exc))
+            try:
+                datetime.fromisoformat(pull.start.replace("Z", "+00:00"))
+            except ValueError:
+                bad(loc + ("pull", "start"), f"expected an ISO time like 2025-01-01T00:00:00Z, got {pull.start!r}")
+            if stream_for(config, f"ops.alert.{flow.name}", pattern=False) is None:
+                bad(loc + ("pull",), f"no stream in config captures ops.alert.{flow.name}; "
+                    "a reconciliation alert would be lost")
         elif isinstance(step, ReplyStep) and not flow.is_request:
             bad(loc + ("reply",), "`reply` needs a request source (source: {request: ...}); "
                 "a stream message has nobody waiting for an answer")
     return problems
+
+
+def check_endpoint(template: str, operation: str | None, loc: Loc, project: Project,
+                   bad: Callable[[Loc, str], None]) -> None:
+    """The endpoint template names endpoints in config, and each knows the operation."""
+    names = list(project.endpoints)
+    found = endpoint_candidates(template, names)
+    if not found:
+        bad(loc + ("endpoint",), f"unknown endpoint {template!r}; config has: {', '.join(sorted(names)) or 'none'}")
+    for name in found:
+        endpoint = project.endpoints[name]
+        adapter_cls = load_builtin_adapters()[endpoint.adapter]
+        why = adapter_cls(name, endpoint, None).check_operation(operation)  # type: ignore[arg-type]
+        if why:
+            bad(loc + ("operation",), f"endpoint {name}: {why}")
+
+
+def check_published(subject: str, loc: Loc, config: HubConfig, bad: Callable[[Loc, str], None]) -> None:
+    if stream_for(config, render(subject, _Anything()), pattern=False) is None:
+        bad(loc, f"no stream in config captures {subject!r}; the publish could never be confirmed")
 
 
 class _Anything(dict):

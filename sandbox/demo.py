@@ -1,10 +1,11 @@
-"""`runner.py demo`: the hub end to end on this machine, in about ten seconds.
+"""`runner.py demo`: the hub end to end on this machine, in about twenty seconds.
 
-Starts the sandbox systems and the hub (embedded nats-server, the flows of flows/), plays the part of
-the CRM bridge and a meter platform, then checks what a user would: every valid contract reached the
-ERP side once, Belgium's went nowhere, broken messages sit in the DLQ with their reason, every
-reading reached the CRM exactly once despite the CRM answering 503 at first. Exit 0 only if all hold.
-Later issues add their systems here.
+Starts the sandbox systems (five SOAP country ERPs, a CRM bridge) and the hub (embedded nats-server,
+the flows of flows/), plays the part of the CRM and a meter platform, then checks what a user would:
+every valid contract reached its country's ERP once and its switch completed later, Belgium's went
+to none of them, broken messages sit in the DLQ with their reason, accounts got linked, the nightly
+invoice batch reconciled, every reading reached the CRM exactly once despite the CRM answering 503
+and then going down. Exit 0 only if all hold. Later issues add their systems here.
 """
 
 from __future__ import annotations
@@ -25,17 +26,20 @@ from engine import logs
 from engine.messages import CE_CORRELATION, event_headers
 from engine.runtime import Hub
 from engine.validation import flow_files, load_project
+from sandbox import demo_erp
 from sandbox.http_sink import HttpSink
 
 COUNTRIES = ["DE", "FR", "IT", "PT", "UK", "BE"]
+FAILING = "C-IT-1002"      # its tariff is not in the Italian ERP's catalogue: the switch fails later
 READINGS = 20
-DEADLINE = 30.0
+DEADLINE = 60.0
 
 
 def contract(i: int, country: str) -> dict[str, Any]:
     return {
         "contract_id": f"C-{country}-{1000 + i}", "version": 1, "account_id": f"A-{country}-{500 + i}",
-        "country": country, "tariff_code": "GREEN-FIX-24", "signed_on": "2026-11-20", "key_customer": True,
+        "country": country, "tariff_code": "SOLAR-99" if country == "IT" else "GREEN-12", "signed_on": "2026-11-20",
+        "key_customer": True,
         "sites": [{"site_id": f"S-{country}-{i}", "postcode": "10115", "city": "Liège" if country == "BE" else "Berlin",
                    "meter_ids": [f"M-{country}-{i}-1"]}],
     }
@@ -82,6 +86,7 @@ async def run_demo(root: Path, keep_data: bool = False) -> int:
     logs.configure("info", "json", stream=log_file)
     started = time.monotonic()
     crm = await HttpSink().start()
+    erps = await demo_erp.start_erps()
     os.environ["CRM_BRIDGE_URL"] = crm.url
     os.environ.setdefault("CRM_BRIDGE_TOKEN", "demo-token")
     project = load_project(root / "config" / "sandbox.yaml", flow_files(root / "flows"))
@@ -97,11 +102,15 @@ async def run_demo(root: Path, keep_data: bool = False) -> int:
         await hub.start()
         print(f"  embedded nats-server at {hub.servers[0]} (JetStream store {data_dir})")
         print(f"  sandbox CRM bridge (HTTP) at {crm.url}")
+        print(f"  sandbox ERPs (SOAP): {', '.join(f'{c} {s.url}' for c, s in erps.items())}")
         nc = await nats.connect(hub.servers[0], name="demo-crm-bridge")
         js = nc.jetstream()
-        switch, dlq = Collector(), Collector()
-        await js.subscribe("erp.contract.switch-requested", cb=switch.cb, ordered_consumer=True)
-        await js.subscribe("dlq.>", cb=dlq.cb, ordered_consumer=True)
+        switch, dlq, switched, failed, notices, linked, records = (Collector() for _ in range(7))
+        for subject, collector in (("erp.contract.switch-requested", switch), ("dlq.>", dlq),
+                                   ("erp.contract.switched", switched), ("erp.contract.switch-failed", failed),
+                                   ("notify.requested", notices), ("erp.account.linked", linked),
+                                   ("ops.reconciliation", records)):
+            await js.subscribe(subject, cb=collector.cb, ordered_consumer=True)
         deadline = time.monotonic() + DEADLINE
 
         print("\n  1. The CRM signs contracts in six countries, and sends two broken ones")
@@ -121,7 +130,7 @@ async def run_demo(root: Path, keep_data: bool = False) -> int:
         got = [json.loads(m.data) for m in switch.messages]
         countries = sorted(g["country"] for g in got)
         check(ok_switch and countries == sorted(COUNTRIES[:-1]),
-              f"5 switch requests on erp.contract.switch-requested ({', '.join(countries)})")
+              f"5 switches accepted by their ERPs, on erp.contract.switch-requested ({', '.join(countries)})")
         check(all(m.headers.get(CE_CORRELATION) == sent_ids[json.loads(m.data)["contract_id"]]
                   and m.headers.get("ce-specversion") == "1.0" for m in switch.messages),
               "each carries CloudEvents headers and the CRM's correlation id")
@@ -151,7 +160,13 @@ async def run_demo(root: Path, keep_data: bool = False) -> int:
         check(code == 0 and fixed and json.loads(switch.messages[-1].data)["contract_id"] == "C-DE-1099",
               "the fixed contract was validated, replayed, and reached the ERP side")
 
-        print("\n  3. A meter platform sends readings; the CRM bridge answers 503 twice at first")
+        expected = [f"C-{c}-{1000 + i}" for i, c in enumerate(COUNTRIES[:-1]) if f"C-{c}-{1000 + i}" != FAILING]
+        await demo_erp.section_switches(js, switched, failed, notices, erps, [*expected, "C-DE-1099"], FAILING,
+                                        check, wait_until, deadline)
+        await demo_erp.section_accounts(js, linked, erps, check, wait_until, deadline)
+        await demo_erp.section_nightly(js, hub, records, erps, check, wait_until, deadline)
+
+        print("\n  6. A meter platform sends readings; the CRM bridge answers 503 twice at first")
         crm.fail_next(2, status=503, retry_after="0")
         for i in range(READINGS):
             await js.publish("meter.reading.received", json.dumps(reading(i)).encode(),
@@ -165,7 +180,7 @@ async def run_demo(root: Path, keep_data: bool = False) -> int:
         auth = {r.headers.get("Authorization") for r in crm.received}
         check(auth == {"Bearer " + os.environ["CRM_BRIDGE_TOKEN"]}, "the CRM token came from the environment, not YAML")
 
-        print("\n  4. The CRM bridge goes down while 30 more readings arrive, then comes back")
+        print("\n  7. The CRM bridge goes down while 30 more readings arrive, then comes back")
         breaker = hub.breakers.breaker("crm_readings", project.endpoints["crm_readings"].circuit_breaker)
         opened = asyncio.Event()
         breaker.on_change(lambda state: opened.set() if state == "open" else None)
@@ -196,16 +211,19 @@ async def run_demo(root: Path, keep_data: bool = False) -> int:
 
         print()
         print(f"  {'flow':<26} {'deliveries':>10} {'done':>5} {'filtered':>8} {'duplicate':>9} "
-              f"{'waited':>6} {'dead-lettered':>13} {'published':>9}")
+              f"{'waited':>6} {'checks':>6} {'dead-lettered':>13} {'published':>9}")
         for name, runner in hub.runners.items():
             s, dead = runner.stats, runner.failures.dead_lettered
+            rechecks = runner.waits.waiting if runner.waits is not None else 0
             print(f"  {name:<26} {s.received:>10} {s.acked:>5} {s.filtered:>8} {s.skipped:>9} "
-                  f"{s.failed - dead:>6} {dead:>13} {s.published:>9}")
-        print("  (waited: handed back to JetStream to retry later, e.g. while a circuit was open)")
+                  f"{s.failed - dead:>6} {rechecks:>6} {dead:>13} {s.published:>9}")
+        print("  (waited: handed back to JetStream to retry later, e.g. while a circuit was open;\n"
+              "   checks: a switch still pending at the ERP, checked again later)")
         await nc.close()
     finally:
         await hub.stop()
         await crm.stop()
+        await demo_erp.stop_erps(erps)
         log_file.close()
         if not keep_data:
             shutil.rmtree(data_dir, ignore_errors=True)

@@ -299,3 +299,127 @@ async def test_wsdl_is_served_with_the_real_address(sims):
         for country, sim in sims.items():
             text = (await client.get(sim.wsdl_url)).text
             assert f'location="{sim.url}/erp"' in text and DIALECTS[country].ns in text
+
+
+# --- payments ----------------------------------------------------------------------------------
+
+def payments_payload(country: str, since: str, size: int, cursor: Any) -> dict[str, Any]:
+    """One page request in the country's own paging style (cursor None on the first page)."""
+    if country == "de":
+        return {"ChangedSince": since, "MaxRows": size, **({"PageToken": cursor} if cursor else {})}
+    if country == "fr":
+        return {"modifiesDepuis": since, "numeroPage": cursor or 1, "taillePage": size}
+    if country == "it":
+        return {"modificati_dal": since, "offset": cursor or 0, "limite": size}
+    if country == "pt":
+        return {"Cabecalho": {"IdPedido": f"pag-{cursor}"},
+                "Dados": {"AlteradosDesde": since, "Limite": size, **({"Cursor": cursor} if cursor else {})}}
+    return {"ModifiedAfter": since, "PageNumber": cursor or 1, "PageSize": size}
+
+
+def payments_of(country: str, answer: Any, cursor: Any) -> tuple[list[dict[str, Any]], Any]:
+    """(rows as (number, account, amount, invoice)-dicts, next cursor) out of one payments page.
+
+    Empty lists come back from zeep as None (DE, FR, PT, UK wrappers) or [] (IT's bare repeated element).
+    """
+    if country == "de":
+        rows = [(p["PaymentNumber"], p["PartnerNumber"], p["Amount"], p["InvoiceNumber"])
+                for p in (answer["Payments"] or {}).get("Payment", [])]
+        nxt = answer.get("NextPageToken")
+    elif country == "fr":
+        rows = [(p["numero"], p["codeCompte"], p["montant"], p["numeroFacture"])
+                for p in (answer["paiements"] or {}).get("paiement", [])]
+        nxt = answer.get("pageSuivante")
+    elif country == "it":
+        rows = [(p["numero_pagamento"], p["codice_cliente"], p["importo"], p["numero_fattura"])
+                for p in answer["pagamento"]]
+        offset = (cursor or 0) + len(rows)
+        nxt = offset if offset < answer["totale"] else None
+    elif country == "pt":
+        rows = [(p["Numero"], p["NumeroCliente"], p["Valor"], p["NumeroFatura"])
+                for p in (answer["Dados"]["Pagamentos"] or {}).get("Pagamento", [])]
+        nxt = answer["Dados"].get("ProximoCursor")
+    else:
+        rows = [(p["Reference"], p["AccountNumber"], p["AmountPence"], p["InvoiceNumber"])
+                for p in (answer["Payments"] or {}).get("Payment", [])]
+        nxt = answer["PageNumber"] + 1 if answer["PageNumber"] < answer["TotalPages"] else None
+    return [dict(zip(("number", "account", "amount", "invoice"), r)) for r in rows], nxt
+
+
+@pytest.mark.parametrize("country", COUNTRIES)
+async def test_payments_changed_since_come_back_exactly_once_across_pages(country, sims, adapter_for):
+    sim, adapter = sims[country], await adapter_for(country)
+    paid = sim.invoices[0].number
+    added = [sim.add_payment("CRM-PAY-1", "10.99", invoice=paid, number=f"{country.upper()}-PAY-T1"),
+             sim.add_payment("CRM-PAY-2", "-3.50", "2025-06-30T12:00:00Z")]
+    since = "2025-01-01T00:00:00Z"
+    expected = {p.number: p for p in sim.payments}  # the 4 seeded and the 2 added
+    assert len(expected) >= 6
+
+    seen: list[dict[str, Any]] = []
+    cursor, pages = None, 0
+    while True:
+        answer = await adapter.call(op(country, "payments"), payments_payload(country, since, 2, cursor), ctx())
+        rows, cursor = payments_of(country, answer, cursor)
+        seen += rows
+        pages += 1
+        assert pages <= 10, "paging does not end"
+        if cursor is None:
+            break
+    assert sorted(r["number"] for r in seen) == sorted(expected)  # every payment, each exactly once
+    assert pages == -(-len(expected) // 2)
+    by_number = {r["number"]: r for r in seen}
+    pence = country == "uk"
+    for p in added:
+        row = by_number[p.number]
+        assert row["account"] == p.account and row["invoice"] == p.invoice
+        assert row["amount"] == (int(p.amount * 100) if pence else str(p.amount))
+    assert by_number[added[0].number]["invoice"] == paid and by_number[added[1].number]["invoice"] is None
+
+    # nothing changed after the newest payment: an empty page, the last one
+    newest = max(p.changed_iso for p in sim.payments)
+    rows, cursor = payments_of(country, await adapter.call(op(country, "payments"),
+                                                           payments_payload(country, newest, 2, None), ctx()), None)
+    assert rows == [] and cursor is None
+
+
+def test_seeded_payments_pay_seeded_invoices_or_the_account():
+    sim = ErpSimulator("fr")
+    invoices = {i.number: i for i in sim.invoices}
+    assert len(sim.payments) == 4
+    for p in sim.payments:
+        assert p.invoice is None or invoices[p.invoice].account == p.account
+    assert [p.invoice is None for p in sim.payments].count(True) == 1
+    again = sim.add_payment("CRM-SEED-1", "1.00", number=sim.payments[0].number)
+    assert len(sim.payments) == 4 and sim.payments[-1] is again  # same number: touched, not added
+
+
+# --- polling observation -------------------------------------------------------------------
+
+@pytest.mark.parametrize("country", COUNTRIES)
+async def test_status_calls_are_counted_per_reference_and_parallel_polls_are_seen(country, sims, adapter_for):
+    sim, adapter = sims[country], await adapter_for(country)
+    refs = [switch_of(country, await adapter.call(op(country, "submit"),
+                                                  submit_payload(country, f"K-{country}-P{n}", 1), ctx()))[0]
+            for n in (1, 2)]
+    sim.reset_counters()
+
+    async def status(ref: str) -> None:
+        await adapter.call(op(country, "status"), status_payload(country, ref), ctx())
+
+    for _ in range(3):
+        await status(refs[0])
+    sim.set_latency(0.1)
+    await asyncio.gather(status(refs[0]), status(refs[1]))  # two switches at once: fine
+    assert sim.status_calls == {refs[0]: 4, refs[1]: 1}
+    assert sim.max_parallel_status == 1
+
+    await asyncio.gather(status(refs[1]), status(refs[1]))  # the same switch twice at once: seen
+    assert sim.max_parallel_status == 2 and sim.status_calls[refs[1]] == 3
+
+    sim.reset_faults()
+    sim.fail_next(1, "server_fault")  # a poll that failed was still a poll
+    with pytest.raises(TargetServerError):
+        await status(refs[0])
+    assert sim.status_calls[refs[0]] == 5
+    assert sim.calls[op(country, "submit")] == 0  # counters were reset after the submits

@@ -53,6 +53,7 @@ class SoapAdapter(Adapter):
 
     def check_operation(self, operation: str | None) -> str | None:
         allowed = self.config.operations
+        operation = self.config.aliases.get(operation, operation) if operation else operation
         if operation is None:
             known = allowed or self._wsdl_operations()[0]
             return f"endpoint {self.endpoint!r} needs an operation" + (f" (known: {', '.join(known)})" if known else "")
@@ -100,7 +101,7 @@ class SoapAdapter(Adapter):
             options["address"] = c.address
         self._service = AsyncServiceProxy(self._client, port.binding, **options)
         self._operations = sorted(port.binding.all())
-        missing = [op for op in c.operations or () if op not in self._operations]
+        missing = [op for op in [*(c.operations or ()), *c.aliases.values()] if op not in self._operations]
         if missing:
             await self.close()
             raise ConfigError([f"endpoint {self.endpoint!r}: operations {', '.join(missing)} not in the WSDL "
@@ -122,6 +123,7 @@ class SoapAdapter(Adapter):
         service = self._service
         if service is None:
             raise RuntimeError(f"soap endpoint {self.endpoint!r} used before start()")
+        operation = self.config.aliases.get(operation, operation) if operation else operation
         if operation is None or operation not in self._operations or (
                 self.config.operations is not None and operation not in self.config.operations):
             raise RoutingError(self.check_operation(operation) or f"unknown operation {operation!r}")

@@ -68,6 +68,10 @@ class SoapEndpointConfig(EndpointConfig):
     max_connections: int = Field(16, ge=1, le=1024, description="Size of the connection pool to this target.")
     operations: list[str] | None = Field(None, description="When given, only these WSDL operations may be called.",
                                          examples=[["CreateContract", "GetContract"]])
+    aliases: dict[str, str] = Field(default_factory=dict, description="Logical operation names a flow uses, "
+                                    "mapped to this WSDL's operations: one flow serves ERPs whose WSDLs differ.",
+                                    examples=[{"submit_switch": "TariffSwitchCreate",
+                                               "switch_status": "TariffSwitchGetStatus"}])
     business_error: BusinessErrorRule | None = Field(
         None, description="Turns error rows inside a successful answer into a BusinessError (permanent).",
         examples=[{"path": "Return.Type", "error_values": ["E", "A"], "message_path": "Return.Message"}])

@@ -1,8 +1,8 @@
 """Five country ERP simulators (DE, FR, IT, PT, UK), WSDL-first, each one aiohttp app on a loopback port.
 
 `ErpSimulator("de")` serves `sandbox/erp/de.wsdl` at `<url>/wsdl` (address filled in) and answers SOAP on
-`<url>/erp` with in-memory accounts, switches and invoices; see `simulator.py` for the fault controls and
-`dialects.py` for what differs per country.
+`<url>/erp` with in-memory accounts, switches, invoices and payments (book.py); see `simulator.py` for the
+fault and observation controls and `dialects.py` for what differs per country.
 """
 
 from sandbox.erp.dialects import COUNTRIES, DIALECTS

@@ -1,69 +1,28 @@
 """What each country's ERP looks like on the wire: operation element names, request paths, answer nesting.
 
 A dialect turns the first Body child into a generic call (`kind`, `args`) and a generic result back into
-the inner XML of its answer. The generic behaviour (state, delays, idempotency) lives in simulator.py.
+the inner XML of its answer. The generic behaviour (state, delays, idempotency, paging) lives in book.py,
+`Op` and `Dialect` in wire.py; this module is only the five country tables.
 
-| country | SOAP | naming | security | refusals | paging |
-|---------|------|--------|----------|----------|--------|
+| country | SOAP | naming | security | refusals | paging (invoices and payments) |
+|---------|------|--------|----------|----------|--------------------------------|
 | de | 1.1 | PascalCase, SAP-like | WS-Security UsernameToken | Return rows Type E in a 200 | PageToken |
 | fr | 1.2 | lowerCamel French | none | soap:Sender fault | page number |
 | it | 1.1 | snake_case Italian | none | soap:Client fault, coded detail | offset/limite + totale |
 | pt | 1.2 | PascalCase Portuguese, Cabecalho/Dados | none | soap:Sender fault | keyset cursor |
-| uk | 1.1 | PascalCase, *Request/*Response | none; HTML 503 when over capacity | soap:Client fault | PageNumber/TotalPages |
+| uk | 1.1 | PascalCase, *Request/*Response, pence | none; HTML 503 when over capacity | soap:Client fault | PageNumber/TotalPages |
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 from xml.sax.saxutils import escape
 
 from lxml import etree
 
-Parse = Callable[[etree._Element, "Dialect"], dict[str, Any]]
-Render = Callable[[dict[str, Any], "Dialect"], str]
+from sandbox.erp.wire import Dialect, Op, Parse, e
 
-
-def e(tag: str, value: Any) -> str:
-    """`<tag>value</tag>`, escaped; nothing for None."""
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        value = "true" if value else "false"
-    return f"<{tag}>{escape(str(value))}</{tag}>"
-
-
-@dataclass
-class Op:
-    kind: str  # submit | status | upsert | invoices
-    element: str  # the request element (first child of Body)
-    response: str  # the answer element
-    parse: Parse
-    render: Render
-
-
-@dataclass
-class Dialect:
-    country: str
-    ns: str
-    soap: int  # 11 or 12
-    wsdl: str
-    ops: dict[str, Op]  # by request element local name
-    messages: dict[str, str]  # refusal and failure texts, str.format'ed with the refusal's fields
-    ws_security: bool = False
-    return_table: bool = False  # DE: refusals are Type E rows inside a 200 answer
-    account_key: Callable[[int], str] = str
-    switch_ref: Callable[[int], str] = str
-    fault_detail: Callable[[str, str], str] = lambda code, msg: f"<code>{escape(code)}</code>"
-    operation_names: dict[str, str] = field(default_factory=dict)  # kind -> WSDL operation name
-
-    def text(self, el: etree._Element, path: str) -> str | None:
-        """Text at a slash path of local names in this dialect's namespace."""
-        return el.findtext("/".join(f"{{{self.ns}}}{p}" for p in path.split("/")))
-
-    def integer(self, el: etree._Element, path: str, default: int) -> int:
-        value = self.text(el, path)
-        return int(value) if value not in (None, "") else default
+__all__ = ["COUNTRIES", "DIALECTS", "Dialect", "Op", "e"]
 
 
 # --- DE ---------------------------------------------------------------------------------------
@@ -75,6 +34,15 @@ def _de_return(rows: list[tuple[str, str, str, str]]) -> str:
 
 def _de_ok(message: str) -> str:
     return _de_return([("S", "ZISU", "000", message)])
+
+
+def _de_changed_list(b: etree._Element, d: Dialect) -> dict[str, Any]:
+    return {"since": d.text(b, "ChangedSince"), "size": d.integer(b, "MaxRows", 100),
+            "offset": int((d.text(b, "PageToken") or "P0")[1:] or 0)}
+
+
+def _de_next_page(r: dict[str, Any]) -> str:
+    return e("NextPageToken", None if r["next"] is None else f"P{r['next']}") + _de_ok("Liste gelesen")
 
 
 DE = Dialect(
@@ -104,14 +72,17 @@ DE = Dialect(
             lambda r, d: e("PartnerNumber", r["key"]) + e("Created", r["created"])
             + _de_ok(f"Geschäftspartner {r['key']} gesichert")),
         "InvoiceGetChangedList": Op(
-            "invoices", "InvoiceGetChangedList", "InvoiceGetChangedListResponse",
-            lambda b, d: {"since": d.text(b, "ChangedSince"), "size": d.integer(b, "MaxRows", 100),
-                          "offset": int((d.text(b, "PageToken") or "P0")[1:] or 0)},
+            "invoices", "InvoiceGetChangedList", "InvoiceGetChangedListResponse", _de_changed_list,
             lambda r, d: "<Invoices>" + "".join(
                 f"<Invoice>{e('InvoiceNumber', i.number)}{e('PartnerNumber', i.account)}"
                 f"{e('GrossAmount', i.amount)}{e('Currency', i.currency)}{e('ChangedAt', i.changed_iso)}</Invoice>"
-                for i in r["rows"]) + "</Invoices>"
-            + e("NextPageToken", None if r["next"] is None else f"P{r['next']}") + _de_ok("Liste gelesen")),
+                for i in r["rows"]) + "</Invoices>" + _de_next_page(r)),
+        "PaymentGetChangedList": Op(
+            "payments", "PaymentGetChangedList", "PaymentGetChangedListResponse", _de_changed_list,
+            lambda r, d: "<Payments>" + "".join(
+                f"<Payment>{e('PaymentNumber', p.number)}{e('PartnerNumber', p.account)}{e('Amount', p.amount)}"
+                f"{e('Currency', p.currency)}{e('InvoiceNumber', p.invoice)}{e('ChangedAt', p.changed_iso)}</Payment>"
+                for p in r["rows"]) + "</Payments>" + _de_next_page(r)),
     },
 )
 
@@ -120,6 +91,16 @@ DE = Dialect(
 
 def _fr_bascule(r: dict[str, Any]) -> str:
     return f"<bascule>{e('reference', r['ref'])}{e('statut', r['status'])}{e('motif', r.get('reason'))}</bascule>"
+
+
+def _fr_page(since: str) -> Parse:
+    """listerFactures / listerPaiements: page numbers from 1; the date element agrees with its noun."""
+    return lambda b, d: {"since": d.text(b, since), "size": d.integer(b, "taillePage", 50),
+                         "offset": (max(d.integer(b, "numeroPage", 1), 1) - 1) * d.integer(b, "taillePage", 50)}
+
+
+def _fr_next_page(r: dict[str, Any]) -> str:
+    return e("pageSuivante", None if r["next"] is None else r["next"] // max(r["size"], 1) + 1)
 
 
 FR = Dialect(
@@ -146,13 +127,17 @@ FR = Dialect(
                           "email": d.text(b, "compte/courriel")},
             lambda r, d: e("codeCompte", r["key"])),
         "listerFactures": Op(
-            "invoices", "listerFactures", "listerFacturesReponse",
-            lambda b, d: {"since": d.text(b, "modifieesDepuis"), "size": d.integer(b, "taillePage", 50),
-                          "offset": (max(d.integer(b, "numeroPage", 1), 1) - 1) * d.integer(b, "taillePage", 50)},
+            "invoices", "listerFactures", "listerFacturesReponse", _fr_page("modifieesDepuis"),
             lambda r, d: "<factures>" + "".join(
                 f"<facture>{e('numero', i.number)}{e('codeCompte', i.account)}{e('montantTtc', i.amount)}"
                 f"{e('devise', i.currency)}{e('dateModification', i.changed_iso)}</facture>" for i in r["rows"])
-            + "</factures>" + e("pageSuivante", None if r["next"] is None else r["next"] // max(r["size"], 1) + 1)),
+            + "</factures>" + _fr_next_page(r)),
+        "listerPaiements": Op(
+            "payments", "listerPaiements", "listerPaiementsReponse", _fr_page("modifiesDepuis"),
+            lambda r, d: "<paiements>" + "".join(
+                f"<paiement>{e('numero', p.number)}{e('codeCompte', p.account)}{e('montant', p.amount)}"
+                f"{e('devise', p.currency)}{e('numeroFacture', p.invoice)}{e('dateModification', p.changed_iso)}"
+                "</paiement>" for p in r["rows"]) + "</paiements>" + _fr_next_page(r)),
     },
 )
 
@@ -161,6 +146,12 @@ FR = Dialect(
 
 def _it_esito(r: dict[str, Any]) -> str:
     return f"<esito>{e('id_pratica', r['ref'])}{e('stato', r['status'])}{e('motivo', r.get('reason'))}</esito>"
+
+
+def _it_page(since: str) -> Parse:
+    """elenco_fatture / elenco_pagamenti: offset and limite; the date element agrees with its noun."""
+    return lambda b, d: {"since": d.text(b, since), "size": d.integer(b, "limite", 50),
+                         "offset": d.integer(b, "offset", 0)}
 
 
 IT = Dialect(
@@ -187,12 +178,16 @@ IT = Dialect(
                           "email": d.text(b, "cliente/email")},
             lambda r, d: e("codice_cliente", r["key"])),
         "elenco_fatture": Op(
-            "invoices", "elenco_fatture", "elenco_fatture_risposta",
-            lambda b, d: {"since": d.text(b, "modificate_dal"), "size": d.integer(b, "limite", 50),
-                          "offset": d.integer(b, "offset", 0)},
+            "invoices", "elenco_fatture", "elenco_fatture_risposta", _it_page("modificate_dal"),
             lambda r, d: e("totale", r["total"]) + "".join(
                 f"<fattura>{e('numero_fattura', i.number)}{e('codice_cliente', i.account)}{e('importo', i.amount)}"
                 f"{e('valuta', i.currency)}{e('modificata_il', i.changed_iso)}</fattura>" for i in r["rows"])),
+        "elenco_pagamenti": Op(
+            "payments", "elenco_pagamenti", "elenco_pagamenti_risposta", _it_page("modificati_dal"),
+            lambda r, d: e("totale", r["total"]) + "".join(
+                f"<pagamento>{e('numero_pagamento', p.number)}{e('codice_cliente', p.account)}"
+                f"{e('importo', p.amount)}{e('valuta', p.currency)}{e('numero_fattura', p.invoice)}"
+                f"{e('modificato_il', p.changed_iso)}</pagamento>" for p in r["rows"])),
     },
 )
 
@@ -209,6 +204,16 @@ def _pt_answer(r: dict[str, Any], dados: str) -> str:
 
 def _pt_mudanca(r: dict[str, Any], d: Dialect) -> str:
     return _pt_answer(r, e("ReferenciaMudanca", r["ref"]) + e("Estado", r["status"]) + e("Motivo", r.get("reason")))
+
+
+def _pt_page(since: str) -> Parse:
+    """ListarFaturas / ListarPagamentos: keyset Cursor (the last number seen); the date agrees with its noun."""
+    return lambda b, d: {"since": d.text(b, f"Dados/{since}"), "size": d.integer(b, "Dados/Limite", 50),
+                         "after": d.text(b, "Dados/Cursor") or None, "request_id": _pt_head(b, d)}
+
+
+def _pt_next_cursor(r: dict[str, Any]) -> str:
+    return e("ProximoCursor", r["rows"][-1].number if r["next"] is not None else None)
 
 
 PT = Dialect(
@@ -236,13 +241,17 @@ PT = Dialect(
                           "email": None, "request_id": _pt_head(b, d)},
             lambda r, d: _pt_answer(r, e("NumeroCliente", r["key"]))),
         "ListarFaturas": Op(
-            "invoices", "ListarFaturas", "ListarFaturasResposta",
-            lambda b, d: {"since": d.text(b, "Dados/AlteradasDesde"), "size": d.integer(b, "Dados/Limite", 50),
-                          "after": d.text(b, "Dados/Cursor") or None, "request_id": _pt_head(b, d)},
+            "invoices", "ListarFaturas", "ListarFaturasResposta", _pt_page("AlteradasDesde"),
             lambda r, d: _pt_answer(r, "<Faturas>" + "".join(
                 f"<Fatura>{e('Numero', i.number)}{e('NumeroCliente', i.account)}{e('Valor', i.amount)}"
                 f"{e('Moeda', i.currency)}{e('AlteradaEm', i.changed_iso)}</Fatura>" for i in r["rows"])
-                + "</Faturas>" + e("ProximoCursor", r["rows"][-1].number if r["next"] is not None else None))),
+                + "</Faturas>" + _pt_next_cursor(r))),
+        "ListarPagamentos": Op(
+            "payments", "ListarPagamentos", "ListarPagamentosResposta", _pt_page("AlteradosDesde"),
+            lambda r, d: _pt_answer(r, "<Pagamentos>" + "".join(
+                f"<Pagamento>{e('Numero', p.number)}{e('NumeroCliente', p.account)}{e('Valor', p.amount)}"
+                f"{e('Moeda', p.currency)}{e('NumeroFatura', p.invoice)}{e('AlteradoEm', p.changed_iso)}"
+                "</Pagamento>" for p in r["rows"]) + "</Pagamentos>" + _pt_next_cursor(r))),
     },
 )
 
@@ -254,9 +263,18 @@ def _uk_change(r: dict[str, Any], d: Dialect) -> str:
             f"{e('FailureReason', r.get('reason'))}</ChangeRequest>")
 
 
-def _uk_pages(r: dict[str, Any]) -> tuple[int, int]:
+def _uk_pages(r: dict[str, Any]) -> str:
     size = max(r["size"], 1)
-    return r["offset"] // size + 1, max((r["total"] + size - 1) // size, 1)
+    return e("PageNumber", r["offset"] // size + 1) + e("TotalPages", max((r["total"] + size - 1) // size, 1))
+
+
+def _uk_fetch(b: etree._Element, d: Dialect) -> dict[str, Any]:
+    return {"since": d.text(b, "ModifiedAfter"), "size": d.integer(b, "PageSize", 50),
+            "offset": (max(d.integer(b, "PageNumber", 1), 1) - 1) * d.integer(b, "PageSize", 50)}
+
+
+def _pence(amount: Any) -> int:
+    return int(amount * 100)
 
 
 UK = Dialect(
@@ -283,14 +301,17 @@ UK = Dialect(
                           "email": d.text(b, "Account/EmailAddress")},
             lambda r, d: e("AccountNumber", r["key"])),
         "FetchInvoicesRequest": Op(
-            "invoices", "FetchInvoicesRequest", "FetchInvoicesResponse",
-            lambda b, d: {"since": d.text(b, "ModifiedAfter"), "size": d.integer(b, "PageSize", 50),
-                          "offset": (max(d.integer(b, "PageNumber", 1), 1) - 1) * d.integer(b, "PageSize", 50)},
-            lambda r, d: "<InvoicePage>" + e("PageNumber", _uk_pages(r)[0]) + e("TotalPages", _uk_pages(r)[1])
-            + "<Invoices>" + "".join(
+            "invoices", "FetchInvoicesRequest", "FetchInvoicesResponse", _uk_fetch,
+            lambda r, d: "<InvoicePage>" + _uk_pages(r) + "<Invoices>" + "".join(
                 f"<Invoice>{e('Number', i.number)}{e('AccountNumber', i.account)}"
-                f"{e('TotalPence', int(i.amount * 100))}{e('ModifiedAt', i.changed_iso)}</Invoice>"
+                f"{e('TotalPence', _pence(i.amount))}{e('ModifiedAt', i.changed_iso)}</Invoice>"
                 for i in r["rows"]) + "</Invoices></InvoicePage>"),
+        "FetchPaymentsRequest": Op(
+            "payments", "FetchPaymentsRequest", "FetchPaymentsResponse", _uk_fetch,
+            lambda r, d: "<PaymentPage>" + _uk_pages(r) + "<Payments>" + "".join(
+                f"<Payment>{e('Reference', p.number)}{e('AccountNumber', p.account)}"
+                f"{e('AmountPence', _pence(p.amount))}{e('InvoiceNumber', p.invoice)}"
+                f"{e('ModifiedAt', p.changed_iso)}</Payment>" for p in r["rows"]) + "</Payments></PaymentPage>"),
     },
 )
 

@@ -1,0 +1,199 @@
+"""The `pull` step: page through an endpoint since the last watermark, publish every item, and keep
+the progress in KV so a crash mid-batch resumes at the next page with exact counts.
+
+Order per page: call → publish every item (stable ids) → wait for every publish ack → checkpoint.
+A crash before the checkpoint repeats one page, whose items JetStream drops as duplicates and the
+counts do not include twice. The checkpoint is written compare-and-set: two runs of the same
+checkpoint (a manual trigger beside the nightly one) cannot interleave; the loser waits and retries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from datetime import datetime
+from typing import Any
+
+import structlog
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+
+from engine.alerts import publish_alert
+from engine.errors import HubError, PermanentError, PublishFailed, RoutingError, TransformFailed, TransientError
+from engine.kv import bucket
+from engine.messages import (CE_CORRELATION, CE_ID, CE_SOURCE, CE_SPEC, CE_TIME, CE_TYPE, MSG_ID, Envelope,
+                             derived_id, encode, now_iso)
+from engine.nats_client import encode_headers
+from engine.spec import PullSpec
+from engine.subjects import render, subject_problem
+
+log = structlog.get_logger("hub.pull")
+
+BUCKET = "hub_checkpoints"
+
+
+class CheckpointTaken(TransientError):
+    """Another run moved the same checkpoint meanwhile; this one stops and comes back later."""
+
+
+def checkpoint_key(flow: str, checkpoint: str) -> str:
+    """The KV key of a flow's checkpoint (hashed: checkpoints may hold any character)."""
+    return f"{flow}.{hashlib.blake2b(checkpoint.encode(), digest_size=12).hexdigest()}"
+
+
+def _when(value: str) -> datetime:
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+class PagedPull:
+    def __init__(self, spec: PullSpec, pipeline: Any, js: Any, label: str) -> None:
+        from engine.validation import resolve_transform
+
+        self.spec = spec
+        self.pipeline = pipeline
+        self.flow = pipeline.flow.name
+        self.js = js
+        self.label = label
+        self.request = resolve_transform(spec.request)
+        self.page = resolve_transform(spec.page)
+        self.kv: Any = None
+        self.publish_timeout = pipeline.publish_timeout
+
+    # --- checkpoint --------------------------------------------------------------------------
+
+    async def load(self, checkpoint: str) -> tuple[dict[str, Any], int | None]:
+        """The checkpoint's state and KV revision (None when it was never written)."""
+        if self.kv is None:
+            self.kv = await bucket(self.js, BUCKET)
+        try:
+            entry = await self.kv.get(checkpoint_key(self.flow, checkpoint))
+        except KeyNotFoundError:
+            return {"checkpoint": checkpoint}, None
+        return json.loads(entry.value), entry.revision
+
+    async def _save(self, key: str, state: dict[str, Any], revision: int | None) -> int:
+        value = json.dumps(state).encode()
+        try:
+            if revision is None:
+                return await self.kv.create(key, value)
+            return await self.kv.update(key, value, last=revision)
+        except KeyWrongLastSequenceError:
+            raise CheckpointTaken(f"checkpoint {state.get('checkpoint')!r} was moved by another run",
+                                  step=self.label) from None
+
+    # --- the run -----------------------------------------------------------------------------
+
+    async def run(self, env: Envelope) -> None:
+        payload = env.payload if isinstance(env.payload, dict) else {}
+        try:
+            checkpoint = render(self.spec.checkpoint, payload, lower=False)
+        except KeyError as exc:
+            raise RoutingError(f"checkpoint {self.spec.checkpoint!r} needs payload field {exc}") from None
+        key = checkpoint_key(self.flow, checkpoint)
+        state, revision = await self.load(checkpoint)
+        last = state.get("last_run")
+        if last and last.get("run_id") == env.msg_id:  # this tick finished before: report it again
+            summary = last
+        else:
+            summary, revision = await self._pages(env, payload, key, state, revision)
+            state = {"checkpoint": checkpoint, "watermark": summary["until"], "last_run": summary}
+            await self._save(key, state, revision)
+        if summary["matched"] is False:
+            await publish_alert(self.js, self.flow, "reconciliation", "firing", checkpoint=checkpoint,
+                                run_id=summary["run_id"], erp_total=summary["erp_total"], items=summary["items"])
+        env.payload = {**payload, **summary}
+        env.raw = None
+
+    async def _pages(self, env: Envelope, payload: dict[str, Any], key: str, state: dict[str, Any],
+                     revision: int | None) -> tuple[dict[str, Any], int]:
+        spec = self.spec
+        run = state.get("run")
+        resumed = run is not None
+        if run is None:
+            run = {"run_id": env.msg_id, "since": state.get("watermark", spec.start), "cursor": None, "pages": 0,
+                   "items": 0, "published": 0, "duplicates": 0, "high_water": None, "erp_total": None,
+                   "started_at": now_iso()}
+        else:
+            log.warning("pull_resumed", flow=self.flow, checkpoint=state["checkpoint"], after_pages=run["pages"],
+                        items=run["items"], run_id=run["run_id"])
+        revision = await self._save(key, {**state, "run": run}, revision)  # claim it
+        while True:
+            if run["pages"] >= spec.max_pages:
+                raise PermanentError(f"{state['checkpoint']}: still paging after {spec.max_pages} pages "
+                                     "(max_pages); a cursor that never ends?", step=self.label)
+            ctx = {**payload, "since": run["since"], "cursor": run["cursor"], "page_size": spec.page_size}
+            body = self._transform(self.request, ctx, spec.request)
+            answer = await self.pipeline.call_endpoint(
+                env, spec.endpoint, spec.operation, spec.timeout, body,
+                idem_key=f"{run['run_id']}:page:{run['pages']}")
+            page = self._transform(self.page, {**ctx, "answer": answer}, spec.page)
+            items = page.get("items") or []
+            published, duplicates = await self._publish(env, items)
+            run["pages"] += 1
+            run["items"] += len(items)
+            run["published"] += published
+            run["duplicates"] += duplicates
+            run["high_water"] = self._high_water(run["high_water"], items)
+            if page.get("total") is not None:
+                run["erp_total"] = int(page["total"])
+            run["cursor"] = page.get("next")
+            log.info("pull_page", flow=self.flow, checkpoint=state["checkpoint"], page=run["pages"],
+                     items=len(items), total_items=run["items"], duplicates=duplicates)
+            if run["cursor"] is None:
+                break
+            revision = await self._save(key, {**state, "run": run}, revision)
+        total = run["erp_total"]
+        summary = {"flow": self.flow, "checkpoint": state["checkpoint"], "run_id": run["run_id"],
+                   "since": run["since"], "until": run["high_water"] or run["since"], "pages": run["pages"],
+                   "items": run["items"], "published": run["published"], "duplicates": run["duplicates"],
+                   "erp_total": total, "matched": None if total is None else total == run["items"],
+                   "resumed": resumed, "started_at": run["started_at"], "finished_at": now_iso()}
+        return summary, revision
+
+    def _transform(self, func: Any, data: dict[str, Any], ref: str) -> Any:
+        try:
+            return func(data)
+        except HubError:
+            raise
+        except Exception as exc:
+            raise TransformFailed(f"{ref}: {type(exc).__name__}: {exc}", step=self.label) from None
+
+    def _high_water(self, current: str | None, items: list[dict[str, Any]]) -> str | None:
+        field = self.spec.watermark
+        best = _when(current) if current else None
+        for item in items:
+            value = item.get(field) if isinstance(item, dict) else None
+            if value is None:
+                raise TransformFailed(f"{self.spec.page}: an item has no watermark field {field!r}", step=self.label)
+            moment = _when(str(value))
+            if best is None or moment > best:
+                best, current = moment, str(value)
+        return current
+
+    async def _publish(self, env: Envelope, items: list[Any]) -> tuple[int, int]:
+        """Publish a page's items and wait for every ack; (stored, dropped as duplicates)."""
+        spec = self.spec
+        futures = []
+        for item in items:
+            try:
+                subject = render(spec.publish, item)
+                item_id = render(spec.item_id, item, lower=False)
+            except KeyError as exc:
+                raise RoutingError(f"item needs field {exc} for the subject or item_id", step=self.label) from None
+            if problem := subject_problem(subject):
+                raise RoutingError(problem, step=self.label)
+            msg_id = derived_id(self.flow, "item", item_id)
+            headers = {CE_ID: msg_id, CE_SOURCE: f"/plu-hub/flows/{self.flow}", CE_TYPE: subject, CE_TIME: now_iso(),
+                       CE_SPEC: "1.0", CE_CORRELATION: env.correlation_id, "content-type": "application/json",
+                       MSG_ID: msg_id}
+            futures.append(await self.js.publish_async(subject, encode(item), headers=encode_headers(headers)))
+        if not futures:
+            return 0, 0
+        done, late = await asyncio.wait(futures, timeout=self.publish_timeout)
+        for f in late:
+            f.cancel()
+        if late or any(f.exception() for f in done):
+            raise PublishFailed(f"{len(late) + sum(1 for f in done if f.exception())} of {len(futures)} items "
+                                "not confirmed; the page is pulled again", step=self.label)
+        duplicates = sum(1 for f in done if f.result().duplicate)
+        return len(futures) - duplicates, duplicates

@@ -1,0 +1,149 @@
+"""Schedule sources: ticks stored in JetStream, then consumed like any message.
+
+Every runner computes the same slots and publishes each slot's ticks under the same message id, so
+JetStream keeps one tick per slot however many runners there are; the tick then has a durable
+consumer's guarantees (one runner at a time, retries, DLQ). The last slot fired is kept in KV so a
+runner starting after a missed slot (all runners were down at 01:30) runs it once, late.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import datetime, timedelta, timezone
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import structlog
+from croniter import croniter
+from nats.js.errors import KeyNotFoundError
+
+from engine.kv import bucket
+from engine.messages import derived_id, encode, event_headers
+from engine.spec import SCHEDULE_SUBJECT_PREFIX, Flow, ScheduleSource, ScheduleSpec
+
+log = structlog.get_logger("hub.schedule")
+
+BUCKET = "hub_schedule"
+SCHEDULED_FOR = "Hub-Scheduled-For"
+
+
+def check_schedule(cron: str | None, tz: str) -> str | None:
+    """Why a cron expression or time zone is unusable, or None."""
+    try:
+        ZoneInfo(tz)
+    except (ZoneInfoNotFoundError, ValueError):
+        return f"unknown time zone {tz!r} (an IANA name like Europe/Brussels)"
+    if cron is not None:
+        if len(cron.split()) != 5:
+            return f"cron {cron!r} needs five fields: minute hour day-of-month month day-of-week"
+        if not croniter.is_valid(cron):
+            return f"cron {cron!r} is not a valid expression"
+    return None
+
+
+def latest_slot(spec: ScheduleSpec, now: datetime) -> datetime:
+    """The most recent scheduled moment at or before `now` (UTC)."""
+    if spec.every is not None:
+        epoch = now.timestamp()
+        return datetime.fromtimestamp(epoch - epoch % spec.every, timezone.utc)
+    local = now.astimezone(ZoneInfo(spec.timezone))
+    return croniter(spec.cron, local + timedelta(seconds=1)).get_prev(datetime).astimezone(timezone.utc)
+
+
+def next_slot(spec: ScheduleSpec, now: datetime) -> datetime:
+    """The first scheduled moment after `now` (UTC)."""
+    if spec.every is not None:
+        return latest_slot(spec, now) + timedelta(seconds=spec.every)
+    local = now.astimezone(ZoneInfo(spec.timezone))
+    return croniter(spec.cron, local).get_next(datetime).astimezone(timezone.utc)
+
+
+def tick_subject(flow: str) -> str:
+    return f"{SCHEDULE_SUBJECT_PREFIX}.{flow}"
+
+
+async def publish_ticks(js: Any, flow: Flow, label: str, *, manual: bool = False,
+                        payloads: list[dict[str, Any]] | None = None, timeout: float = 10.0) -> list[str]:
+    """Store one tick per `each` entry (or per given payload); returns their message ids. Scheduled
+    ticks of one slot get the same ids on every runner; manual ones are new each time."""
+    source = flow.source
+    assert isinstance(source, ScheduleSource)
+    entries = payloads if payloads is not None else source.each
+    run = uuid.uuid4().hex if manual else label
+    ids = []
+    for i, entry in enumerate(entries):
+        msg_id = derived_id("tick", flow.name, run, str(i))
+        headers = event_headers(f"/plu-hub/schedule/{flow.name}", tick_subject(flow.name), msg_id=msg_id)
+        headers[SCHEDULED_FOR] = label
+        await js.publish(tick_subject(flow.name), encode(entry), headers=headers, timeout=timeout)
+        ids.append(msg_id)
+    return ids
+
+
+class Scheduler:
+    """Fires the ticks of one scheduled flow at its slots, for as long as the runner runs."""
+
+    def __init__(self, flow: Flow, js: Any, publish_timeout: float) -> None:
+        assert isinstance(flow.source, ScheduleSource)
+        self.flow = flow
+        self.source: ScheduleSource = flow.source
+        self.js = js
+        self.publish_timeout = publish_timeout
+        self.kv: Any = None
+        self.fired = 0
+        self._task: asyncio.Task[None] | None = None
+        self.log = log.bind(flow=flow.name)
+
+    async def start(self) -> None:
+        """Catch up on a missed slot (before returning, so a caller sees it done), then keep time."""
+        self.kv = await bucket(self.js, BUCKET)
+        await self._catch_up()
+        self._task = asyncio.create_task(self._run(), name=f"schedule:{self.flow.name}")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _last_fired(self) -> datetime | None:
+        try:
+            entry = await self.kv.get(self.flow.name)
+        except KeyNotFoundError:
+            return None
+        return datetime.fromisoformat(entry.value.decode()) if entry.value else None
+
+    async def _fire(self, slot: datetime) -> None:
+        label = slot.isoformat()
+        await publish_ticks(self.js, self.flow, label, timeout=self.publish_timeout)
+        await self.kv.put(self.flow.name, label.encode())
+        self.fired += 1
+        self.log.info("schedule_fired", slot=label, ticks=len(self.source.each))
+
+    async def _catch_up(self) -> None:
+        last, slot = await self._last_fired(), latest_slot(self.source.schedule, datetime.now(timezone.utc))
+        if last is None:
+            await self.kv.put(self.flow.name, slot.isoformat().encode())  # a new flow: nothing was missed
+        elif last < slot and self.source.catch_up:
+            self.log.warning("schedule_catch_up", missed=slot.isoformat(), last=last.isoformat())
+            await self._fire(slot)
+
+    async def _run(self) -> None:
+        spec = self.source.schedule
+        while True:
+            slot = next_slot(spec, datetime.now(timezone.utc))
+            await asyncio.sleep(max(0.0, (slot - datetime.now(timezone.utc)).total_seconds()))
+            await self._fire_safely(slot)
+
+    async def _fire_safely(self, slot: datetime) -> None:
+        """A broker hiccup at the slot must not end the schedule: retry the slot for a while."""
+        for attempt in range(30):
+            try:
+                await self._fire(slot)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.log.warning("schedule_fire_failed", slot=slot.isoformat(), attempt=attempt + 1, error=repr(exc))
+                await asyncio.sleep(min(30.0, 0.5 * 2 ** attempt))
+        self.log.error("schedule_slot_lost", slot=slot.isoformat())
