@@ -28,6 +28,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/hot_path.py
 	$(BIN)/python bench/http_call.py
 	$(BIN)/python bench/dlq_replay.py
+	$(BIN)/python bench/erp_switch.py
 
 clean:
 	rm -rf $(VENV) .hub
