@@ -134,8 +134,8 @@ class PagedPull:
             run["published"] += published
             run["duplicates"] += duplicates
             run["high_water"] = self._high_water(run["high_water"], items)
-            if page.get("total") is not None:
-                run["erp_total"] = int(page["total"])
+            if run["erp_total"] is None and page.get("total") is not None:
+                run["erp_total"] = int(page["total"])  # what the ERP said it had when the run began
             run["cursor"] = page.get("next")
             log.info("pull_page", flow=self.flow, checkpoint=state["checkpoint"], page=run["pages"],
                      items=len(items), total_items=run["items"], duplicates=duplicates)

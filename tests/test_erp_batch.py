@@ -188,3 +188,40 @@ async def test_a_runner_killed_mid_batch_resumes_at_the_next_page_with_exact_cou
     assert rec["published"] + rec["duplicates"] == total
     ids = [b["invoice_id"] for b in invoices.payloads()]
     assert len(ids) == len(set(ids)) == total
+
+
+async def test_a_count_that_differs_from_the_erps_total_raises_a_reconciliation_alert(
+        tmp_path: Path, broker, js, sims):
+    """When rows vanish from the ERP while a batch pages through it, the record says the counts do not
+    match and ops.alert.<flow> fires `reconciliation` with both numbers."""
+    sim = sims["IT"]
+    for n in range(30):
+        sim.add_invoice("CRM-IT-R", Decimal("5.00") + n)
+    size = len(sim.invoices) // 4 + 1  # four pages, whatever the earlier tests added
+    project = shipped(tmp_path, [INVOICES], {"page_size: 100": f"page_size: {size}"})
+    hub = await hub_for(project, broker)
+    records = await StreamReader.open(js, "ops.reconciliation")
+    alerts = await StreamReader.open(js, f"ops.alert.{INVOICES}")
+    sim.set_latency(0.3)
+    try:
+        await publish_ticks(js, flow_of(project, INVOICES), "t", manual=True, payloads=[{"country": "IT"}])
+
+        async def first_page_done() -> bool:
+            try:
+                entry = await (await js.key_value(BUCKET)).get(checkpoint_key(INVOICES, "invoices:IT"))
+            except Exception:
+                return False
+            return (json.loads(entry.value).get("run") or {}).get("pages", 0) >= 1
+
+        await wait_until(first_page_done, timeout=30)
+        total = len(sim.invoices)
+        sim.invoices.pop()  # the newest row is gone before the batch reaches it
+        [record] = await records.wait_for(1, timeout=30)
+        [alert] = await alerts.wait_for(1)
+    finally:
+        sim.set_latency(0)
+        await hub.stop()
+    rec, event = json.loads(record.data), json.loads(alert.data)
+    assert rec["erp_total"] == total and rec["items"] == total - 1 and rec["matched"] is False
+    assert (event["alert"], event["state"], event["erp_total"], event["items"]) == ("reconciliation", "firing",
+                                                                                    total, total - 1)

@@ -144,12 +144,12 @@ async def test_an_unknown_tariff_comes_back_as_switch_failed_with_the_erps_reaso
 @pytest.mark.parametrize("country, fault, contract_id, lands, detail", [
     ("DE", None, "BLOCKED-7", "dlq", "BusinessError: erp_de: TariffSwitchCreate: business error: Vertrag BLOCKED-7 ist für Tarifwechsel gesperrt"),
     ("IT", "client_fault", None, "dlq", "TargetRejected"),
-    ("FR", "server_fault", None, "switched", "Base de données indisponible"),
-    ("UK", "html_503", None, "switched", "503"),
+    ("FR", "server_fault", None, "switched", None),
+    ("UK", "html_503", None, "switched", None),
 ])
 async def test_each_fault_kind_lands_where_it_belongs(tmp_path: Path, broker, js, sims, country: str,
                                                       fault: str | None, contract_id: str | None,
-                                                      lands: str, detail: str):
+                                                      lands: str, detail: str | None):
     """A business refusal in a 200 answer and a SOAP client fault are dead-lettered with the ERP's
     reason; a SOAP server fault and an HTML 503 page are retried in process and the switch goes on."""
     hub = await hub_for(shipped(tmp_path, SWITCH_FLOWS), broker)
