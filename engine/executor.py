@@ -22,6 +22,7 @@ from engine.idempotency import IdempotencyStore, applies_to, business_key
 from engine.messages import REPLAY_FOR, Envelope, decode, opaque
 from engine.pipeline import Pipeline
 from engine.pull_feed import HAND_BACK_DELAY, PullFeed
+from engine.keyed_state import StateConflict, commit
 from engine.ratelimit import RateLimiter
 from engine.waiting import WaitHandler, checks_within
 
@@ -30,6 +31,7 @@ log = structlog.get_logger("hub.executor")
 PENDING_BATCHES = 4          # batches whose publish acks may be outstanding at once
 HAND_BACK = HubError("runner stopping: message not started")  # marker, never raised
 EXTRA_DELIVERIES = 10
+STATE_RETRY_DELAY = 0.2      # a `state` record changed by another message: run this one again soon
 
 
 class FlowStats:
@@ -246,6 +248,15 @@ class StreamFlowRunner:
             elif isinstance(err, NotYet) and self.waits is not None:
                 await self.waits.not_yet(msg, env, err)
             elif err is None:
+                if env is not None and env.state_writes:
+                    try:
+                        for write in env.state_writes:
+                            await commit(write)
+                    except StateConflict as conflict:
+                        conflict.step = "state"
+                        self.log.info("state_conflict", msg_id=env.msg_id, error=str(conflict))
+                        await msg.nak(delay=STATE_RETRY_DELAY)  # outputs are stored under stable ids
+                        return
                 if futures is not None and env is not None and env.idem_key is not None:
                     await self.idempotency.mark_done(self.flow.name, env.idem_key, env.msg_id)  # type: ignore[union-attr]
                 await msg.ack()

@@ -46,7 +46,7 @@ class Envelope:
     """A message inside a flow: the payload being transformed plus its identity."""
 
     __slots__ = ("payload", "raw", "headers", "subject", "msg_id", "correlation_id", "outputs", "reply", "idem_key",
-                 "wait_key")
+                 "wait_key", "state_writes")
 
     def __init__(self, payload: Any, headers: dict[str, str], subject: str, msg_id: str,
                  correlation_id: str, raw: bytes | None = None) -> None:
@@ -60,6 +60,7 @@ class Envelope:
         self.reply: bytes | None = None
         self.idem_key: str | None = None  # set when the flow's effects are idempotency-checked
         self.wait_key: str | None = None  # set by an `until` step: the pending record's key
+        self.state_writes: list[Any] = []  # `state` records to write once the outputs are confirmed
 
 
 def message_id(headers: dict[str, str] | None, fallback: str) -> str:
@@ -70,9 +71,13 @@ def message_id(headers: dict[str, str] | None, fallback: str) -> str:
 
 
 def decode(data: bytes, headers: dict[str, str] | None, subject: str, fallback_id: str) -> Envelope:
-    """Parse an inbound message; a non-JSON payload is a permanent error naming the problem."""
+    """Parse an inbound message; a non-JSON payload is a permanent error naming the problem, unless
+    its content-type says it is something else (then the payload is the bytes)."""
     hdrs = headers or {}
     msg_id = message_id(hdrs, fallback_id)
+    ctype = hdrs.get("content-type")
+    if ctype is not None and "json" not in ctype:  # a raw mail, a file: the flow's transforms read the bytes
+        return Envelope(data, hdrs, subject, msg_id, hdrs.get(CE_CORRELATION) or msg_id, data)
     try:
         payload = orjson.loads(data)
     except (ValueError, UnicodeDecodeError) as exc:
@@ -97,9 +102,10 @@ def child_traceparent(parent: str | None) -> str:
     return f"00-{ids[:32]}-{ids[32:]}-01"
 
 
-def output_headers(env: Envelope, flow: str, step: int, subject: str) -> dict[str, str]:
-    """CloudEvents headers of a message a flow publishes from `env` at step index `step`."""
-    out_id = derived_id(env.msg_id, flow, str(step))
+def output_headers(env: Envelope, flow: str, step: int, subject: str, identity: str | None = None) -> dict[str, str]:
+    """CloudEvents headers of a message a flow publishes from `env` at step index `step`; with a
+    business `identity` the id depends on that alone (the same fact from two inputs is one message)."""
+    out_id = derived_id(flow, "id", identity) if identity is not None else derived_id(env.msg_id, flow, str(step))
     headers = {
         CE_ID: out_id,
         CE_SOURCE: f"/plu-hub/flows/{flow}",

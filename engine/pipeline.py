@@ -20,8 +20,8 @@ from engine.nats_client import encode_headers
 from engine.breaker import Breaker
 from engine.fallback import FallbackCache
 from engine.resilience import CallGuard
-from engine.spec import (CallStep, FilterStep, Flow, PublishStep, PullStep, ReplyStep, TransformStep, UntilSpec,
-                         UntilStep, ValidateStep)
+from engine.spec import (CallStep, FilterStep, Flow, PublishSpec, PublishStep, PullStep, ReplyStep, StateStep,
+                         TransformStep, UntilSpec, UntilStep, ValidateStep)
 from engine.subjects import placeholders, render, subject_problem
 from engine.validation import resolve_schema, resolve_transform
 from engine.yaml_lines import format_loc
@@ -70,14 +70,15 @@ def _transform(ref: str, label: str) -> SyncStep:
     return run
 
 
-def _publish(template: str, flow: str, index: int, label: str) -> SyncStep:
+def _publish(spec: PublishSpec, flow: str, index: int, label: str) -> SyncStep:
+    template, identity = spec.subject, spec.id
     templated = bool(placeholders(template))
 
-    def run(env: Envelope) -> bool:
+    def one(env: Envelope, payload: Any, raw: bytes | None) -> None:
         subject = template
         if templated:
             try:
-                subject = render(template, env.payload)
+                subject = render(template, payload)
             except KeyError as exc:
                 raise RoutingError(f"subject {template!r} needs payload field {exc}", step=label) from None
             # the connection skips nats-py's per-publish subject check: static subjects were checked
@@ -85,8 +86,27 @@ def _publish(template: str, flow: str, index: int, label: str) -> SyncStep:
             if problem := subject_problem(subject):
                 raise RoutingError(f"subject {template!r} rendered from the payload is not valid: {problem}",
                                    step=label)
-        data = env.raw if env.raw is not None else encode(env.payload)
-        env.outputs.append((subject, data, encode_headers(output_headers(env, flow, index, subject))))
+        ident = None
+        if identity is not None:
+            try:
+                ident = render(identity, payload, lower=False)
+            except KeyError as exc:
+                raise RoutingError(f"id {identity!r} needs payload field {exc}", step=label) from None
+        data = raw if raw is not None else encode(payload)
+        env.outputs.append((subject, data, encode_headers(output_headers(env, flow, index, subject, ident))))
+
+    def run(env: Envelope) -> bool:
+        if not spec.each:
+            one(env, env.payload, env.raw)
+            return True
+        if not isinstance(env.payload, list):
+            raise RoutingError(f"`publish: {{each: true}}` needs a list payload, got {type(env.payload).__name__}",
+                               step=label)
+        if identity is None and len(env.payload) > 1:
+            raise RoutingError("`each: true` with several elements needs an `id` template (one id per element)",
+                               step=label)
+        for item in env.payload:
+            one(env, item, None)
         return True
 
     return run
@@ -122,6 +142,7 @@ class Pipeline:
     def __init__(self, flow: Flow, adapters: dict[str, Adapter], guard: CallGuard | None = None,
                  breakers: dict[str, Breaker] | None = None, fallback: FallbackCache | None = None,
                  js: Any = None, publish_timeout: float = 10.0) -> None:
+        from engine.keyed_state import KeyedState
         from engine.paged_pull import PagedPull
 
         self.flow = flow
@@ -138,7 +159,7 @@ class Pipeline:
             elif isinstance(step, TransformStep):
                 self.steps.append((label + ".transform", _transform(step.transform, label), None))
             elif isinstance(step, PublishStep):
-                self.steps.append((label + ".publish", _publish(step.publish.subject, flow.name, i, label), None))
+                self.steps.append((label + ".publish", _publish(step.publish, flow.name, i, label), None))
             elif isinstance(step, ReplyStep):
                 self.steps.append((label + ".reply", _reply, None))
             elif isinstance(step, UntilStep):
@@ -147,6 +168,8 @@ class Pipeline:
                 self.steps.append((label + ".call", None, step))
             elif isinstance(step, PullStep):
                 self.steps.append((label + ".pull", None, PagedPull(step.pull, self, js, label)))
+            elif isinstance(step, StateStep):
+                self.steps.append((label + ".state", None, KeyedState(step.state, js, label)))
         self.adapters = adapters
         self.guard = guard or CallGuard(flow)
         self.breakers = breakers or {}
@@ -154,8 +177,8 @@ class Pipeline:
         self.is_async = any(call is not None for _, _, call in self.steps)
         self.call_count = 0        # for the latency alert: calls made and the seconds they took
         self.call_seconds = 0.0
-        self.calls_endpoints = [s.call.endpoint if isinstance(s, CallStep) else s.spec.endpoint
-                                for _, _, s in self.steps if s is not None]
+        self.calls_endpoints = [s.call.endpoint if isinstance(s, CallStep) else s.pull.endpoint
+                                for s in flow.steps if isinstance(s, (CallStep, PullStep))]
         self.waits = [s.until for s in flow.steps if isinstance(s, UntilStep)]
         # the endpoint a message needs first, when it does not depend on the payload: while its
         # circuit is open the flow stops pulling (engine/executor.py)
@@ -185,8 +208,8 @@ class Pipeline:
                         return False
                 elif isinstance(call, CallStep):
                     await self._call(env, call, label)
-                else:
-                    await call.run(env)
+                elif await call.run(env) is False:
+                    return False
             except HubError as exc:
                 exc.step = exc.step or label
                 raise

@@ -21,6 +21,7 @@ from engine.connection import URL_FILE, connect_options
 from engine.nats_client import connect
 from engine.pipeline import Pipeline
 from engine.registry import load_builtin_adapters
+from engine.ingress import ingress_for
 from engine.schedule import Scheduler
 from engine.service import RequestFlowRunner
 from engine.streams import ensure_streams
@@ -48,6 +49,7 @@ class Hub:
         self.fallback: FallbackCache | None = None
         self.endpoint_breakers: dict[str, Any] = {}
         self.schedulers: dict[str, Scheduler] = {}
+        self.ingresses: dict[str, Any] = {}
 
     async def start(self) -> None:
         """Broker, streams, shared state, adapters, then flows; stop() undoes what got started."""
@@ -120,6 +122,11 @@ class Hub:
                 scheduler = Scheduler(flow, self.js, ncfg.publish_timeout)
                 await scheduler.start()
                 self.schedulers[flow.name] = scheduler
+            if flow.ingress is not None:
+                ingress = ingress_for(flow, self.project, self.js, ncfg.publish_timeout,
+                                      Services(nc=self.nc, js=self.js))
+                await ingress.start()
+                self.ingresses[flow.name] = ingress
         handlers = {name: r.failures for name, r in self.runners.items() if isinstance(r, StreamFlowRunner)}
         self.max_deliveries = MaxDeliveriesWatcher(self.js, handlers, self.history)
         await self.max_deliveries.start()
@@ -136,6 +143,11 @@ class Hub:
                 await self.max_deliveries.stop()
             for scheduler in self.schedulers.values():
                 await scheduler.stop()
+            for name, ingress in self.ingresses.items():
+                try:
+                    await ingress.stop()
+                except Exception as exc:
+                    log.warning("ingress_stop_failed", flow=name, error=repr(exc))
             if self.runners:
                 await asyncio.gather(*(r.stop(timeout) for r in self.runners.values()), return_exceptions=True)
             if self.breakers is not None:

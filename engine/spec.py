@@ -12,90 +12,11 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
 
 from engine.durations import Duration, Rate
-from engine.subjects import Subject, SubjectPattern, SubjectTemplate
+from engine.sources import (INGRESS_SUBJECT_PREFIX, SCHEDULE_STREAM, SCHEDULE_SUBJECT_PREFIX,  # noqa: F401
+                            IngressSource, RequestSource, ScheduleSource, ScheduleSpec, Source, StreamSource, _Strict)
+from engine.subjects import SubjectTemplate
 
 _FLOW_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
-SCHEDULE_SUBJECT_PREFIX = "hub.schedule"   # ticks of scheduled flows: hub.schedule.<flow>
-SCHEDULE_STREAM = "HUB_SCHEDULE"
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-# --- sources -----------------------------------------------------------------------------------
-
-
-class StreamSource(_Strict):
-    """Read a JetStream subject through a durable pull consumer named after the flow."""
-
-    subject: SubjectPattern = Field(description="Subject (wildcards allowed) captured by a stream in config.",
-                                    examples=["crm.contract.signed", "meter.reading.*"])
-    deliver: Literal["all", "new"] = Field(
-        "all", description="Where a new durable starts: every stored message, or only new ones.")
-
-
-class RequestSource(_Strict):
-    """Answer core-NATS requests (request/reply) in a queue group named after the flow."""
-
-    request: Subject = Field(description="Subject requesters send to; the flow must end with `reply`.",
-                             examples=["tariff.quote"])
-
-
-class ScheduleSpec(_Strict):
-    """When a scheduled flow starts: a cron expression in a time zone, or a fixed interval."""
-
-    cron: str | None = Field(None, description="Five-field cron expression (minute hour day month weekday).",
-                             examples=["30 1 * * *", "0 6 1 * *"])
-    every: Duration | None = Field(None, description="Fixed interval instead of cron, aligned to the epoch.",
-                                   examples=["15m", "1h"])
-    timezone: str = Field("UTC", description="IANA time zone the cron expression is read in (DST-aware).",
-                          examples=["Europe/Brussels"])
-
-    @model_validator(mode="after")
-    def _one_of(self) -> "ScheduleSpec":
-        from engine.schedule import check_schedule
-
-        if (self.cron is None) == (self.every is None):
-            raise ValueError("a schedule needs exactly one of: cron, every")
-        if problem := check_schedule(self.cron, self.timezone):
-            raise ValueError(problem)
-        return self
-
-
-class ScheduleSource(_Strict):
-    """Start the flow on a schedule: each tick is stored in JetStream (stream HUB_SCHEDULE, subject
-    `hub.schedule.<flow>`) and consumed like any message, so retries, the DLQ and many runners work
-    as for a subject source. Every runner publishes the tick under the same id; JetStream keeps one."""
-
-    schedule: ScheduleSpec
-    each: list[dict[str, Any]] = Field(
-        default_factory=lambda: [{}], min_length=1,
-        description="One tick per entry, the entry as the tick's payload (e.g. one per country).",
-        examples=[[{"country": "DE"}, {"country": "FR"}]])
-    catch_up: bool = Field(True, description="At start, run a slot that was missed while no runner was up "
-                           "(the latest one only).")
-
-
-def _source_kind(v: Any) -> str | None:
-    if isinstance(v, dict):
-        for kind in ("subject", "request", "schedule"):
-            if kind in v:
-                return kind
-        return None
-    return getattr(v, "__source_kind__", None)
-
-
-StreamSource.__source_kind__ = "subject"  # type: ignore[attr-defined]
-RequestSource.__source_kind__ = "request"  # type: ignore[attr-defined]
-ScheduleSource.__source_kind__ = "schedule"  # type: ignore[attr-defined]
-
-Source = Annotated[
-    Union[Annotated[StreamSource, Tag("subject")], Annotated[RequestSource, Tag("request")],
-          Annotated[ScheduleSource, Tag("schedule")]],
-    Discriminator(_source_kind, custom_error_type="source_kind",
-                  custom_error_message="a source needs one of: subject, request, schedule"),
-]
 
 
 # --- steps -------------------------------------------------------------------------------------
@@ -155,6 +76,11 @@ class CallStep(_Strict):
 class PublishSpec(_Strict):
     subject: SubjectTemplate = Field(description="Subject captured by a stream; `{field}` placeholders allowed.",
                                      examples=["erp.contract.switch-requested"])
+    id: str | None = Field(None, description="Template of a business identity for the message id: the same fact "
+                           "reached twice (a reply mailed twice) is stored once. Default: derived from the input's id.",
+                           examples=["{token}:{record}:{status}"])
+    each: bool = Field(False, description="The payload is a list: publish every element (an empty list publishes "
+                       "nothing).")
 
 
 class PublishStep(_Strict):
@@ -231,6 +157,26 @@ class PullStep(_Strict):
     pull: PullSpec
 
 
+class StateSpec(_Strict):
+    bucket: str = Field(pattern=r"^[a-z0-9_]{1,40}$", description="Name of the KV bucket (hub_state_<bucket>).",
+                        examples=["be_requests"])
+    key: str = Field(description="Template of the record's key from the payload.", examples=["{token}"])
+    apply: str = Field(description="Pure transform: {state, message} -> {state, payload}.",
+                       examples=["be_erp.apply_reply"])
+    save: Literal["at_ack", "now"] = Field("at_ack", description="Write the record once the outputs are "
+                                           "confirmed (at_ack), or before the next step (now).")
+    keep: Duration | None = Field(None, description="Records expire after this long without a change.",
+                                  examples=["30d"])
+
+
+class StateStep(_Strict):
+    """Keep a record per business key (a pending request, a site's monthly totals) in KV, changed by
+    a pure function that also decides what the flow goes on with. The record is written
+    compare-and-set, so one key's messages never overwrite each other's changes."""
+
+    state: StateSpec
+
+
 class ReplyStep(_Strict):
     """Answer the requester with the current payload (request sources only)."""
 
@@ -242,7 +188,7 @@ class ReplyStep(_Strict):
         return {"reply": None} if data == "reply" else data
 
 
-STEP_KINDS = ("filter", "validate", "transform", "call", "publish", "reply", "until", "pull")
+STEP_KINDS = ("filter", "validate", "transform", "call", "publish", "reply", "until", "pull", "state")
 
 
 def _step_kind(v: Any) -> str | None:
@@ -260,6 +206,7 @@ def _step_kind(v: Any) -> str | None:
 _STEP_MODELS: dict[str, type[BaseModel]] = {
     "filter": FilterStep, "validate": ValidateStep, "transform": TransformStep,
     "call": CallStep, "publish": PublishStep, "reply": ReplyStep, "until": UntilStep, "pull": PullStep,
+    "state": StateStep,
 }
 
 Step = Annotated[
@@ -358,10 +305,17 @@ class Flow(_Strict):
         return isinstance(self.source, ScheduleSource)
 
     @property
+    def ingress(self) -> "IngressSource | None":
+        """The source that lands outside messages in JetStream first (IMAP, …), or None."""
+        return self.source if isinstance(self.source, IngressSource) else None
+
+    @property
     def consumed_subject(self) -> str | None:
         """The JetStream subject the flow's durable consumer reads (None for request sources)."""
         if isinstance(self.source, StreamSource):
             return self.source.subject
         if isinstance(self.source, ScheduleSource):
             return f"{SCHEDULE_SUBJECT_PREFIX}.{self.name}"
+        if isinstance(self.source, IngressSource):
+            return f"{INGRESS_SUBJECT_PREFIX}.{self.name}"
         return None

@@ -10,23 +10,27 @@ from nats.js.api import StreamConfig as JsStreamConfig
 from nats.js.errors import NotFoundError
 
 from engine.config import HubConfig, StreamConfig
-from engine.spec import SCHEDULE_STREAM, SCHEDULE_SUBJECT_PREFIX
+from engine.sources import INGRESS_STREAM, INGRESS_SUBJECT_PREFIX, SCHEDULE_STREAM, SCHEDULE_SUBJECT_PREFIX
 
 log = structlog.get_logger("hub.streams")
 
 
 SCHEDULE_KEEP = 7 * 86400.0
+INGRESS_KEEP = 14 * 86400.0
+INGRESS_DEDUPE = 3600.0   # an outside item stored again within an hour (a crash before it was marked) is dropped
 
 
 def declared_streams(config: HubConfig) -> list[StreamConfig]:
-    """The config's streams plus the hub's own: the dead-letter stream every flow may write to and
-    the stream of schedule ticks."""
+    """The config's streams plus the hub's own: the dead-letter stream every flow may write to, the
+    stream of schedule ticks and the stream where ingress sources land what they receive."""
     replicas = max((s.replicas for s in config.streams), default=1)
     own = [StreamConfig.model_construct(  # values are already validated seconds, not YAML text
         name=name, subjects=[subjects], retention="limits", storage="file", replicas=replicas,
-        max_age=keep, max_bytes=None, duplicate_window=120.0)
-        for name, subjects, keep in ((config.dlq.stream, "dlq.>", config.dlq.max_age),
-                                     (SCHEDULE_STREAM, f"{SCHEDULE_SUBJECT_PREFIX}.>", SCHEDULE_KEEP))]
+        max_age=keep, max_bytes=None, duplicate_window=dedupe)
+        for name, subjects, keep, dedupe in (
+            (config.dlq.stream, "dlq.>", config.dlq.max_age, 120.0),
+            (SCHEDULE_STREAM, f"{SCHEDULE_SUBJECT_PREFIX}.>", SCHEDULE_KEEP, 120.0),
+            (INGRESS_STREAM, f"{INGRESS_SUBJECT_PREFIX}.>", INGRESS_KEEP, INGRESS_DEDUPE))]
     return [*config.streams, *(s for s in own if not any(c.name == s.name for c in config.streams))]
 
 

@@ -24,7 +24,8 @@ from adapters.base import EndpointConfig
 from engine.config import HubConfig
 from engine.errors import ConfigError
 from engine.registry import load_builtin_adapters
-from engine.spec import (SCHEDULE_STREAM, SCHEDULE_SUBJECT_PREFIX, CallStep, FilterStep, Flow, PublishStep, PullStep,
+from engine.sources import INGRESS_STREAM, INGRESS_SUBJECT_PREFIX, SCHEDULE_STREAM, SCHEDULE_SUBJECT_PREFIX
+from engine.spec import (CallStep, FilterStep, Flow, PublishStep, PullStep,
                          ReplyStep, TransformStep, UntilStep, ValidateStep)
 from engine.subjects import matches, pattern_covers, patterns_overlap, placeholders, render
 from engine.yaml_lines import Loc, YamlProblem, describe, issue, load_with_lines
@@ -157,6 +158,8 @@ def stream_for(config: HubConfig, subject: str, *, pattern: bool) -> str | None:
         return config.dlq.stream
     if subject.startswith(SCHEDULE_SUBJECT_PREFIX + "."):
         return SCHEDULE_STREAM
+    if subject.startswith(INGRESS_SUBJECT_PREFIX + "."):
+        return INGRESS_STREAM
     return None
 
 
@@ -185,6 +188,10 @@ def check_flow(lf: LoadedFlow, project: Project) -> list[str]:
     if flow.is_request:
         if not any(isinstance(s, ReplyStep) for s in flow.steps):
             bad(("steps",), "a request source needs a `reply` step, or the requester waits in vain")
+    elif flow.ingress is not None:
+        endpoint = getattr(flow.ingress, "endpoint_name", lambda: None)()
+        if endpoint is not None and endpoint not in project.endpoints:
+            bad(("source",), f"unknown endpoint {endpoint!r}; config has: {', '.join(sorted(project.endpoints)) or 'none'}")
     elif not flow.is_scheduled:
         subject = flow.source.subject  # type: ignore[union-attr]
         if stream_for(config, subject, pattern=True) is None:

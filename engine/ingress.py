@@ -1,0 +1,89 @@
+"""Ingress sources: what arrives from outside (a mail, a file, a webhook, a vendor's push) is stored
+in JetStream first and only then acknowledged to the outside world (principle 1).
+
+An ingress gets a `Landing` for its flow and calls `store()` for each item with an id that is stable
+for that item (a mail's Message-ID, a file's name and size): stored again after a crash, JetStream
+drops it as a duplicate (HUB_INGRESS keeps ids for an hour). `store()` returns once the server has
+confirmed; that is when the ingress may flag the mail, move the file or answer 2xx. The flow then
+reads `hub.ingress.<flow>` like any subject, with its retries and DLQ.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+import structlog
+
+from engine.errors import PublishFailed
+from engine.messages import derived_id, event_headers
+from engine.spec import Flow
+
+log = structlog.get_logger("hub.ingress")
+
+MAX_PAYLOAD = 1024 * 1024   # nats-server's default max_payload: larger items need a claim check
+
+
+class Landing:
+    """Stores one flow's inbound items on `hub.ingress.<flow>`, confirmed."""
+
+    def __init__(self, flow: Flow, js: Any, publish_timeout: float, kind: str) -> None:
+        self.flow = flow
+        self.subject = flow.consumed_subject
+        self.js = js
+        self.publish_timeout = publish_timeout
+        self.source = f"/plu-hub/ingress/{kind}/{flow.name}"
+        self.stored = 0
+        self.duplicates = 0
+
+    def message_id(self, identity: str) -> str:
+        """The Nats-Msg-Id of an outside item: stable, whatever runner stores it."""
+        return derived_id("ingress", self.flow.name, identity)
+
+    async def store(self, data: bytes, identity: str, headers: dict[str, str] | None = None) -> bool:
+        """Store one item; True when new, False when JetStream already had it. Raises PublishFailed
+        when the server did not confirm: the caller must then leave the item where it is."""
+        if len(data) > MAX_PAYLOAD:
+            raise PublishFailed(f"{len(data)} bytes exceed the {MAX_PAYLOAD}-byte message limit (needs a claim check)")
+        msg_id = self.message_id(identity)
+        h = {**event_headers(self.source, str(self.subject), msg_id=msg_id),
+             "content-type": "application/octet-stream", **(headers or {})}
+        try:
+            ack = await self.js.publish(self.subject, data, headers=h, timeout=self.publish_timeout)
+        except Exception as exc:
+            raise PublishFailed(f"{self.subject}: not stored: {exc!r}") from exc
+        if ack.duplicate:
+            self.duplicates += 1
+            log.info("ingress_duplicate", flow=self.flow.name, identity=identity, msg_id=msg_id)
+            return False
+        self.stored += 1
+        return True
+
+
+class Ingress:
+    """One running source. Subclasses receive from outside and call `self.landing.store()`."""
+
+    def __init__(self, flow: Flow, spec: Any, endpoint: Any, landing: Landing, services: Any) -> None:
+        self.flow = flow
+        self.spec = spec
+        self.endpoint = endpoint
+        self.landing = landing
+        self.services = services
+
+    async def start(self) -> None:
+        raise NotImplementedError
+
+    async def stop(self) -> None:
+        raise NotImplementedError
+
+
+def ingress_for(flow: Flow, project: Any, js: Any, publish_timeout: float, services: Any) -> Ingress:
+    """Build the ingress a flow's source names (its `implementation`), with its endpoint from config."""
+    source = flow.ingress
+    assert source is not None
+    module_name, _, cls_name = source.implementation.partition(":")
+    cls = getattr(importlib.import_module(module_name), cls_name)
+    name = source.endpoint_name()
+    endpoint = project.endpoints[name] if name else None
+    kind = next(iter(source.model_fields))
+    return cls(flow, getattr(source, kind), endpoint, Landing(flow, js, publish_timeout, kind), services)
