@@ -24,6 +24,9 @@ class EndpointConfig(BaseModel):
     circuit_breaker: BreakerSettings | None = Field(
         default_factory=BreakerSettings,
         description="Shared by every flow and runner calling this endpoint; `null` turns it off.")
+    max_concurrency: int | None = Field(
+        None, ge=1, le=4096, description="Calls in flight to this endpoint at once, per runner, over all flows; "
+        "a call waits for a slot within its own timeout, then fails as Throttled (so a fallback can answer).")
 
 
 class CallContext:

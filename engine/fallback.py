@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from datetime import datetime, timezone
 from typing import Any
 
 import structlog
@@ -46,6 +47,20 @@ class FallbackCache:
             raise
         except Exception as exc:  # a cache write must not fail a call that succeeded
             log.warning("fallback_not_saved", endpoint=endpoint, error=repr(exc))
+
+    async def fresh_answer(self, endpoint: str, spec: Fallback, payload: Any) -> Any:
+        """The remembered answer when younger than `spec.fresh` (marked `cached: true`), else None."""
+        try:
+            entry = await self.kv.get(self._key(endpoint, spec, payload))
+        except KeyNotFoundError:
+            return None
+        cached = json.loads(entry.value)
+        age = (datetime.now(timezone.utc) - datetime.fromisoformat(cached["cached_at"])).total_seconds()
+        if spec.fresh is None or age >= spec.fresh:
+            return None
+        answer = cached["answer"]
+        marks = {"stale": False, "cached": True, "cached_at": cached["cached_at"]}
+        return {**answer, **marks} if isinstance(answer, dict) else {"answer": answer, **marks}
 
     async def stale_answer(self, endpoint: str, spec: Fallback, payload: Any, error: HubError) -> Any:
         """The last answer marked stale, or the original error when there is none."""

@@ -7,6 +7,7 @@ sent by the executor, so nothing leaves the flow unless every step succeeded.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any, Callable
 
@@ -14,7 +15,7 @@ import jmespath
 from pydantic import BaseModel, ValidationError
 
 from adapters.base import Adapter, CallContext
-from engine.errors import HubError, NotYet, RoutingError, TransformFailed, ValidationFailed, classify
+from engine.errors import HubError, NotYet, RoutingError, Throttled, TransformFailed, ValidationFailed, classify
 from engine.messages import Envelope, encode, output_headers
 from engine.nats_client import encode_headers
 from engine.breaker import Breaker
@@ -27,6 +28,17 @@ from engine.validation import resolve_schema, resolve_transform
 from engine.yaml_lines import format_loc
 
 SyncStep = Callable[[Envelope], bool]
+
+
+def endpoint_slots(adapter: Adapter) -> asyncio.Semaphore | None:
+    """The endpoint's `max_concurrency` as one semaphore per adapter (every flow of this runner shares it)."""
+    limit = getattr(adapter.config, "max_concurrency", None)
+    if limit is None:
+        return None
+    slots = getattr(adapter, "_hub_slots", None)
+    if slots is None:
+        slots = adapter._hub_slots = asyncio.Semaphore(limit)  # type: ignore[attr-defined]
+    return slots
 
 
 def _validator(model: type[BaseModel], label: str) -> SyncStep:
@@ -147,6 +159,7 @@ class Pipeline:
 
         self.flow = flow
         self.publish_timeout = publish_timeout
+        self._refresh: dict[str, Any] = {}  # call label -> compiled `refresh_when`
         self.steps: list[tuple[str, SyncStep | None, Any]] = []
         if flow.schema_:
             self.steps.append(("schema", _validator(resolve_schema(flow.schema_), "schema"), None))
@@ -166,6 +179,8 @@ class Pipeline:
                 self.steps.append((label + ".until", _until(step.until, label), None))
             elif isinstance(step, CallStep):
                 self.steps.append((label + ".call", None, step))
+                if step.call.fallback is not None and step.call.fallback.refresh_when:
+                    self._refresh[label + ".call"] = jmespath.compile(step.call.fallback.refresh_when).search
             elif isinstance(step, PullStep):
                 self.steps.append((label + ".pull", None, PagedPull(step.pull, self, js, label)))
             elif isinstance(step, StateStep):
@@ -234,9 +249,22 @@ class Pipeline:
         # targets see the idempotency key (a replay keeps it) where adapters pass one on
         ctx = CallContext(env.headers, idem_key or env.idem_key or env.msg_id, env.correlation_id, timeout)
         breaker = self.breakers.get(name)
+        slots = endpoint_slots(adapter)
 
-        def once() -> Any:
-            return adapter.call(operation, body, ctx)  # adapters enforce ctx.timeout
+        async def once() -> Any:
+            if slots is None:
+                return await adapter.call(operation, body, ctx)  # adapters enforce ctx.timeout
+            waited = time.monotonic()
+            try:
+                await asyncio.wait_for(slots.acquire(), timeout)
+            except TimeoutError:
+                raise Throttled(f"{name}: all {adapter.config.max_concurrency} call slots busy for "
+                                f"{timeout:.1f}s") from None
+            try:
+                ctx.timeout = max(0.05, timeout - (time.monotonic() - waited))  # the wait is part of the deadline
+                return await adapter.call(operation, body, ctx)
+            finally:
+                slots.release()
 
         def attempt() -> Any:
             return breaker.call(once) if breaker is not None else once()
@@ -258,17 +286,26 @@ class Pipeline:
             if not isinstance(body, dict) or spec.input not in body:
                 raise RoutingError(f"`input: {spec.input}` needs that key in the payload")
             body = body[spec.input]
-        try:
-            result: Any = await self.call_endpoint(env, spec.endpoint, spec.operation, spec.timeout, body)
-        except HubError as exc:
-            if spec.fallback is not None and exc.transient and self.fallback is not None:
-                result = await self.fallback.stale_answer(exc.endpoint or spec.endpoint, spec.fallback,
-                                                          env.payload, exc)
+        cache = spec.fallback if self.fallback is not None else None
+        result: Any = None
+        if cache is not None and cache.fresh is not None and not (
+                cache.refresh_when and self._refresh[label](env.payload)):
+            result = await self.fallback.fresh_answer(render(spec.endpoint, env.payload), cache,  # type: ignore[union-attr]
+                                                      env.payload)
+        if result is None:
+            try:
+                result = await self.call_endpoint(env, spec.endpoint, spec.operation, spec.timeout, body)
+            except HubError as exc:
+                if cache is not None and exc.transient:
+                    result = await self.fallback.stale_answer(exc.endpoint or spec.endpoint, cache,  # type: ignore[union-attr]
+                                                              env.payload, exc)
+                elif spec.capture_errors and not exc.transient:
+                    result = {"error": {"class": exc.error_class, "message": str(exc)}}
+                else:
+                    raise
             else:
-                raise
-        else:
-            if spec.fallback is not None and self.fallback is not None:
-                await self.fallback.remember(render(spec.endpoint, env.payload), spec.fallback, env.payload, result)
+                if cache is not None:
+                    await self.fallback.remember(render(spec.endpoint, env.payload), cache, env.payload, result)  # type: ignore[union-attr]
         if spec.into:
             if not isinstance(env.payload, dict):
                 raise RoutingError(f"`into: {spec.into}` needs an object payload")

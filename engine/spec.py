@@ -45,9 +45,15 @@ class TransformStep(_Strict):
 
 class Fallback(_Strict):
     """Every good answer is remembered (KV) under `key`; when the call fails transiently (down, slow,
-    circuit open) the last one is used instead, with `stale: true` and `cached_at` added."""
+    circuit open) the last one is used instead, with `stale: true` and `cached_at` added. With
+    `fresh`, a remembered answer younger than that is used without calling at all."""
 
     key: str = Field(description="Cache key template from the payload.", examples=["{country}:{postcode}:{households}"])
+    fresh: Duration | None = Field(None, description="Answer from the cache without calling while the last answer "
+                                   "is younger than this (marked `cached: true`).", examples=["15m"])
+    refresh_when: str | None = Field(None, description="JMESPath over the payload: when truthy, call even if a fresh "
+                                     "answer is cached (a confirmation must see today's price).",
+                                     examples=["confirm"])
 
 
 class CallSpec(_Strict):
@@ -65,6 +71,14 @@ class CallSpec(_Strict):
     fallback: "Fallback | None" = Field(
         None, description="When the endpoint is down, answer with its last answer for the same key, "
         "marked possibly stale.")
+    capture_errors: bool = Field(False, description="A permanent failure (a refusal) becomes data under `into` "
+                                 "(`{error: {class, message}}`) and the flow goes on; transient ones still retry.")
+
+    @model_validator(mode="after")
+    def _capture_needs_into(self) -> "CallSpec":
+        if self.capture_errors and not self.into:
+            raise ValueError("capture_errors needs `into`: the key the answer or the error goes to")
+        return self
 
 
 class CallStep(_Strict):

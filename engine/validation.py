@@ -222,6 +222,12 @@ def check_flow(lf: LoadedFlow, project: Project) -> list[str]:
                 bad(loc + ("transform",), str(exc))
         elif isinstance(step, CallStep):
             check_endpoint(step.call.endpoint, step.call.operation, loc + ("call",), project, bad)
+            if step.call.fallback is not None and step.call.fallback.refresh_when:
+                try:
+                    jmespath.compile(step.call.fallback.refresh_when)
+                except jmespath.exceptions.JMESPathError as exc:
+                    bad(loc + ("call", "fallback", "refresh_when"),
+                        f"not a valid JMESPath expression: {str(exc).splitlines()[0]}")
         elif isinstance(step, PublishStep):
             check_published(step.publish.subject, loc + ("publish", "subject"), config, bad)
         elif isinstance(step, UntilStep):
