@@ -11,7 +11,6 @@ from schemas.be_flatfile import (BeAccountChange, BeContractSwitch, BeFileHeader
                                  encode, subject_tag)
 from schemas.be_flatfile.envelope import ATTACHMENT_CHARSET, ATTACHMENT_CONTENT_TYPE
 
-ERP_ADDRESS = "erp-be@plu.example"    # overridable per message with `to`; config names the server
 MAIL_DOMAIN = "hub.plu.example"
 SENDER = "PLU-HUB"
 
@@ -28,8 +27,7 @@ def message_id_for(token: str) -> str:
 
 def _mail(token: str, file: BeFlatFile, subject: str, text: str, to: str | None) -> dict[str, Any]:
     data = encode(file)
-    return {
-        "to": [to or ERP_ADDRESS],
+    mail: dict[str, Any] = {
         "subject": f"{subject} {subject_tag(token)}",
         "text": text,
         "message_id": message_id_for(token),
@@ -38,6 +36,9 @@ def _mail(token: str, file: BeFlatFile, subject: str, text: str, to: str | None)
                          "content_type": f"{ATTACHMENT_CONTENT_TYPE}; charset={ATTACHMENT_CHARSET}",
                          "data_b64": base64.b64encode(data).decode("ascii")}],
     }
+    if to:  # else the smtp endpoint's `to` (the ERP's mailbox is the environment's, not the payload's)
+        mail["to"] = [to]
+    return mail
 
 
 def switch_mail(req: dict[str, Any]) -> dict[str, Any]:
