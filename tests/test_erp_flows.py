@@ -280,3 +280,57 @@ async def test_account_changes_are_upserted_and_the_erps_key_is_linked_back(tmp_
     assert len(keys["DE"]) == 2 and keys["DE"][0] == keys["DE"][1]
     for country, (key, *_) in keys.items():
         assert sims[country].accounts[f"ACC-{country}"]["key"] == key
+
+
+async def test_switches_pending_when_the_runner_is_sigkilled_complete_under_a_new_runner(
+        tmp_path: Path, broker, js, sims):
+    """A runner killed outright while switches are pending loses none: a new runner checks each one
+    until the ERP completes it, and no switch is ever checked twice at the same time."""
+    import asyncio
+    import os
+    import signal
+    import sys
+
+    for sim in sims.values():
+        sim.switch_delay = 3600.0
+        sim.reset_counters()
+    project = shipped(tmp_path, SWITCH_FLOWS, {"limits: {concurrency: 8}": "limits: {concurrency: 8}\nack_wait: 2s",
+                                               "every: [2s, 10s, 1m, 5m, 15m, 1h]": "every: [500ms, 1s]"})
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, str(ROOT / "runner.py"), "run", "--nats", broker.url, "--log-level", "warning",
+        "--config", str(ROOT / "config" / "sandbox.yaml"), "--flows", str(tmp_path / "flows"),
+        stderr=open(tmp_path / "runner.log", "w"), env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        async def flows_up() -> bool:
+            try:
+                await js.consumer_info("CRM", "contract-switch-request")
+                return True
+            except Exception:
+                return False
+
+        await wait_until(flows_up, timeout=30)
+        for n, country in enumerate(["FR", "PT", "UK"]):
+            await sign(js, contract(country, 50 + n))
+
+        async def three_checked() -> bool:
+            records = await pending_records(js, "contract-switch-track")
+            return len(records) == 3 and all(r["checks"] >= 2 for r in records)
+
+        await wait_until(three_checked, timeout=30)
+        proc.send_signal(signal.SIGKILL)
+        await proc.wait()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    for sim in sims.values():
+        sim.switch_delay = 0.0
+    hub = await hub_for(project, broker)
+    switched = await StreamReader.open(js, "erp.contract.switched")
+    try:
+        await switched.wait_for(3, timeout=30)
+    finally:
+        await hub.stop()
+    assert sorted(json.loads(m.data)["contract_id"] for m in switched.messages) == ["K-FR-50", "K-PT-51", "K-UK-52"]
+    assert all(sims[c].max_parallel_status == 1 for c in ("FR", "PT", "UK"))
+    assert await pending_records(js) == []
