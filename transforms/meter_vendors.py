@@ -47,7 +47,7 @@ def utc_text(moment: datetime) -> str:
     """One spelling for every instant (UTC, whole seconds, `Z`), so de-duplication keys compare."""
     if moment.tzinfo is None:
         raise ValueError(f"naive time {moment.isoformat()}: a UTC offset is required")
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return moment.astimezone(UTC).isoformat(timespec="seconds")[:19] + "Z"  # faster than strftime
 
 
 def parse_iso(text: str) -> datetime:
@@ -75,7 +75,8 @@ def parse_compact(text: str, tz: ZoneInfo, dst: bool | None = None) -> datetime:
     """`yyyyMMddHHmm` in the vendor's local time zone."""
     if len(text) != 12 or not text.isdigit():
         raise ValueError(f"{text!r} is not yyyyMMddHHmm")
-    return local_time(datetime.strptime(text, "%Y%m%d%H%M"), tz, dst)
+    naive = datetime(int(text[:4]), int(text[4:6]), int(text[6:8]), int(text[8:10]), int(text[10:]))  # cheaper than strptime
+    return local_time(naive, tz, dst)
 
 
 def parse_epoch(seconds: Any) -> datetime:
@@ -129,9 +130,10 @@ def _reading(vendor: str, path: str, meter: Any, site: Any, register: str, start
         raise ValueError("meter and site ids are required")
     if (unit == "m3") != register.startswith("7-"):
         raise ValueError(f"unit {unit} does not fit register {register} (m3 is for gas, 7-0:...)")
-    return {"meter_id": str(meter), "site_id": str(site), "register": register, "read_at": utc_text(end),
+    end_text = utc_text(end)
+    return {"meter_id": str(meter), "site_id": str(site), "register": register, "read_at": end_text,
             "value": value, "unit": unit, "quality": quality, "source": f"{vendor}/{path}",
-            "interval_start": utc_text(start), "interval_end": utc_text(end), "vendor": vendor, "path": path}
+            "interval_start": utc_text(start), "interval_end": end_text, "vendor": vendor, "path": path}
 
 
 def current_model_fields(reading: dict[str, Any]) -> dict[str, Any]:
