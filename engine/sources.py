@@ -108,8 +108,37 @@ class ImapSource(IngressSource):
         return self.imap.endpoint
 
 
+class SftpDrop(_Strict):
+    endpoint: str = Field(description="An `sftp` endpoint in config (server, pinned host key, user, key or password).",
+                          examples=["pdf_drop"])
+    directory: str = Field("/", description="Directory watched for new files.", examples=["/out/invoices"])
+    pattern: str = Field(r".*", description="Regular expression a file name must match to be taken; others are "
+                         "quarantined with the reason.", examples=[r"^INV-(?P<invoice_id>[A-Za-z0-9_-]+)-\d{14}\.pdf$"])
+    bucket: str = Field("hub_files", pattern=r"^[a-z0-9_-]{1,40}$",
+                        description="JetStream Object Store bucket the files are streamed into (claim check).")
+    poll: Duration = Field(5.0, description="How often the directory is listed.", examples=["5s"])
+    lifetime: Duration = Field(86400.0, description="How long the server keeps a file (its janitor's rule).",
+                               examples=["24h"])
+    warn_before: Duration = Field(3600.0, description="Alert when a file is still not fetched this long before "
+                                  "the server deletes it.", examples=["1h"])
+
+
+class SftpSource(IngressSource):
+    """Every new file in an SFTP directory: streamed into the Object Store (SHA-256 checked, never
+    held whole in memory), then a message with the object reference is stored in JetStream, then the
+    file is remembered as done (KV), so it is never fetched twice and a crash in between repeats
+    only what JetStream or the Object Store already drop. The flow gets the reference, not the bytes."""
+
+    implementation: ClassVar[str] = "adapters.sftp:SftpIngress"
+    sftp: SftpDrop
+
+    def endpoint_name(self) -> str | None:
+        return self.sftp.endpoint
+
+
 SOURCE_MODELS: dict[str, type[BaseModel]] = {
     "subject": StreamSource, "request": RequestSource, "schedule": ScheduleSource, "imap": ImapSource,
+    "sftp": SftpSource,
 }
 
 
