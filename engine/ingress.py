@@ -85,5 +85,5 @@ def ingress_for(flow: Flow, project: Any, js: Any, publish_timeout: float, servi
     cls = getattr(importlib.import_module(module_name), cls_name)
     name = source.endpoint_name()
     endpoint = project.endpoints[name] if name else None
-    kind = next(iter(source.model_fields))
+    kind = next(iter(type(source).model_fields))
     return cls(flow, getattr(source, kind), endpoint, Landing(flow, js, publish_timeout, kind), services)

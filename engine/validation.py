@@ -189,9 +189,14 @@ def check_flow(lf: LoadedFlow, project: Project) -> list[str]:
         if not any(isinstance(s, ReplyStep) for s in flow.steps):
             bad(("steps",), "a request source needs a `reply` step, or the requester waits in vain")
     elif flow.ingress is not None:
-        endpoint = getattr(flow.ingress, "endpoint_name", lambda: None)()
+        endpoint = flow.ingress.endpoint_name()
+        kind = next(iter(type(flow.ingress).model_fields))
         if endpoint is not None and endpoint not in project.endpoints:
-            bad(("source",), f"unknown endpoint {endpoint!r}; config has: {', '.join(sorted(project.endpoints)) or 'none'}")
+            bad(("source", kind, "endpoint"),
+                f"unknown endpoint {endpoint!r}; config has: {', '.join(sorted(project.endpoints)) or 'none'}")
+        elif endpoint is not None and project.endpoints[endpoint].adapter != kind:
+            bad(("source", kind, "endpoint"), f"endpoint {endpoint!r} is a {project.endpoints[endpoint].adapter} "
+                f"endpoint; a {kind} source needs an {kind} endpoint")
     elif not flow.is_scheduled:
         subject = flow.source.subject  # type: ignore[union-attr]
         if stream_for(config, subject, pattern=True) is None:

@@ -75,9 +75,8 @@ def test_accepted_then_completed_replies_emit_one_switched_event_and_duplicates_
                                   BeAccepted(ref_seq=2, ref_type="CSW", ref_key="K-BE-1", erp_ref="BE78")))
     step = apply_reply({"state": state, "message": ack})
     assert step["payload"] == [] and {r["status"] for r in step["state"]["records"].values()} == {"ACCEPTED"}
-    done = parse_reply(reply_bytes(request, token, *(BeSwitchCompleted(
-        ref_seq=n, contract_id="K-BE-1", contract_version=2, tariff_code="GREEN-12", effective_on="2026-12-01")
-        for n in (1, 2))))
+    done = parse_reply(reply_bytes(request, token, BeSwitchCompleted(  # one SWC completes the contract
+        ref_seq=1, contract_id="K-BE-1", contract_version=2, tariff_code="GREEN-12", effective_on="2026-12-01")))
     step = apply_reply({"state": step["state"], "message": done})
     [event] = step["payload"]
     assert event["topic"] == "contract.switched" and event["status"] == "COMPLETED" and event["erp_ref"] == "BE77,BE78"

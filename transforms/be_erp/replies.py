@@ -107,10 +107,13 @@ def apply_reply(ctx: dict[str, Any]) -> dict[str, Any]:
         if seq not in state["records"]:
             raise UnmatchedReply(f"reply record answers request record {seq}; the request had "
                                  f"{len(state['records'])}")
-        current, new = state["records"][seq], _MOVES[rec["record_type"]]
-        if _ORDER[new] > _ORDER[current["status"]]:
-            current.update(status=new, **{k: rec[k] for k in ("erp_ref", "reason_code", "reason_text", "erp_key")
-                                          if rec.get(k) is not None})
+        # an SWC completes the contract's switch: every site record of the request, not only `ref_seq`
+        targets = state["records"].values() if rec["record_type"] == "SWC" else [state["records"][seq]]
+        new = _MOVES[rec["record_type"]]
+        for current in targets:
+            if _ORDER[new] > _ORDER[current["status"]]:
+                current.update(status=new, **{k: rec[k] for k in ("erp_ref", "reason_code", "reason_text",
+                                                                   "erp_key") if rec.get(k) is not None})
     events = _events(state)
     if events:
         state["outcome"] = events[-1]["outcome"]

@@ -1,0 +1,249 @@
+"""The `imap:` flow source: every mail in a folder is stored in JetStream, then moved to `processed`.
+
+Principle 1 in mail form: a mail leaves the watched folder only after `Landing.store()` returned, i.e.
+after JetStream confirmed it (or said it already had it: a crash between storing and moving stores it
+again, and JetStream drops the copy by its Nats-Msg-Id, taken from the Message-ID). Fetching uses
+BODY.PEEK[] so nothing is marked \\Seen before it is safe. A store that fails leaves the mail where it
+is and the folder is looked at again later with a backoff. Between looks the ingress waits in IDLE
+(new mail wakes it) or polls; any connection trouble reconnects with a backoff of 0.5 s doubling to
+30 s, with one warning per outage rather than one per attempt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from email.parser import BytesHeaderParser
+from email.policy import compat32
+from typing import Any
+
+import aioimaplib
+import structlog
+
+from adapters.imap.config import ImapEndpointConfig, cleartext_risk, tls_context
+from adapters.imap.session import ConnectionLost, ImapRefused, ImapSession
+from engine.errors import ConfigError, PublishFailed
+from engine.ingress import Ingress, Landing
+from engine.secrets import resolve_value
+from engine.sources import ImapMailbox
+from engine.spec import Flow
+
+log = structlog.get_logger("hub.imap")
+TROUBLE = (OSError, TimeoutError, aioimaplib.AioImapException, ConnectionLost, ImapRefused)
+
+
+def header_value(text: str, limit: int = 512) -> str:
+    """One line of printable ASCII, as NATS headers need: whitespace folded, anything else escaped."""
+    folded = " ".join(str(text).split()).encode("ascii", "backslashreplace").decode("ascii")
+    return "".join(ch if " " <= ch <= "~" else "?" for ch in folded)[:limit]
+
+
+def message_id_of(raw: bytes) -> str | None:
+    """The Message-ID header of a raw mail, cleaned; None when absent or empty (hostile mail included)."""
+    try:
+        value = BytesHeaderParser(policy=compat32).parsebytes(raw).get("Message-ID")
+    except Exception:  # a parser failure on broken headers must not stop the mailbox
+        return None
+    return (header_value(value) or None) if value is not None else None
+
+
+class ImapIngress(Ingress):
+    """Watches one folder of one mailbox for a flow; counters and `state` show what it did."""
+
+    BACKOFF_START = 0.5
+    BACKOFF_MAX = 30.0
+    STOP_GRACE = 5.0  # stop() waits this long for the mail in hand and LOGOUT, then cancels
+    FETCH_CHUNK = 16  # mails per UID FETCH: bounds memory (each may be up to 1 MB) and round trips
+
+    spec: ImapMailbox
+    endpoint: ImapEndpointConfig
+
+    def __init__(self, flow: Flow, spec: ImapMailbox, endpoint: ImapEndpointConfig, landing: Landing,
+                 services: Any) -> None:
+        super().__init__(flow, spec, endpoint, landing, services)
+        self.stored = self.duplicates = self.moved = self.reconnects = self.failed = 0
+        self.state = "new"  # connecting, reading, idle, polling, retrying, down, stopped
+        self._stop = asyncio.Event()
+        self._changed = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._password = ""
+        self._tls: Any = None
+        self._failing: set[int] = set()  # UIDs whose store failed: warned once each
+        self._served = False  # a session has worked before: the next one is a reconnect
+        self._outage_since: float | None = None
+        self.attempts = 0  # failed connection attempts in the current outage
+        self._backoff = self.BACKOFF_START
+
+    # --- lifecycle -----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        name = self.spec.endpoint
+        if not isinstance(self.endpoint, ImapEndpointConfig):
+            raise ConfigError([f"flow {self.flow.name!r}: source endpoint {name!r} is not an imap endpoint"])
+        try:
+            self._password = resolve_value(self.endpoint.password)
+        except LookupError as exc:
+            raise ConfigError([f"endpoint {name!r}: password: {exc}"]) from exc
+        self._tls = tls_context(name, self.endpoint)
+        if cleartext_risk(self.endpoint):
+            log.warning("imap_cleartext", endpoint=name, host=self.endpoint.host,
+                        hint="security: none sends the password in clear; use tls off loopback")
+        self._task = asyncio.create_task(self._run(), name=f"imap-ingress-{self.flow.name}")
+
+    async def stop(self) -> None:
+        """Finish the mail in hand, leave IDLE, LOGOUT; cancel if that takes longer than STOP_GRACE (a
+        server that does not answer a connect): nothing is lost, an unmoved mail is stored again as a duplicate."""
+        self._stop.set()
+        task, self._task = self._task, None
+        if task is None:
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(task), min(self.endpoint.timeout, self.STOP_GRACE))
+        except TimeoutError:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._set_state("stopped")
+
+    async def wait_for(self, predicate: Callable[["ImapIngress"], bool], timeout: float = 10.0) -> None:
+        """Until `predicate(self)` holds (TimeoutError after `timeout`): for tests and drills, no polling."""
+        async with asyncio.timeout(timeout):
+            while not predicate(self):
+                self._changed.clear()
+                await self._changed.wait()
+
+    def _set_state(self, state: str) -> None:
+        self.state = state
+        self._changed.set()
+
+    # --- the loop ------------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        while not self._stop.is_set():
+            session = ImapSession(self.endpoint, self._password, self._tls)
+            self._set_state("connecting")
+            try:
+                await session.open()
+                await session.ensure_folder(self.spec.processed)
+                await self._serve(session)
+            except TROUBLE as exc:
+                self._down(exc)
+            except Exception as exc:  # a bug must not end the ingress: keep it visible and go on
+                log.error("imap_ingress_failed", flow=self.flow.name, error=_short(exc), exc_info=True)
+                self._down(exc, quiet=True)
+            finally:
+                await session.close()
+            if self._stop.is_set():
+                break
+            self._set_state("down")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), self._backoff)
+            self._backoff = min(self._backoff * 2, self.BACKOFF_MAX)
+
+    def _where(self) -> str:
+        return f"{self.endpoint.host}:{self.endpoint.port}"
+
+    def _down(self, exc: BaseException, quiet: bool = False) -> None:
+        """A failed connection or session: warn at the start of an outage only."""
+        self.attempts += 1
+        if self._outage_since is None:
+            self._outage_since = time.monotonic()
+            if not quiet:
+                log.warning("imap_unavailable", flow=self.flow.name, server=self._where(), error=_short(exc),
+                            retry=f"{self.BACKOFF_START:g}s doubling to {self.BACKOFF_MAX:g}s")
+
+    def _up(self) -> None:
+        """The folder is selected: the outage, if any, is over (counted only once the session works, so a
+        server that accepts logins but fails SELECT still backs off)."""
+        if self._served:
+            self.reconnects += 1
+        if self._outage_since is not None:
+            log.info("imap_reconnected", flow=self.flow.name, server=self._where(), attempts=self.attempts,
+                        down_s=round(time.monotonic() - self._outage_since, 1))
+        self._served, self._outage_since, self.attempts, self._backoff = True, None, 0, self.BACKOFF_START
+        self._changed.set()
+
+    async def _serve(self, session: ImapSession) -> None:
+        """Read the folder empty, then wait for more; returns only when stopping."""
+        retry, first = self.BACKOFF_START, True
+        while not self._stop.is_set():
+            self._set_state("reading")
+            exists, validity = await session.select(self.spec.folder)
+            if first:
+                self._up()
+                first = False
+            found = left = 0
+            if exists:
+                found, left = await self._drain(session, validity)
+            if self._stop.is_set():
+                return
+            if left:  # a store or a move failed: look again later (new mail still wakes us)
+                await self._wait(session, retry, "retrying")
+                retry = min(retry * 2, self.BACKOFF_MAX)
+                continue
+            retry = self.BACKOFF_START
+            if not found:  # nothing (more) to read: mail that came meanwhile shows in the next SELECT
+                await self._wait(session, None, "idle")
+
+    async def _wait(self, session: ImapSession, seconds: float | None, state: str) -> None:
+        if self.spec.idle and session.has("IDLE"):
+            renew = self.endpoint.idle_renew
+            self._set_state(state)
+            await session.idle(renew if seconds is None else min(seconds, renew), self._stop)
+            return
+        self._set_state("polling" if seconds is None else state)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), self.spec.poll if seconds is None else seconds)
+
+    async def _drain(self, session: ImapSession, validity: int) -> tuple[int, int]:
+        """Store and move every mail in the folder; answers (mails found, mails left in place)."""
+        uids = await session.uids()
+        left = 0
+        for start in range(0, len(uids), self.FETCH_CHUNK):
+            if self._stop.is_set():
+                return len(uids), left
+            chunk = uids[start:start + self.FETCH_CHUNK]
+            mails = await session.fetch(chunk)
+            landed = [uid for uid, raw in mails if await self._land(uid, raw, validity)]
+            left += len(mails) - len(landed)  # a UID missing from the answer is gone (another reader moved it)
+            if landed:
+                try:
+                    await session.move(landed, self.spec.processed)
+                except ImapRefused as exc:  # stored already: the next look stores them as duplicates
+                    log.warning("imap_move_failed", flow=self.flow.name, uids=landed, error=_short(exc))
+                    left += len(landed)
+                    continue
+                self.moved += len(landed)
+                self._changed.set()
+        return len(uids), left
+
+    async def _land(self, uid: int, raw: bytes, validity: int) -> bool:
+        """Store one mail; True once JetStream has it (new or duplicate), False to leave it in place."""
+        message_id = message_id_of(raw)
+        headers = {"Hub-Mail-Uid": str(uid), "Hub-Mail-Uidvalidity": str(validity),
+                   "Hub-Mail-Folder": header_value(self.spec.folder)}
+        if message_id:
+            headers["Hub-Mail-Message-Id"] = message_id
+        try:
+            new = await self.landing.store(raw, message_id or f"uid:{validity}:{uid}", headers=headers)
+        except PublishFailed as exc:
+            self.failed += 1
+            self._changed.set()
+            if uid not in self._failing:
+                self._failing.add(uid)
+                log.warning("imap_store_failed", flow=self.flow.name, uid=uid, message_id=message_id,
+                            error=_short(exc), then="left in the folder, tried again later")
+            return False
+        self._failing.discard(uid)
+        if new:
+            self.stored += 1
+        else:
+            self.duplicates += 1
+        self._changed.set()
+        return True
+
+
+def _short(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[:300]
