@@ -67,6 +67,7 @@ class Adapter:
     name: ClassVar[str]
     Config: ClassVar[type[EndpointConfig]]
     operations_doc: ClassVar[str] = ""
+    limits_itself: ClassVar[bool] = False  # True: the adapter enforces `max_concurrency` (raising SlotsBusy)
 
     def __init__(self, endpoint: str, config: EndpointConfig, services: "Services") -> None:
         self.endpoint = endpoint

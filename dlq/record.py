@@ -49,7 +49,7 @@ def build_headers(original: dict[str, str] | None, *, flow: str, err: HubError, 
         ORIG_CONSUMER: consumer,
         HISTORY: json.dumps((history or [])[-20:], ensure_ascii=True),  # the last 20 failures
         # one record per stored message: a second dead-lettering of the same delivery is dropped
-        MSG_ID: f"dlq:{stream}:{sequence}",
+        MSG_ID: f"dlq:{flow}:{stream}:{sequence}",  # per flow: two flows may dead-letter one message
     })
     return headers
 

@@ -26,7 +26,7 @@ from nats.js.kv import KV_DEL, KV_PURGE
 from pydantic import BaseModel, ConfigDict, Field
 
 from engine.durations import Duration, format_duration
-from engine.errors import CircuitOpen, classify
+from engine.errors import CircuitOpen, SlotsBusy, classify
 from engine.kv import bucket
 
 log = structlog.get_logger("hub.breaker")
@@ -147,8 +147,9 @@ class Breaker:
             result = await factory()
         except Exception as exc:
             err = classify(exc)
-            # a permanent error (4xx, fault) proves the target answered; a CircuitOpen from deeper proves nothing
-            if not isinstance(err, CircuitOpen):
+            # a permanent error (4xx, fault) proves the target answered; a CircuitOpen from deeper or a
+            # local queue (SlotsBusy) proves nothing about the target
+            if not isinstance(err, CircuitOpen | SlotsBusy):
                 await self._count(not err.transient, time.monotonic() - started, epoch,
                                   f"{err.error_class}: {err}"[:200])
             raise

@@ -53,6 +53,11 @@ class Throttled(TransientError):
     """The target asked us to slow down (HTTP 429, 503 with Retry-After)."""
 
 
+class SlotsBusy(Throttled):
+    """No call was made: this runner's slots for the endpoint (`max_concurrency`) stayed busy. Says
+    nothing about the target, so its breaker does not count it."""
+
+
 class CircuitOpen(TransientError):
     """The endpoint's circuit breaker is open: no call was made."""
 

@@ -15,7 +15,7 @@ import jmespath
 from pydantic import BaseModel, ValidationError
 
 from adapters.base import Adapter, CallContext
-from engine.errors import HubError, NotYet, RoutingError, Throttled, TransformFailed, ValidationFailed, classify
+from engine.errors import HubError, NotYet, RoutingError, SlotsBusy, TransformFailed, ValidationFailed, classify
 from engine.messages import Envelope, encode, output_headers
 from engine.nats_client import encode_headers
 from engine.breaker import Breaker
@@ -31,9 +31,10 @@ SyncStep = Callable[[Envelope], bool]
 
 
 def endpoint_slots(adapter: Adapter) -> asyncio.Semaphore | None:
-    """The endpoint's `max_concurrency` as one semaphore per adapter (every flow of this runner shares it)."""
+    """The endpoint's `max_concurrency` as one semaphore per adapter (every flow of this runner shares it);
+    None when the adapter keeps the limit itself (it knows when the target's work really ends)."""
     limit = getattr(adapter.config, "max_concurrency", None)
-    if limit is None:
+    if limit is None or adapter.limits_itself:
         return None
     slots = getattr(adapter, "_hub_slots", None)
     if slots is None:
@@ -251,23 +252,25 @@ class Pipeline:
         breaker = self.breakers.get(name)
         slots = endpoint_slots(adapter)
 
-        async def once() -> Any:
-            if slots is None:
-                return await adapter.call(operation, body, ctx)  # adapters enforce ctx.timeout
-            waited = time.monotonic()
-            try:
-                await asyncio.wait_for(slots.acquire(), timeout)
-            except TimeoutError:
-                raise Throttled(f"{name}: all {adapter.config.max_concurrency} call slots busy for "
-                                f"{timeout:.1f}s") from None
-            try:
-                ctx.timeout = max(0.05, timeout - (time.monotonic() - waited))  # the wait is part of the deadline
-                return await adapter.call(operation, body, ctx)
-            finally:
-                slots.release()
+        def once() -> Any:
+            return adapter.call(operation, body, ctx)  # adapters enforce ctx.timeout
 
-        def attempt() -> Any:
-            return breaker.call(once) if breaker is not None else once()
+        async def attempt() -> Any:
+            # the wait for a local slot is ours, not the target's: it stays outside the breaker, so a
+            # queue in this runner never opens the circuit of a target that answers every call
+            waited = time.monotonic()
+            if slots is not None:
+                try:
+                    await asyncio.wait_for(slots.acquire(), timeout)
+                except TimeoutError:
+                    raise SlotsBusy(f"{name}: all {adapter.config.max_concurrency} call slots busy for "
+                                    f"{timeout:.1f}s") from None
+                ctx.timeout = max(0.05, timeout - (time.monotonic() - waited))  # the wait is part of the deadline
+            try:
+                return await (breaker.call(once) if breaker is not None else once())
+            finally:
+                if slots is not None:
+                    slots.release()
 
         started = time.monotonic()
         try:

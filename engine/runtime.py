@@ -25,9 +25,21 @@ from engine.ingress import ingress_for
 from engine.schedule import Scheduler
 from engine.service import RequestFlowRunner
 from engine.streams import ensure_streams
-from engine.validation import Project, stream_for
+from engine.validation import Project, endpoint_candidates, stream_for
 
 log = structlog.get_logger("hub.runtime")
+
+
+def used_endpoints(project: Project) -> set[str]:
+    """Endpoints a call or pull step of a loaded flow can resolve to (templates count every match)."""
+    names = list(project.endpoints)
+    used: set[str] = set()
+    for lf in project.flows:
+        for step in lf.flow.steps:
+            target = getattr(step, "call", None) or getattr(step, "pull", None)
+            if target is not None and hasattr(target, "endpoint"):
+                used.update(endpoint_candidates(target.endpoint, names))
+    return used
 
 
 class Hub:
@@ -93,9 +105,14 @@ class Hub:
                                   for name, cfg in self.project.endpoints.items() if cfg.circuit_breaker is not None}
 
     async def _start_adapters(self) -> None:
+        """Start the endpoints the loaded flows call (not every endpoint in config: an unused one's
+        secrets need not be there, nor its server reachable)."""
         services = Services(nc=self.nc, js=self.js)
         registry = load_builtin_adapters()
+        used = used_endpoints(self.project)
         for name, cfg in self.project.endpoints.items():
+            if name not in used:
+                continue
             adapter = registry[cfg.adapter](name, cfg, services)
             await adapter.start()
             self.adapters[name] = adapter

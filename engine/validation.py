@@ -26,7 +26,7 @@ from engine.errors import ConfigError
 from engine.registry import load_builtin_adapters
 from engine.sources import INGRESS_STREAM, INGRESS_SUBJECT_PREFIX, SCHEDULE_STREAM, SCHEDULE_SUBJECT_PREFIX
 from engine.spec import (CallStep, FilterStep, Flow, PublishStep, PullStep,
-                         ReplyStep, TransformStep, UntilStep, ValidateStep)
+                         ReplyStep, StateStep, TransformStep, UntilStep, ValidateStep)
 from engine.subjects import matches, pattern_covers, patterns_overlap, placeholders, render
 from engine.yaml_lines import Loc, YamlProblem, describe, issue, load_with_lines
 
@@ -246,6 +246,11 @@ def check_flow(lf: LoadedFlow, project: Project) -> list[str]:
                     stream_for(config, f"ops.alert.{flow.name}", pattern=False) is None:
                 bad(loc + ("until", "deadline"), f"no stream in config captures ops.alert.{flow.name}; "
                     "the deadline alert would be lost")
+        elif isinstance(step, StateStep):
+            try:
+                resolve_transform(step.state.apply)
+            except LookupError as exc:
+                bad(loc + ("state", "apply"), str(exc))
         elif isinstance(step, PullStep):
             pull = step.pull
             check_endpoint(pull.endpoint, pull.operation, loc + ("pull",), project, bad)

@@ -64,7 +64,7 @@ async def section_switches(js: Any, switched: Any, failed: Any, notices: Any, si
 
 async def section_accounts(js: Any, linked: Any, sims: dict[str, ErpSimulator], check: Check, wait_until: Any,
                            deadline: float) -> None:
-    print("\n  4. The CRM changes two accounts; the ERPs' own keys come back for the CRM")
+    print("\n  5. The CRM changes two accounts; the ERPs' own keys come back for the CRM")
     for country, name in (("DE", "Bäckerei Müller GmbH"), ("FR", "Boulangerie Lefèvre")):
         account = {"account_id": f"ACC-{country}-1", "country": country, "name": name, "kind": "business",
                    "street": "Hauptstraße 1", "postcode": "10115", "city": "Berlin", "email": "kam@example.org"}
@@ -80,7 +80,7 @@ async def section_accounts(js: Any, linked: Any, sims: dict[str, ErpSimulator], 
 
 async def section_nightly(js: Any, hub: Any, records: Any, sims: dict[str, ErpSimulator], check: Check,
                           wait_until: Any, deadline: float) -> None:
-    print("\n  5. Ops run the nightly invoice batch now (it is scheduled for 01:30 Europe/Brussels)")
+    print("\n  6. Ops run the nightly invoice batch now (it is scheduled for 01:30 Europe/Brussels)")
     print("       $ runner.py trigger erp-invoices-nightly")
     flow = next(lf.flow for lf in hub.project.flows if lf.flow.name == "erp-invoices-nightly")
     started = time.monotonic()
