@@ -29,6 +29,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/http_call.py
 	$(BIN)/python bench/dlq_replay.py
 	$(BIN)/python bench/erp_switch.py
+	$(BIN)/python bench/tariff_quote.py
 
 clean:
 	rm -rf $(VENV) .hub
