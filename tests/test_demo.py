@@ -11,6 +11,6 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_the_demo_passes_every_check() -> None:
     done = subprocess.run([sys.executable, str(ROOT / "runner.py"), "demo"], capture_output=True, text=True,
-                          timeout=180, cwd=ROOT)
+                          timeout=600, cwd=ROOT)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "FAIL" not in done.stdout and "demo passed" in done.stdout
