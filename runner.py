@@ -27,6 +27,7 @@ examples:
   runner.py dlq edit 42 --set country=DE     fix a dead letter, validate it, replay it
   runner.py trigger erp-invoices-nightly     run a scheduled flow now
   runner.py pending                          tariff switches (and other waits) not done yet
+  runner.py pdf get INV-42 --out inv.pdf     an invoice's PDF from the hub's Object Store
   runner.py docs --out docs/                 write the flow reference and JSON Schema
 
 exit codes: 0 ok, 1 the work failed (demo outcome, runtime error), 2 invalid configuration or usage.
@@ -64,11 +65,13 @@ def build_parser() -> argparse.ArgumentParser:
                        "outcome occurred.")
     p.add_argument("--keep-data", action="store_true", help="keep the demo's JetStream store afterwards")
 
+    from adapters.sftp.cli import register as register_pdf
     from dlq.cli import register as register_dlq
     from engine.ops_cli import register as register_ops
 
     register_dlq(sub)
     register_ops(sub)
+    register_pdf(sub)
 
     p = sub.add_parser("docs", help="write the flow reference (Markdown) and the JSON Schema for editors")
     p.add_argument("--out", type=Path, default=ROOT / "docs", help="output directory (default: docs/)")
@@ -179,10 +182,11 @@ def cmd_docs(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from adapters.sftp.cli import main as cmd_pdf
     from dlq.cli import main as cmd_dlq
 
     commands = {"validate": cmd_validate, "run": cmd_run, "demo": cmd_demo, "docs": cmd_docs, "dlq": cmd_dlq,
-                "trigger": cmd_trigger, "pending": cmd_pending}
+                "trigger": cmd_trigger, "pending": cmd_pending, "pdf": cmd_pdf}
     return commands[args.command](args)
 
 

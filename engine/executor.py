@@ -19,10 +19,10 @@ from nats.js.errors import NoStreamResponseError
 from engine.errors import HubError, NotYet, PublishFailed, RoutingError, classify
 from engine.failures import FailureHandler, FailureHistory
 from engine.idempotency import IdempotencyStore, applies_to, business_key
+from engine.keyed_state import StateConflict, commit
 from engine.messages import REPLAY_FOR, Envelope, decode, opaque
 from engine.pipeline import Pipeline
 from engine.pull_feed import HAND_BACK_DELAY, PullFeed
-from engine.keyed_state import StateConflict, commit
 from engine.ratelimit import RateLimiter
 from engine.waiting import WaitHandler, checks_within
 

@@ -109,11 +109,11 @@ async def run_demo(root: Path, keep_data: bool = False) -> int:
         print(outside.describe())
         nc = await nats.connect(hub.servers[0], name="demo-crm-bridge")
         js = nc.jetstream()
-        switch, dlq, switched, failed, notices, linked, records = (Collector() for _ in range(7))
+        switch, dlq, switched, failed, notices, linked, records, pdfs = (Collector() for _ in range(8))
         for subject, collector in (("erp.contract.switch-requested", switch), ("dlq.>", dlq),
                                    ("erp.contract.switched", switched), ("erp.contract.switch-failed", failed),
                                    ("notify.requested", notices), ("erp.account.linked", linked),
-                                   ("ops.reconciliation", records)):
+                                   ("ops.reconciliation", records), ("invoice.pdf.available", pdfs)):
             await js.subscribe(subject, cb=collector.cb, ordered_consumer=True)
         deadline = time.monotonic() + SECTION_DEADLINE
 
@@ -172,9 +172,11 @@ async def run_demo(root: Path, keep_data: bool = False) -> int:
         await demo_more.section_belgium(switched, hub, outside, check)
         await demo_erp.section_accounts(js, linked, erps, check, wait_until, time.monotonic() + SECTION_DEADLINE)
         await demo_erp.section_nightly(js, hub, records, erps, check, wait_until, time.monotonic() + SECTION_DEADLINE)
+        await demo_more.section_pdfs(pdfs, sum(len(e.invoices) for e in erps.values()), outside, hub.servers[0],
+                                     check, wait_until, time.monotonic() + SECTION_DEADLINE)
         deadline = time.monotonic() + SECTION_DEADLINE
 
-        print("\n  7. A meter platform sends readings; the CRM bridge answers 503 twice at first")
+        print("\n  8. A meter platform sends readings; the CRM bridge answers 503 twice at first")
         crm.fail_next(2, status=503, retry_after="0")
         for i in range(READINGS):
             await js.publish("meter.reading.received", json.dumps(reading(i)).encode(),
@@ -188,7 +190,7 @@ async def run_demo(root: Path, keep_data: bool = False) -> int:
         auth = {r.headers.get("Authorization") for r in crm.received}
         check(auth == {"Bearer " + os.environ["CRM_BRIDGE_TOKEN"]}, "the CRM token came from the environment, not YAML")
 
-        print("\n  8. The CRM bridge goes down while 30 more readings arrive, then comes back")
+        print("\n  9. The CRM bridge goes down while 30 more readings arrive, then comes back")
         deadline = time.monotonic() + SECTION_DEADLINE
         breaker = hub.breakers.breaker("crm_readings", project.endpoints["crm_readings"].circuit_breaker)
         opened = asyncio.Event()

@@ -1,5 +1,6 @@
-"""The Belgian and Power Sales parts of `runner.py demo`: a real SMTP/IMAP mail sandbox with the
-Belgian ERP simulator, and the Power Sales simulator behind the website's `tariff.quote`.
+"""The Belgian, Power Sales and invoice-PDF parts of `runner.py demo`: a real SMTP/IMAP mail sandbox
+with the Belgian ERP simulator, the Power Sales simulator behind the website's `tariff.quote`, and the
+PDF Generator writing to a real SFTP drop whose host key the hub pins.
 
 Like sandbox/demo_erp.py, each section plays the outside world, waits for what a user would see and
 reports checks through the demo's `check` callback.
@@ -7,16 +8,23 @@ reports checks through the demo's `check` callback.
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import json
 import os
+import tempfile
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 from sandbox.be_erp import BeErpBehaviour, BelgianErpSimulator
 from sandbox.mail import MailSandbox
+from sandbox.pdf_generator import PdfGenerator
 from sandbox.powersales import PowerSalesSimulator
+from sandbox.sftp_server import SftpServer
 
 HUB_MAIL, ERP_MAIL, MAIL_PASSWORD = "hub@plu.example", "erp-be@plu.example", "demo-mail-secret"
+SFTP_PASSWORD = "demo-sftp-secret"
 Check = Callable[[bool, str], None]
 LOOKUP = {"households": 3, "consumption": 4200, "postcode": "75001", "country": "FR", "gas": True}
 
@@ -28,6 +36,9 @@ class Outside:
         self.mail: MailSandbox | None = None
         self.be_erp: BelgianErpSimulator | None = None
         self.powersales: PowerSalesSimulator | None = None
+        self.sftp: SftpServer | None = None
+        self.pdfs: PdfGenerator | None = None
+        self.work = Path(tempfile.mkdtemp(prefix="hub-demo-outside-"))
 
     async def start(self) -> "Outside":
         self.mail = await MailSandbox(users={HUB_MAIL: MAIL_PASSWORD, ERP_MAIL: MAIL_PASSWORD}).start()
@@ -39,15 +50,23 @@ class Outside:
                                                 BeErpBehaviour(completion_delay=1.0), idle_seconds=5).start()
         self.powersales = await PowerSalesSimulator(latency=0.3, capacity=4).start()
         os.environ["POWERSALES_URL"] = self.powersales.url
+        self.sftp = await SftpServer(self.work / "drop", password=SFTP_PASSWORD).start()
+        known_hosts = self.sftp.write_known_hosts(self.work / "known_hosts")  # pinned, as ops would
+        self.pdfs = await PdfGenerator(self.sftp.root, delay=0.1).start()
+        os.environ.update({"PDF_SFTP_HOST": self.sftp.host, "PDF_SFTP_PORT": str(self.sftp.port),
+                           "PDF_SFTP_PASSWORD": SFTP_PASSWORD, "PDF_SFTP_KNOWN_HOSTS": str(known_hosts),
+                           "PDF_GENERATOR_URL": self.pdfs.url})
         return self
 
     def describe(self) -> str:
         assert self.mail and self.powersales
+        assert self.sftp and self.pdfs
         return (f"  sandbox mail (SMTP :{self.mail.smtp_port} STARTTLS, IMAPS :{self.mail.imap_port}) with the "
-                f"Belgian ERP reading {ERP_MAIL}\n  sandbox Power Sales at {self.powersales.url} (0.3 s per answer)")
+                f"Belgian ERP reading {ERP_MAIL}\n  sandbox Power Sales at {self.powersales.url} (0.3 s per answer)"
+                f"\n  sandbox PDF Generator at {self.pdfs.url}, its SFTP drop at :{self.sftp.port} (host key pinned)")
 
     async def stop(self) -> None:
-        for part in (self.be_erp, self.powersales, self.mail):
+        for part in (self.be_erp, self.powersales, self.pdfs, self.sftp, self.mail):
             if part is not None:
                 await part.stop()
 
@@ -70,7 +89,7 @@ async def section_belgium(switched: Any, hub: Any, outside: Outside, check: Chec
 
 
 async def section_powersales(nc: Any, outside: Outside, check: Check) -> None:
-    print("\n  9. The public website asks for tariffs; Power Sales is slow, then goes away")
+    print("\n  10. The public website asks for tariffs; Power Sales is slow, then goes away")
     ps = outside.powersales
     assert ps is not None
 
@@ -93,3 +112,27 @@ async def section_powersales(nc: Any, outside: Outside, check: Check) -> None:
           "a fresh quote from Power Sales, then the same lookup answered from the KV cache")
     check("tariffs" in down and "error" in unknown and unknown["error"]["transient"] and max(t3, t4) < 2500,
           "with Power Sales down the website still gets the quote, or a clear 'try later', never a hang")
+
+
+async def section_pdfs(available: Any, invoices: int, outside: Outside, nats_url: str, check: Check,
+                       wait_until: Any, deadline: float) -> None:
+    print("\n  7. Every invoice of the batch gets its PDF, rescued from the SFTP drop before it is deleted")
+    ok = await wait_until(lambda: len(available.messages) >= invoices, [available.changed], deadline)
+    bodies = [json.loads(m.data) for m in available.messages]
+    print(f"       {len(bodies)} PDFs rendered, fetched over SFTP into the Object Store (SHA-256 checked), "
+          "announced on invoice.pdf.available")
+    check(ok and len({b["invoice_id"] for b in bodies}) == invoices,
+          f"all {invoices} invoices have a stored PDF, each announced once")
+    if not bodies:
+        return
+    pick = bodies[0]
+    out = outside.work / f"{pick['invoice_id']}.pdf"
+    print(f"       $ runner.py pdf get {pick['invoice_id']} --out {out}")
+    from adapters.sftp.cli import main as pdf_cli
+    from runner import build_parser
+
+    args = build_parser().parse_args(["pdf", "get", pick["invoice_id"], "--out", str(out), "--nats", nats_url])
+    code = await asyncio.to_thread(pdf_cli, args)
+    data = out.read_bytes() if out.exists() else b""
+    check(code == 0 and data.startswith(b"%PDF-") and hashlib.sha256(data).hexdigest() == pick["object"]["sha256"],
+          f"the portal's PDF of {pick['invoice_id']} written to a file, checksum right ({len(data)} bytes)")

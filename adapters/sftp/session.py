@@ -1,0 +1,157 @@
+"""One SSH connection with an SFTP channel (paramiko), the server's host key pinned.
+
+paramiko blocks: every method here is called from a worker thread, never on the event loop. The
+known_hosts file is loaded read-only (paramiko's "system" keys, never saved back) and a key it does
+not list, or a key that differs from the one it lists, is refused with an error naming host, port and
+both fingerprints, so whoever reads the log can check them with the server's owner.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import socket
+import stat
+from dataclasses import dataclass
+from typing import Any
+
+import paramiko
+
+from adapters.sftp.config import Credentials, SftpEndpointConfig
+from engine.errors import TargetRejected
+
+# Read-ahead per file: SFTP reads of 32 KiB in flight, and the SSH window that lets the server send them
+# without waiting for us. Memory stays bounded by these (~4 MiB), whatever the file's size; paramiko's
+# defaults (no limit on requests, a 2 MiB window) read ~30% slower on loopback (bench/pdf_store.py).
+PREFETCH_REQUESTS = 128
+WINDOW = 8 * 1024 * 1024
+
+
+class HostKeyRefused(TargetRejected):
+    """The server's host key is not the pinned one (unknown or changed): nothing is read from it."""
+
+
+class LoginRefused(TargetRejected):
+    """The server refused the user, password or key."""
+
+
+# what a dropped or dead connection raises in paramiko (socket.timeout is an OSError)
+CONNECTION_TROUBLE = (OSError, EOFError, paramiko.SSHException)
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    """A regular file in the watched directory as one listing saw it."""
+
+    name: str
+    path: str
+    size: int
+    mtime: int  # seconds since the epoch, the server's clock (SFTP v3 has whole seconds)
+
+    @property
+    def identity(self) -> str:
+        """Stable for one version of one file: a file replaced under the same name is a new one."""
+        return f"{self.path}:{self.size}:{self.mtime}"
+
+
+def describe_key(key: paramiko.PKey) -> str:
+    """`ssh-ed25519 SHA256:...`, as `ssh-keygen -lf` prints it."""
+    return f"{key.get_name()} {key.fingerprint}"
+
+
+class _PinnedOnly(paramiko.MissingHostKeyPolicy):
+    """A host key known_hosts does not list is refused with its fingerprint; it is never added."""
+
+    def __init__(self, where: str, known_hosts: str) -> None:
+        self.where = where
+        self.known_hosts = known_hosts
+
+    def missing_host_key(self, client: Any, hostname: str, key: paramiko.PKey) -> None:
+        raise HostKeyRefused(
+            f"sftp {self.where}: host key refused: the server offered {describe_key(key)}, and {self.known_hosts} "
+            f"has no key for {hostname}; an unknown key is never accepted automatically: check that fingerprint "
+            f"with the server's owner, then add the server's line to {self.known_hosts}")
+
+
+class SftpSession:
+    """A logged-in SFTP session; `open()` connects, the other methods read; all of them block."""
+
+    def __init__(self, config: SftpEndpointConfig, credentials: Credentials) -> None:
+        self.config = config
+        self.credentials = credentials
+        self.where = f"{config.host}:{config.port}"
+        self._client: paramiko.SSHClient | None = None
+        self.sftp: paramiko.SFTPClient | None = None
+
+    def open(self) -> None:
+        """Connect, check the host key against known_hosts (read now), log in, open the SFTP channel."""
+        c = self.config
+        client = paramiko.SSHClient()
+        try:
+            client.load_system_host_keys(c.known_hosts)  # read-only: paramiko never writes these back
+        except (OSError, paramiko.SSHException) as exc:
+            raise HostKeyRefused(f"sftp {self.where}: cannot read known_hosts {c.known_hosts}: {exc}") from None
+        client.set_missing_host_key_policy(_PinnedOnly(self.where, c.known_hosts))
+        try:
+            client.connect(c.host, c.port, username=c.username, timeout=c.timeout, banner_timeout=c.timeout,
+                           auth_timeout=c.timeout, channel_timeout=c.timeout, **self.credentials.paramiko_kwargs())
+            sftp = paramiko.SFTPClient.from_transport(client.get_transport(), window_size=WINDOW)
+            if sftp is None:
+                raise paramiko.SSHException(f"sftp {self.where}: the server opened no SFTP channel")
+            sftp.get_channel().settimeout(c.timeout)  # a read that makes no progress fails instead of hanging
+        except paramiko.BadHostKeyException as exc:
+            client.close()
+            raise HostKeyRefused(
+                f"sftp {self.where}: host key refused: the server offered {describe_key(exc.key)}, but "
+                f"{c.known_hosts} pins {describe_key(exc.expected_key)} for {exc.hostname}: the server was "
+                "reinstalled or someone is in the middle; nothing is read from it until known_hosts is corrected "
+                "(check the new fingerprint with the server's owner first)") from None
+        except paramiko.AuthenticationException as exc:
+            client.close()
+            raise LoginRefused(f"sftp {self.where}: login of {c.username!r} refused: {exc}") from None
+        except BaseException:
+            client.close()
+            raise
+        self._client, self.sftp = client, sftp
+
+    def listdir(self, directory: str) -> list[RemoteFile]:
+        """Regular files of `directory`, oldest first; hidden names (a writer's `.x.part`) are skipped."""
+        assert self.sftp is not None
+        found = []
+        for attr in self.sftp.listdir_attr(directory):
+            name = attr.filename
+            if name.startswith(".") or attr.st_mode is None or not stat.S_ISREG(attr.st_mode):
+                continue
+            found.append(RemoteFile(name, posixpath.join(directory, name), int(attr.st_size or 0),
+                                    int(attr.st_mtime or 0)))
+        found.sort(key=lambda f: (f.mtime, f.name))
+        return found
+
+    def open_file(self, remote: RemoteFile) -> paramiko.SFTPFile:
+        """Open for reading with a bounded read-ahead (pipelined requests, so loopback speed is not
+        round-trip bound, and never more than PREFETCH_REQUESTS x 32 KiB buffered)."""
+        assert self.sftp is not None
+        fh = self.sftp.open(remote.path, "rb")
+        fh.prefetch(remote.size, max_concurrent_requests=PREFETCH_REQUESTS)
+        return fh
+
+    def exists(self, remote: RemoteFile) -> bool:
+        """Whether the file is still there (False after the janitor or someone else removed it)."""
+        assert self.sftp is not None
+        try:
+            self.sftp.stat(remote.path)
+        except FileNotFoundError:
+            return False
+        return True
+
+    def alive(self) -> bool:
+        """Whether the SSH transport still runs (a failed file read on a live one is that file's problem)."""
+        transport = self._client.get_transport() if self._client is not None else None
+        return bool(transport is not None and transport.is_active())
+
+    def close(self) -> None:
+        client, self._client, self.sftp = self._client, None, None
+        if client is not None:
+            try:
+                client.close()
+            except (OSError, EOFError, paramiko.SSHException, socket.error):
+                pass
