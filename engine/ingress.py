@@ -10,6 +10,7 @@ reads `hub.ingress.<flow>` like any subject, with its retries and DLQ.
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 from typing import Any
 
@@ -40,24 +41,59 @@ class Landing:
         """The Nats-Msg-Id of an outside item: stable, whatever runner stores it."""
         return derived_id("ingress", self.flow.name, identity)
 
+    def _headers(self, identity: str, headers: dict[str, str] | None) -> dict[str, str]:
+        return {**event_headers(self.source, str(self.subject), msg_id=self.message_id(identity)),
+                "content-type": "application/octet-stream", **(headers or {})}
+
+    def _counted(self, ack: Any, identity: str) -> bool:
+        if ack.duplicate:
+            self.duplicates += 1
+            log.info("ingress_duplicate", flow=self.flow.name, identity=identity)
+            return False
+        self.stored += 1
+        return True
+
     async def store(self, data: bytes, identity: str, headers: dict[str, str] | None = None) -> bool:
         """Store one item; True when new, False when JetStream already had it. Raises PublishFailed
         when the server did not confirm: the caller must then leave the item where it is."""
         if len(data) > MAX_PAYLOAD:
             raise PublishFailed(f"{len(data)} bytes exceed the {MAX_PAYLOAD}-byte message limit (needs a claim check)")
-        msg_id = self.message_id(identity)
-        h = {**event_headers(self.source, str(self.subject), msg_id=msg_id),
-             "content-type": "application/octet-stream", **(headers or {})}
         try:
-            ack = await self.js.publish(self.subject, data, headers=h, timeout=self.publish_timeout)
+            ack = await self.js.publish(self.subject, data, headers=self._headers(identity, headers),
+                                        timeout=self.publish_timeout)
         except Exception as exc:
             raise PublishFailed(f"{self.subject}: not stored: {exc!r}") from exc
-        if ack.duplicate:
-            self.duplicates += 1
-            log.info("ingress_duplicate", flow=self.flow.name, identity=identity, msg_id=msg_id)
-            return False
-        self.stored += 1
-        return True
+        return self._counted(ack, identity)
+
+    async def store_many(self, items: list[tuple[bytes, str, dict[str, str] | None]]) -> list[bool | PublishFailed]:
+        """Store a batch with one wait for all acks (MEASURED.md: publish_async per batch is ~13x one
+        publish at a time). Per item: True new, False duplicate, or the PublishFailed that left it
+        unstored (the caller leaves exactly those where they are)."""
+        sent: list[Any] = []
+        for data, identity, headers in items:
+            if len(data) > MAX_PAYLOAD:
+                sent.append(PublishFailed(f"{len(data)} bytes exceed the {MAX_PAYLOAD}-byte message limit "
+                                          "(needs a claim check)"))
+                continue
+            try:
+                sent.append(await self.js.publish_async(self.subject, data, headers=self._headers(identity, headers)))
+            except Exception as exc:
+                sent.append(PublishFailed(f"{self.subject}: not stored: {exc!r}"))
+        futures = [f for f in sent if isinstance(f, asyncio.Future)]
+        if futures:
+            await asyncio.wait(futures, timeout=self.publish_timeout)
+        results: list[bool | PublishFailed] = []
+        for f, (_, identity, _) in zip(sent, items):
+            if isinstance(f, PublishFailed):
+                results.append(f)
+            elif not f.done():
+                f.cancel()
+                results.append(PublishFailed(f"{self.subject}: no publish ack in {self.publish_timeout:g}s"))
+            elif f.exception() is not None:
+                results.append(PublishFailed(f"{self.subject}: not stored: {f.exception()!r}"))
+            else:
+                results.append(self._counted(f.result(), identity))
+        return results
 
 
 class Ingress:

@@ -111,10 +111,11 @@ async def test_each_mail_is_stored_once_and_moved_only_after_the_store(mail: Mai
     in_inbox_at_store: list[bool] = []
 
     class WatchedLanding(Landing):
-        async def store(self, data: bytes, identity: str, headers: dict[str, str] | None = None) -> bool:
-            new = await super().store(data, identity, headers)
-            in_inbox_at_store.append(data in [m.raw for m in await mail.messages(user)])
-            return new
+        async def store_many(self, items: list[Any]) -> list[Any]:
+            outcomes = await super().store_many(items)
+            inbox = [m.raw for m in await mail.messages(user)]
+            in_inbox_at_store.extend(data in inbox for data, _, _ in items)
+            return outcomes
 
     ingress = await make_ingress(mail, user, WatchedLanding)
     await ingress.wait_for(lambda i: i.moved == 3)

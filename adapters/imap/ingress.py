@@ -206,7 +206,7 @@ class ImapIngress(Ingress):
                 return len(uids), left
             chunk = uids[start:start + self.FETCH_CHUNK]
             mails = await session.fetch(chunk)
-            landed = [uid for uid, raw in mails if await self._land(uid, raw, validity)]
+            landed = await self._land(mails, validity)
             left += len(mails) - len(landed)  # a UID missing from the answer is gone (another reader moved it)
             if landed:
                 try:
@@ -219,30 +219,34 @@ class ImapIngress(Ingress):
                 self._changed.set()
         return len(uids), left
 
-    async def _land(self, uid: int, raw: bytes, validity: int) -> bool:
-        """Store one mail; True once JetStream has it (new or duplicate), False to leave it in place."""
-        message_id = message_id_of(raw)
-        headers = {"Hub-Mail-Uid": str(uid), "Hub-Mail-Uidvalidity": str(validity),
-                   "Hub-Mail-Folder": header_value(self.spec.folder)}
-        if message_id:
-            headers["Hub-Mail-Message-Id"] = message_id
-        try:
-            new = await self.landing.store(raw, message_id or f"uid:{validity}:{uid}", headers=headers)
-        except PublishFailed as exc:
-            self.failed += 1
-            self._changed.set()
-            if uid not in self._failing:
-                self._failing.add(uid)
-                log.warning("imap_store_failed", flow=self.flow.name, uid=uid, message_id=message_id,
-                            error=_short(exc), then="left in the folder, tried again later")
-            return False
-        self._failing.discard(uid)
-        if new:
-            self.stored += 1
-        else:
-            self.duplicates += 1
+    async def _land(self, mails: list[tuple[int, bytes]], validity: int) -> list[int]:
+        """Store a fetched chunk (one wait for all acks); the UIDs JetStream now has (new or duplicate),
+        which alone may be moved."""
+        items = []
+        for uid, raw in mails:
+            message_id = message_id_of(raw)
+            headers = {"Hub-Mail-Uid": str(uid), "Hub-Mail-Uidvalidity": str(validity),
+                       "Hub-Mail-Folder": header_value(self.spec.folder)}
+            if message_id:
+                headers["Hub-Mail-Message-Id"] = message_id
+            items.append((raw, message_id or f"uid:{validity}:{uid}", headers))
+        landed = []
+        for (uid, _), (_, identity, _), outcome in zip(mails, items, await self.landing.store_many(items)):
+            if isinstance(outcome, PublishFailed):
+                self.failed += 1
+                if uid not in self._failing:
+                    self._failing.add(uid)
+                    log.warning("imap_store_failed", flow=self.flow.name, uid=uid, identity=identity,
+                                error=_short(outcome), then="left in the folder, tried again later")
+                continue
+            self._failing.discard(uid)
+            if outcome:
+                self.stored += 1
+            else:
+                self.duplicates += 1
+            landed.append(uid)
         self._changed.set()
-        return True
+        return landed
 
 
 def _short(exc: BaseException) -> str:
