@@ -92,6 +92,7 @@ class Scheduler:
         self.publish_timeout = publish_timeout
         self.kv: Any = None
         self.fired = 0
+        self._missed: datetime | None = None  # a catch-up slot that could not be fired at start
         self._task: asyncio.Task[None] | None = None
         self.log = log.bind(flow=flow.name)
 
@@ -126,10 +127,16 @@ class Scheduler:
             await self.kv.put(self.flow.name, slot.isoformat().encode())  # a new flow: nothing was missed
         elif last < slot and self.source.catch_up:
             self.log.warning("schedule_catch_up", missed=slot.isoformat(), last=last.isoformat())
-            await self._fire(slot)
+            try:
+                await self._fire(slot)
+            except Exception as exc:  # the broker hiccups at start: keep trying in the background
+                self.log.warning("schedule_catch_up_deferred", slot=slot.isoformat(), error=repr(exc))
+                self._missed = slot
 
     async def _run(self) -> None:
         spec = self.source.schedule
+        if self._missed is not None:
+            await self._fire_safely(self._missed)
         while True:
             slot = next_slot(spec, datetime.now(timezone.utc))
             await asyncio.sleep(max(0.0, (slot - datetime.now(timezone.utc)).total_seconds()))
