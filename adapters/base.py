@@ -89,8 +89,11 @@ class Adapter:
 
 
 class Services:
-    """Shared runtime handles adapters may use (the NATS connection, JetStream)."""
+    """Shared runtime handles adapters may use: the NATS connection, JetStream, the hub's config, and
+    `shared`, one dict per runner for things its ingresses share (the webhook HTTP server)."""
 
-    def __init__(self, nc: Any = None, js: Any = None) -> None:
+    def __init__(self, nc: Any = None, js: Any = None, config: Any = None) -> None:
         self.nc = nc
         self.js = js
+        self.config = config
+        self.shared: dict[str, Any] = {}

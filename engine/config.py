@@ -72,11 +72,19 @@ class LoggingConfig(_Strict):
     format: Literal["json", "console"] = "json"
 
 
+class HttpIngressConfig(_Strict):
+    """The runner's HTTP server for `webhook` sources (one server, a route per flow)."""
+
+    host: str = Field("127.0.0.1", description="Address to listen on (0.0.0.0 for all interfaces).")
+    port: int = Field(8080, ge=0, le=65535, description="Port; 0 picks a free one (tests).")
+
+
 class HubConfig(_Strict):
     nats: NatsConfig = Field(default_factory=NatsConfig)
     streams: list[StreamConfig] = Field(default_factory=list)
     endpoints: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="Named endpoints: `adapter:` plus that adapter's keys.")
+    http_ingress: HttpIngressConfig = Field(default_factory=HttpIngressConfig)
     dlq: DlqConfig = Field(default_factory=DlqConfig)
     state: StateConfig = Field(default_factory=StateConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)

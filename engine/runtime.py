@@ -119,6 +119,7 @@ class Hub:
 
     async def _start_flows(self) -> None:
         ncfg, breakers = self.project.config.nats, self.endpoint_breakers
+        self.ingress_services = Services(nc=self.nc, js=self.js, config=self.project.config)
         for lf in self.project.flows:
             flow = lf.flow
             pipeline = Pipeline(flow, self.adapters, breakers=breakers, fallback=self.fallback, js=self.js,
@@ -140,8 +141,7 @@ class Hub:
                 await scheduler.start()
                 self.schedulers[flow.name] = scheduler
             if flow.ingress is not None:
-                ingress = ingress_for(flow, self.project, self.js, ncfg.publish_timeout,
-                                      Services(nc=self.nc, js=self.js))
+                ingress = ingress_for(flow, self.project, self.js, ncfg.publish_timeout, self.ingress_services)
                 await ingress.start()
                 self.ingresses[flow.name] = ingress
         handlers = {name: r.failures for name, r in self.runners.items() if isinstance(r, StreamFlowRunner)}

@@ -12,6 +12,7 @@ from typing import Annotated, Any, ClassVar, Literal, Union
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
 from engine.durations import Duration
+from engine.secrets import SecretRef
 from engine.subjects import Subject, SubjectPattern
 
 SCHEDULE_SUBJECT_PREFIX = "hub.schedule"   # ticks of scheduled flows: hub.schedule.<flow>
@@ -136,9 +137,67 @@ class SftpSource(IngressSource):
         return self.sftp.endpoint
 
 
+class HmacSignature(_Strict):
+    """A sender's HMAC-SHA256 over "<timestamp>.<raw body>", sent as `t=<unix>,v1=<hex>` in a header."""
+
+    secret: SecretRef = Field(description="The shared secret (never in YAML).", examples=[{"env": "VENDOR3_SECRET"}])
+    header: str = Field("X-Signature", description="Header carrying `t=<unix>,v1=<hex>`.")
+    max_age: Duration = Field(300.0, description="Older (or further in the future) requests are refused.")
+
+
+class WebhookEndpoint(_Strict):
+    path: str = Field(pattern=r"^/[A-Za-z0-9/_.-]*$", description="Path on the runner's ingress HTTP server "
+                      "(config `http_ingress`).", examples=["/webhooks/vendor3/readings"])
+    hmac: HmacSignature | None = Field(None, description="Verify an HMAC signature; a bad one is 401, nothing stored.")
+    token: SecretRef | None = Field(None, description="Require `Authorization: Bearer <token>` instead.",
+                                    examples=[{"env": "FIELD_APP_TOKEN"}])
+    items: str | None = Field(None, description="JMESPath to the list in the JSON body whose elements are stored "
+                              "as one message each (a batch of readings); default: the body is one message.",
+                              examples=["readings"])
+    item_id: str | None = Field(None, description="Template of an item's identity (its message id: a repeat is "
+                                "dropped); default: a hash of the item.", examples=["{meterId}:{ts}"])
+    max_body: int = Field(10 * 1024 * 1024, ge=1024, description="Larger requests are refused with 413.")
+
+    @model_validator(mode="after")
+    def _one_auth(self) -> "WebhookEndpoint":
+        if (self.hmac is None) == (self.token is None):
+            raise ValueError("a webhook needs exactly one of: hmac, token (no unauthenticated ingress)")
+        return self
+
+
+class WebhookSource(IngressSource):
+    """HTTP POSTs to a path of the runner's ingress server: authenticated (HMAC within `max_age`, a
+    replayed signature refused; or a bearer token), stored in JetStream (each `items` element its own
+    message), and only then answered 202. 401 stores nothing; a store failure answers 503."""
+
+    implementation: ClassVar[str] = "adapters.webhook:WebhookIngress"
+    webhook: WebhookEndpoint
+
+
+class MqttSubscription(_Strict):
+    endpoint: str = Field(description="An `mqtt` endpoint in config (broker, credentials, TLS).",
+                          examples=["vendor4_broker"])
+    topics: list[str] = Field(min_length=1, description="Topic filters subscribed to (QoS 1).",
+                              examples=[["vendor4/readings/#"]])
+    client_id: str = Field(description="Stable client id: the broker keeps the session (and the messages "
+                           "published meanwhile) under it while the hub is away.", examples=["plu-hub-vendor4"])
+    session_expiry: Duration = Field(7 * 86400.0, description="How long the broker keeps the session offline.")
+
+
+class MqttSource(IngressSource):
+    """Messages from an MQTT broker (QoS 1, persistent session): each is stored in JetStream before it
+    is acknowledged to the broker, so what the broker delivered and the hub did not store comes again."""
+
+    implementation: ClassVar[str] = "adapters.mqtt:MqttIngress"
+    mqtt: MqttSubscription
+
+    def endpoint_name(self) -> str | None:
+        return self.mqtt.endpoint
+
+
 SOURCE_MODELS: dict[str, type[BaseModel]] = {
     "subject": StreamSource, "request": RequestSource, "schedule": ScheduleSource, "imap": ImapSource,
-    "sftp": SftpSource,
+    "sftp": SftpSource, "webhook": WebhookSource, "mqtt": MqttSource,
 }
 
 
