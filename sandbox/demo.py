@@ -109,11 +109,12 @@ async def run_demo(root: Path, keep_data: bool = False) -> int:
         print(outside.describe())
         nc = await nats.connect(hub.servers[0], name="demo-crm-bridge")
         js = nc.jetstream()
-        switch, dlq, switched, failed, notices, linked, records, pdfs = (Collector() for _ in range(8))
+        switch, dlq, switched, failed, notices, linked, records, pdfs, readings = (Collector() for _ in range(9))
         for subject, collector in (("erp.contract.switch-requested", switch), ("dlq.>", dlq),
                                    ("erp.contract.switched", switched), ("erp.contract.switch-failed", failed),
                                    ("notify.requested", notices), ("erp.account.linked", linked),
-                                   ("ops.reconciliation", records), ("invoice.pdf.available", pdfs)):
+                                   ("ops.reconciliation", records), ("invoice.pdf.available", pdfs),
+                                   ("meter.reading.received", readings)):
             await js.subscribe(subject, cb=collector.cb, ordered_consumer=True)
         deadline = time.monotonic() + SECTION_DEADLINE
 
@@ -221,6 +222,7 @@ async def run_demo(root: Path, keep_data: bool = False) -> int:
               f"all {READINGS + 30} readings reached the CRM bridge exactly once after it came back")
 
         await demo_more.section_powersales(nc, outside, check)
+        await demo_more.section_push(readings, hub, outside, check, wait_until, time.monotonic() + SECTION_DEADLINE)
 
         print()
         print(f"  {'flow':<26} {'deliveries':>10} {'done':>5} {'filtered':>8} {'duplicate':>9} "

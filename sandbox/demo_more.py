@@ -19,12 +19,15 @@ from typing import Any, Callable
 
 from sandbox.be_erp import BeErpBehaviour, BelgianErpSimulator
 from sandbox.mail import MailSandbox
+from sandbox.mqtt_broker import HUB_PASSWORD as MQTT_HUB_PASSWORD
+from sandbox.mqtt_broker import VENDOR4_PASSWORD, VENDOR4_USER, MqttBroker
 from sandbox.pdf_generator import PdfGenerator
 from sandbox.powersales import PowerSalesSimulator
 from sandbox.sftp_server import SftpServer
 
 HUB_MAIL, ERP_MAIL, MAIL_PASSWORD = "hub@plu.example", "erp-be@plu.example", "demo-mail-secret"
 SFTP_PASSWORD = "demo-sftp-secret"
+VENDOR3_SECRET, FIELD_TOKEN = "demo-vendor3-secret", "demo-field-app-token"
 Check = Callable[[bool, str], None]
 LOOKUP = {"households": 3, "consumption": 4200, "postcode": "75001", "country": "FR", "gas": True}
 
@@ -38,6 +41,7 @@ class Outside:
         self.powersales: PowerSalesSimulator | None = None
         self.sftp: SftpServer | None = None
         self.pdfs: PdfGenerator | None = None
+        self.mqtt: MqttBroker | None = None
         self.work = Path(tempfile.mkdtemp(prefix="hub-demo-outside-"))
 
     async def start(self) -> "Outside":
@@ -46,6 +50,8 @@ class Outside:
                "IMAP_PORT": str(self.mail.imap_port), "MAIL_CA_BUNDLE": str(self.mail.ca_file),
                "HUB_MAIL_USER": HUB_MAIL, "HUB_MAIL_PASSWORD": MAIL_PASSWORD, "BE_ERP_ADDRESS": ERP_MAIL}
         os.environ.update(env)
+        os.environ.update({"VENDOR3_WEBHOOK_SECRET": VENDOR3_SECRET, "FIELD_APP_TOKEN": FIELD_TOKEN,
+                           "HTTP_INGRESS_PORT": "0"})  # the demo's webhook server takes a free port
         self.be_erp = await BelgianErpSimulator(self.mail, ERP_MAIL, MAIL_PASSWORD,
                                                 BeErpBehaviour(completion_delay=1.0), idle_seconds=5).start()
         self.powersales = await PowerSalesSimulator(latency=0.3, capacity=4).start()
@@ -56,6 +62,9 @@ class Outside:
         os.environ.update({"PDF_SFTP_HOST": self.sftp.host, "PDF_SFTP_PORT": str(self.sftp.port),
                            "PDF_SFTP_PASSWORD": SFTP_PASSWORD, "PDF_SFTP_KNOWN_HOSTS": str(known_hosts),
                            "PDF_GENERATOR_URL": self.pdfs.url})
+        self.mqtt = await MqttBroker().start()
+        os.environ.update({"VENDOR4_MQTT_HOST": self.mqtt.host, "VENDOR4_MQTT_PORT": str(self.mqtt.port),
+                           "VENDOR4_MQTT_PASSWORD": MQTT_HUB_PASSWORD})
         return self
 
     def describe(self) -> str:
@@ -66,7 +75,7 @@ class Outside:
                 f"\n  sandbox PDF Generator at {self.pdfs.url}, its SFTP drop at :{self.sftp.port} (host key pinned)")
 
     async def stop(self) -> None:
-        for part in (self.be_erp, self.powersales, self.pdfs, self.sftp, self.mail):
+        for part in (self.be_erp, self.powersales, self.pdfs, self.sftp, self.mail, self.mqtt):
             if part is not None:
                 await part.stop()
 
@@ -136,3 +145,42 @@ async def section_pdfs(available: Any, invoices: int, outside: Outside, nats_url
     data = out.read_bytes() if out.exists() else b""
     check(code == 0 and data.startswith(b"%PDF-") and hashlib.sha256(data).hexdigest() == pick["object"]["sha256"],
           f"the portal's PDF of {pick['invoice_id']} written to a file, checksum right ({len(data)} bytes)")
+
+
+async def section_push(readings: Any, hub: Any, outside: Outside, check: Check, wait_until: Any,
+                       deadline: float) -> None:
+    print("\n  11. Vendor 3 pushes signed readings, vendor 4 publishes on MQTT, a field agent sends one")
+    from datetime import datetime, timedelta, timezone
+
+    import aiohttp
+
+    from sandbox.meters import MqttPublisher, Vendor3Platform, Vendor4Platform, WebhookSender
+
+    before = len(readings.messages)
+    push, manual = hub.ingresses["meter-vendor3-push"], hub.ingresses["meter-manual-readings"]
+    day = datetime.now(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(days=2)
+    batch = Vendor3Platform(meters=10).records(day, day + timedelta(days=1))
+    async with WebhookSender(push.url, VENDOR3_SECRET) as sender:
+        sent = await sender.send(batch)
+        forged = await sender.send(batch, bad_signature=True)
+        replayed = await sender.replay(sent)
+    reading = {"meter_id": "M-BE-FIELD-1", "site_id": "S-BE-7", "read_at": day.isoformat(), "value": 4711.2,
+               "unit": "kWh"}
+    async with aiohttp.ClientSession() as http:
+        async with http.post(manual.url, json=reading, headers={"Authorization": f"Bearer {FIELD_TOKEN}"}) as r:
+            manual_status = r.status
+    assert outside.mqtt is not None
+    pushed = Vendor4Platform(meters=5).records(day, day + timedelta(days=1))
+    async with MqttPublisher(outside.mqtt.host, outside.mqtt.port, username=VENDOR4_USER,
+                             password=VENDOR4_PASSWORD) as publisher:
+        await publisher.publish_many(pushed)
+    print(f"       signed batch of {len(batch)}: {sent.status}; forged: {forged.status}; replayed: "
+          f"{replayed.status}; manual reading: {manual_status}; {len(pushed)} published on MQTT (QoS 1)")
+    want = len(batch) + 1 + len(pushed)
+    ok = await wait_until(lambda: len(readings.messages) >= before + want, [readings.changed], deadline)
+    new = [json.loads(m.data) for m in readings.messages[before:]]
+    sources = sorted({n["source"] for n in new})
+    check(ok and sent.status == 202 and manual_status == 202 and len(new) == want,
+          f"{len(new)} readings stored before they were acknowledged, canonical on meter.reading.received "
+          f"({', '.join(sources)})")
+    check(forged.status == 401 and replayed.status == 409, "a forged signature (401) and a replay (409) stored nothing")
