@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
-from typing import Any
+from typing import Any, Callable
 
 import structlog
 
@@ -97,7 +97,9 @@ class Landing:
 
 
 class Ingress:
-    """One running source. Subclasses receive from outside and call `self.landing.store()`."""
+    """One running source. Subclasses receive from outside and call `self.landing.store()`, and say
+    what they are doing with `_set_state` (connecting, idle, down, …) so tests and drills can await a
+    state instead of sleeping."""
 
     def __init__(self, flow: Flow, spec: Any, endpoint: Any, landing: Landing, services: Any) -> None:
         self.flow = flow
@@ -105,6 +107,19 @@ class Ingress:
         self.endpoint = endpoint
         self.landing = landing
         self.services = services
+        self.state = "new"
+        self._changed = asyncio.Event()
+
+    async def wait_for(self, predicate: Callable[[Any], bool], timeout: float = 10.0) -> None:
+        """Until `predicate(self)` holds (TimeoutError after `timeout`), woken by every change."""
+        async with asyncio.timeout(timeout):
+            while not predicate(self):
+                self._changed.clear()
+                await self._changed.wait()
+
+    def _set_state(self, state: str) -> None:
+        self.state = state
+        self._changed.set()
 
     async def start(self) -> None:
         raise NotImplementedError

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
 from email.parser import BytesHeaderParser
 from email.policy import compat32
 from typing import Any
@@ -64,9 +63,8 @@ class ImapIngress(Ingress):
                  services: Any) -> None:
         super().__init__(flow, spec, endpoint, landing, services)
         self.stored = self.duplicates = self.moved = self.reconnects = self.failed = 0
-        self.state = "new"  # connecting, reading, idle, polling, retrying, down, stopped
+        # states (self.state, engine/ingress.py): connecting, reading, idle, polling, retrying, down, stopped
         self._stop = asyncio.Event()
-        self._changed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._password = ""
         self._tls: Any = None
@@ -106,17 +104,6 @@ class ImapIngress(Ingress):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._set_state("stopped")
-
-    async def wait_for(self, predicate: Callable[["ImapIngress"], bool], timeout: float = 10.0) -> None:
-        """Until `predicate(self)` holds (TimeoutError after `timeout`): for tests and drills, no polling."""
-        async with asyncio.timeout(timeout):
-            while not predicate(self):
-                self._changed.clear()
-                await self._changed.wait()
-
-    def _set_state(self, state: str) -> None:
-        self.state = state
-        self._changed.set()
 
     # --- the loop ------------------------------------------------------------------------------
 

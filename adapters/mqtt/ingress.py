@@ -18,7 +18,6 @@ import asyncio
 import contextlib
 import hashlib
 import time
-from collections.abc import Callable
 from typing import Any
 
 import aiomqtt
@@ -68,9 +67,8 @@ class MqttIngress(Ingress):
                  services: Any) -> None:
         super().__init__(flow, spec, endpoint, landing, services)
         self.received = self.stored = self.duplicates = self.acked = self.reconnects = self.failed = 0
-        self.state = "new"  # connecting, waiting, storing, down, retrying, stopped
+        # states (self.state, engine/ingress.py): connecting, waiting, storing, down, retrying, stopped
         self._stop = asyncio.Event()
-        self._changed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._password: str | None = None
         self._tls: Any = None
@@ -116,17 +114,6 @@ class MqttIngress(Ingress):
         with contextlib.suppress(asyncio.CancelledError):
             await task
         self._set_state("stopped")
-
-    async def wait_for(self, predicate: Callable[["MqttIngress"], bool], timeout: float = 10.0) -> None:
-        """Until `predicate(self)` holds (TimeoutError after `timeout`): for tests and drills, no polling."""
-        async with asyncio.timeout(timeout):
-            while not predicate(self):
-                self._changed.clear()
-                await self._changed.wait()
-
-    def _set_state(self, state: str) -> None:
-        self.state = state
-        self._changed.set()
 
     # --- the loop ------------------------------------------------------------------------------
 

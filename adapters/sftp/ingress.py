@@ -57,7 +57,7 @@ class SftpIngress(Ingress):
                  services: Any) -> None:
         super().__init__(flow, spec, endpoint, landing, services)
         self.fetched = self.bytes = self.quarantined = self.reconnects = self.duplicates = 0
-        self.state = "new"  # connecting, listing, fetching, idle, down, refused, stopped
+        # states (self.state, engine/ingress.py): connecting, listing, fetching, idle, down, refused, stopped
         self.last_error: str | None = None
         # tests and drills: awaited after the object put ("put") and after the landing ("stored")
         self.between_steps: Callable[[str, RemoteFile], Awaitable[None]] | None = None
@@ -69,7 +69,6 @@ class SftpIngress(Ingress):
         self._credentials: Credentials | None = None
         self._pool: ThreadPoolExecutor | None = None
         self._stop = asyncio.Event()
-        self._changed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._served = False
         self._key_alerted = False  # an sftp_host_key alert is firing
@@ -109,17 +108,6 @@ class SftpIngress(Ingress):
         if self._pool is not None:
             self._pool.shutdown(wait=False)  # a paramiko call still running ends at its timeout
         self._set_state("stopped")
-
-    async def wait_for(self, predicate: Callable[["SftpIngress"], bool], timeout: float = 10.0) -> None:
-        """Until `predicate(self)` holds (TimeoutError after `timeout`): for tests and drills, no polling."""
-        async with asyncio.timeout(timeout):
-            while not predicate(self):
-                self._changed.clear()
-                await self._changed.wait()
-
-    def _set_state(self, state: str) -> None:
-        self.state = state
-        self._changed.set()
 
     def _changed_now(self) -> None:
         self._changed.set()
