@@ -32,6 +32,24 @@ def nats_url(nats_server: EmbeddedNats) -> str:
 
 
 @pytest.fixture
+def broker() -> Iterator[EmbeddedNats]:
+    """A nats-server of the test's own: tests of the shipped flows use their real durables, streams
+    and buckets, which must not meet another test's."""
+    with EmbeddedNats() as server:
+        yield server
+
+
+@pytest.fixture
+async def broker_js(broker: EmbeddedNats):
+    """JetStream on the test's own server."""
+    import nats
+
+    nc = await nats.connect(broker.url)
+    yield nc.jetstream()
+    await nc.close()
+
+
+@pytest.fixture
 def unique() -> str:
     """A short lowercase token, valid in subjects and stream names, so tests never share state."""
     return "t" + uuid.uuid4().hex[:10]

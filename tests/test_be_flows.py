@@ -36,16 +36,8 @@ async def mail():
 
 
 @pytest.fixture
-def broker():
-    with EmbeddedNats() as server:
-        yield server
-
-
-@pytest.fixture
-async def js(broker):
-    nc = await nats.connect(broker.url)
-    yield nc.jetstream()
-    await nc.close()
+def js(broker_js):
+    return broker_js
 
 
 @pytest_asyncio.fixture(loop_scope="session")

@@ -48,16 +48,8 @@ def erp_env(sims, monkeypatch):
 
 
 @pytest.fixture
-def broker():
-    with EmbeddedNats() as server:
-        yield server
-
-
-@pytest.fixture
-async def js(broker):
-    nc = await nats.connect(broker.url)
-    yield nc.jetstream()
-    await nc.close()
+def js(broker_js):
+    return broker_js
 
 
 def flow_of(project, name):

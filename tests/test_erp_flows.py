@@ -51,17 +51,8 @@ def erp_env(sims, monkeypatch):
 
 
 @pytest.fixture
-def broker():
-    """A server of its own: the shipped flows' durables and streams must not meet other tests'."""
-    with EmbeddedNats() as server:
-        yield server
-
-
-@pytest.fixture
-async def js(broker):
-    nc = await nats.connect(broker.url)
-    yield nc.jetstream()
-    await nc.close()
+def js(broker_js):
+    return broker_js
 
 
 def shipped(tmp: Path, names: list[str], replace: dict[str, str] | None = None) -> Project:

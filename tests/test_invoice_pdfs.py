@@ -56,13 +56,6 @@ def fresh(generator: PdfGenerator, drop: SftpServer, monkeypatch: pytest.MonkeyP
     generator.reset()
 
 
-@pytest.fixture
-def broker() -> Iterator[EmbeddedNats]:
-    """A server of its own: the shipped flows' durables, buckets and streams must not meet other tests'."""
-    with EmbeddedNats() as server:
-        yield server
-
-
 @pytest_asyncio.fixture
 async def js(broker: EmbeddedNats) -> AsyncIterator[Any]:
     nc = await nats.connect(broker.url)
