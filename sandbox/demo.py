@@ -223,6 +223,7 @@ async def run_demo(root: Path, keep_data: bool = False) -> int:
 
         await demo_more.section_powersales(nc, outside, check)
         await demo_more.section_push(readings, hub, outside, check, wait_until, time.monotonic() + SECTION_DEADLINE)
+        await demo_more.section_monthly_pull(js, records, hub, check, wait_until, time.monotonic() + SECTION_DEADLINE)
 
         print()
         print(f"  {'flow':<26} {'deliveries':>10} {'done':>5} {'filtered':>8} {'duplicate':>9} "

@@ -28,6 +28,8 @@ from sandbox.sftp_server import SftpServer
 HUB_MAIL, ERP_MAIL, MAIL_PASSWORD = "hub@plu.example", "erp-be@plu.example", "demo-mail-secret"
 SFTP_PASSWORD = "demo-sftp-secret"
 VENDOR3_SECRET, FIELD_TOKEN = "demo-vendor3-secret", "demo-field-app-token"
+METER_SECRETS = {"METER_VENDOR1_API_KEY": "v1-sandbox-api-key", "METER_VENDOR2_CLIENT_SECRET": "v2-sandbox-client-secret",
+                 "METER_VENDOR3_PASSWORD": "v3-sandbox-password", "METER_VENDOR4_SECRET": "v4-sandbox-signing-secret"}
 Check = Callable[[bool, str], None]
 LOOKUP = {"households": 3, "consumption": 4200, "postcode": "75001", "country": "FR", "gas": True}
 
@@ -42,6 +44,7 @@ class Outside:
         self.sftp: SftpServer | None = None
         self.pdfs: PdfGenerator | None = None
         self.mqtt: MqttBroker | None = None
+        self.platforms: dict[str, Any] = {}
         self.work = Path(tempfile.mkdtemp(prefix="hub-demo-outside-"))
 
     async def start(self) -> "Outside":
@@ -62,6 +65,12 @@ class Outside:
         os.environ.update({"PDF_SFTP_HOST": self.sftp.host, "PDF_SFTP_PORT": str(self.sftp.port),
                            "PDF_SFTP_PASSWORD": SFTP_PASSWORD, "PDF_SFTP_KNOWN_HOSTS": str(known_hosts),
                            "PDF_GENERATOR_URL": self.pdfs.url})
+        from sandbox.meters import PLATFORMS
+
+        for vendor, cls in PLATFORMS.items():  # the four smart-meter platforms, 20 meters each
+            self.platforms[vendor] = await cls(20).start()
+            os.environ[f"METER_{vendor.upper()}_URL"] = self.platforms[vendor].url
+        os.environ.update(METER_SECRETS)
         self.mqtt = await MqttBroker().start()
         os.environ.update({"VENDOR4_MQTT_HOST": self.mqtt.host, "VENDOR4_MQTT_PORT": str(self.mqtt.port),
                            "VENDOR4_MQTT_PASSWORD": MQTT_HUB_PASSWORD})
@@ -75,7 +84,8 @@ class Outside:
                 f"\n  sandbox PDF Generator at {self.pdfs.url}, its SFTP drop at :{self.sftp.port} (host key pinned)")
 
     async def stop(self) -> None:
-        for part in (self.be_erp, self.powersales, self.pdfs, self.sftp, self.mail, self.mqtt):
+        for part in (self.be_erp, self.powersales, self.pdfs, self.sftp, self.mail, self.mqtt,
+                     *self.platforms.values()):
             if part is not None:
                 await part.stop()
 
@@ -184,3 +194,37 @@ async def section_push(readings: Any, hub: Any, outside: Outside, check: Check, 
           f"{len(new)} readings stored before they were acknowledged, canonical on meter.reading.received "
           f"({', '.join(sources)})")
     check(forged.status == 401 and replayed.status == 409, "a forged signature (401) and a replay (409) stored nothing")
+
+
+async def section_monthly_pull(js: Any, records: Any, hub: Any, check: Check, wait_until: Any,
+                               deadline: float) -> None:
+    print("\n  12. Ops run the monthly meter pull now (scheduled for the 2nd, 03:00 Europe/Brussels)")
+    from datetime import datetime, timezone
+
+    from engine.schedule import publish_ticks
+    from transforms.meter_pulls import ZONES
+
+    now = datetime.now(timezone.utc)  # a first run: last month, from its first midnight in each vendor's zone
+    year, month = now.year - (now.month == 1), (now.month - 2) % 12 + 1
+    first = {v: datetime(year, month, 1, tzinfo=tz) for v, tz in ZONES.items()}
+    flow = next(lf.flow for lf in hub.project.flows if lf.flow.name == "meter-vendor-pulls")
+    vendors = [e["vendor"] for e in flow.source.each]
+    print(f"       $ runner.py trigger meter-vendor-pulls --payload '{{\"vendor\": …, \"from\": "
+          f"\"{year}-{month:02d}-01…\"}}'   (a first run: last month, inside the platforms' 3 months)")
+    before = len(records.messages)
+    started = time.monotonic()
+    await publish_ticks(js, flow, "demo", manual=True,
+                        payloads=[{"vendor": v, "from": first[v].isoformat()} for v in vendors])
+    ours = lambda: [json.loads(m.data) for m in records.messages[before:]  # noqa: E731
+                    if json.loads(m.data).get("flow") == "meter-vendor-pulls"]
+    ok = await wait_until(lambda: len(ours()) >= len(vendors), [records.changed], deadline)
+    took = time.monotonic() - started
+    rows = sorted(ours(), key=lambda r: r["checkpoint"])
+    print(f"       {'vendor':<10}{'pages':>6}{'readings':>10}{'vendor total':>14}  matched")
+    for r in rows:
+        total = "-" if r["erp_total"] is None else r["erp_total"]
+        print(f"       {r['checkpoint'].split(':')[1]:<10}{r['pages']:>6}{r['items']:>10}{total:>14}  {r['matched']}")
+    count = sum(r["items"] for r in rows)
+    check(ok and count > 0 and all(r["matched"] is not False for r in rows),
+          f"{count} readings pulled from four platforms in {took:.1f}s, each paged its own way, a "
+          "reconciliation record per vendor")

@@ -1,38 +1,23 @@
-"""HTTP/JSON endpoints (Power Sales, smart-meter vendor APIs, CRM callbacks) as flow call targets.
-
-Built directly on aiohttp.ClientSession, not httpx, because httpx's overhead cannot be transported
-away: in bench/http_call.py (2 cores, 4 concurrent calls, sink in its own process) a plain aiohttp
-loop ran ~7.2K req/s at ~0.14 ms client CPU per call, httpx's default pool ~1.3K req/s at ~0.79 ms,
-and httpx over httpx-aiohttp's AiohttpTransport only ~2.4K req/s at ~0.42 ms (0.33x, short of the
-0.8x target), while this adapter runs at 0.89-0.97x of the aiohttp loop (~0.15 ms per call).
-
-Every failure leaves `call()` as an engine.errors class, so retry, breaker and DLQ policies never
-see a protocol exception.
-"""
+"""The http adapter itself: config model, routes, and the call (see the package docstring)."""
 
 from __future__ import annotations
 
 import asyncio
-import email.utils
-import json
-import math
 import ssl
-import string
-import time
-from datetime import timezone
 from typing import Annotated, Any, Literal
 from urllib.parse import quote
 
 import aiohttp
+import orjson
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 from yarl import URL
 
-import orjson
-
 from adapters.base import Adapter, CallContext, EndpointConfig
+from adapters.http.auth import Auth, AuthConfig, build_auth
+from adapters.http.wire import URL_KEY, query, snippet, status_error, template_fields, text_of
 from engine.durations import Duration
-from engine.errors import (ConfigError, RoutingError, TargetRejected, TargetServerError, TargetTimeout,
-                           TargetUnavailable, Throttled, UnparseablePayload, ValidationFailed)
+from engine.errors import (ConfigError, RoutingError, TargetServerError, TargetTimeout, TargetUnavailable,
+                           UnparseablePayload)
 from engine.messages import encode
 from engine.registry import register
 from engine.secrets import SecretRef, resolve_value
@@ -42,19 +27,6 @@ Method = Annotated[
     BeforeValidator(lambda v: v.upper() if isinstance(v, str) else v),
 ]
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
-SNIPPET = 300
-
-
-def template_fields(template: str) -> list[str]:
-    """Field names of a path template like `/contracts/{contract_id}`; ValueError if malformed."""
-    names = []
-    for _, name, spec, conversion in string.Formatter().parse(template):
-        if name is None:
-            continue
-        if not name.isidentifier() or spec or conversion:
-            raise ValueError(f"path template {template!r}: use plain {{field}} names, got {{{name}}}")
-        names.append(name)
-    return names
 
 
 def _valid_template(value: str) -> str:
@@ -99,6 +71,9 @@ class HttpEndpointConfig(EndpointConfig):
     verify_tls: bool = Field(True, description="Verify the server certificate (https only).")
     ca_bundle: str | None = Field(None, description="PEM file of CAs to trust instead of the system's.",
                                   examples=["/etc/plu/ca/powersales.pem"])
+    auth: AuthConfig | None = Field(None, description="One of api_key, basic, oauth2 (client credentials, "
+                                    "token cached and refreshed) or hmac_vendor4 (a signature per request).",
+                                    examples=[{"basic": {"username": "plu-hub", "password": {"env": "V3_PASSWORD"}}}])
 
     @field_validator("base_url")
     @classmethod
@@ -138,6 +113,7 @@ class HttpAdapter(Adapter):
     def __init__(self, endpoint: str, config: EndpointConfig, services: Any) -> None:
         super().__init__(endpoint, config, services)
         c = self.config
+        self._origin = URL(c.base_url).origin()
         self._default = _Route(c.base_url, c.method, c.path)
         self._routes = {
             op: _Route(c.base_url, o.method or c.method, o.path if o.path is not None else c.path)
@@ -146,6 +122,7 @@ class HttpAdapter(Adapter):
         self._headers: dict[str, str] = {}
         self._content_type = "Content-Type"  # replaced by the configured spelling, if headers set one
         self._session: aiohttp.ClientSession | None = None
+        self._auth: Auth = Auth()
 
     def check_operation(self, operation: str | None) -> str | None:
         if operation is None or not self.config.operations or operation in self.config.operations:
@@ -160,8 +137,13 @@ class HttpAdapter(Adapter):
                 headers[name] = resolve_value(value)
             except LookupError as exc:
                 issues.append(f"endpoint {self.endpoint!r}: header {name}: {exc}")
+        try:
+            self._auth = build_auth(self.endpoint, self.config.auth)
+        except LookupError as exc:
+            issues.append(f"endpoint {self.endpoint!r}: auth: {exc}")
         if issues:
             raise ConfigError(issues)
+        headers.update(self._auth.static)
         self._headers = headers
         self._content_type = next((k for k in headers if k.lower() == "content-type"), "Content-Type")
         tls: ssl.SSLContext | bool = True
@@ -185,41 +167,55 @@ class HttpAdapter(Adapter):
     # --- the call ------------------------------------------------------------------------------
 
     async def call(self, operation: str | None, payload: Any, ctx: CallContext) -> Any:
+        """One request. GET/DELETE send the body's top-level scalars as query parameters, POST/PUT/PATCH
+        send it as JSON. A body key `_url` (an absolute URL on the endpoint's own scheme, host and port,
+        such as a vendor's next-page link) is called as given instead of base_url + path; the other
+        fields still go along (query or JSON). A 401 with a refreshable credential (oauth2) gets one new
+        token and one more try."""
         session = self._session
         if session is None:
             raise RuntimeError(f"http endpoint {self.endpoint!r} used before start()")
         route = self._route(operation)
         if hasattr(payload, "model_dump"):
             payload = payload.model_dump(mode="json")
-        url = route.url if route.url is not None else self._url(route, payload)
+        url = self._target(route, payload)
         headers = self._call_headers(ctx)
-        data = params = None
+        data = None
         if route.has_body:
+            if isinstance(payload, dict) and URL_KEY in payload:
+                payload = {k: v for k, v in payload.items() if k != URL_KEY}
             if payload is not None:
                 data = encode(payload)
                 headers.setdefault(self._content_type, "application/json")
         else:
-            params = _query(self.endpoint, payload, route.fields)
+            params = query(self.endpoint, payload, route.fields)
+            if params:
+                url = url.extend_query(params)  # the URL is final here, so a signature covers what is sent
         timeout = ctx.timeout if ctx.timeout and ctx.timeout > 0 else self.config.timeout
         try:
             async with asyncio.timeout(timeout):
-                async with session.request(
-                    route.method, url, data=data, params=params, headers=headers, allow_redirects=False,
-                ) as resp:
-                    body = await resp.read()
-                    status = resp.status
-                    if status >= 300:
-                        raise _status_error(self._where(route, url), resp, body)
-                    if not body:
-                        return None
-                    ctype = resp.content_type
-                    if ctype != "application/json" and not ctype.endswith("+json"):
-                        return _text(resp, body)
+                for attempt in (1, 2):
+                    auth = await self._auth.headers(session, route.method, url)
+                    async with session.request(route.method, url, data=data, headers={**headers, **auth},
+                                               allow_redirects=False) as resp:
+                        body = await resp.read()
+                        status = resp.status
+                        if status == 401 and attempt == 1 and self._auth.refreshes:
+                            self._auth.invalidate(auth)
+                            continue
+                        if status >= 300:
+                            raise status_error(self._where(route, url), resp, body)
+                        if not body:
+                            return None
+                        ctype = resp.content_type
+                        if ctype != "application/json" and not ctype.endswith("+json"):
+                            return text_of(resp, body)
+                    break
             try:
                 return orjson.loads(body)
             except ValueError as exc:
                 raise UnparseablePayload(
-                    f"{self._where(route, url)}: answer is not valid JSON: {snippet(_text(resp, body))}") from exc
+                    f"{self._where(route, url)}: answer is not valid JSON: {snippet(text_of(resp, body))}") from exc
         except TimeoutError as exc:  # asyncio.timeout, aiohttp's ServerTimeoutError are both
             raise TargetTimeout(f"{self._where(route, url)}: no answer within {timeout:g}s") from exc
         except aiohttp.ClientResponseError as exc:
@@ -228,6 +224,17 @@ class HttpAdapter(Adapter):
         except (aiohttp.ClientError, OSError) as exc:
             where = self._where(route, url)
             raise TargetUnavailable(f"{where}: {type(exc).__name__}: {snippet(str(exc))}") from exc
+
+    def _target(self, route: "_Route", payload: Any) -> URL:
+        """The URL before query parameters: `_url` when the body gives one, else base_url + path."""
+        given = payload.get(URL_KEY) if isinstance(payload, dict) else None
+        if given is None:
+            return route.url if route.url is not None else URL(self._url(route, payload))
+        url = URL(str(given))
+        if not url.is_absolute() or url.origin() != self._origin:
+            raise RoutingError(f"{self.endpoint}: {URL_KEY} {snippet(str(given), 120)!r} is not on "
+                               f"{self._origin} (credentials go to the endpoint's own origin only)")
+        return url
 
     def _where(self, route: _Route, url: str | URL) -> str:
         return f"{self.endpoint}: {route.method} {URL(url).path if isinstance(url, str) else url.path}"
@@ -254,72 +261,3 @@ class HttpAdapter(Adapter):
 
     def _call_headers(self, ctx: CallContext) -> dict[str, str]:
         return {**self._headers, **ctx.http_headers()}
-
-
-# --- helpers (pure) ----------------------------------------------------------------------------
-
-
-def _query(endpoint: str, payload: Any, skip: list[str]) -> list[tuple[str, str]] | None:
-    """A flat dict as query parameters; fields used in the path are not repeated."""
-    if payload is None:
-        return None
-    if not isinstance(payload, dict):
-        raise ValidationFailed(
-            f"{endpoint}: GET/DELETE sends the payload as query parameters; got {type(payload).__name__}")
-    params = []
-    for key, value in payload.items():
-        if key in skip or value is None:
-            continue
-        for item in value if isinstance(value, list) else (value,):
-            if isinstance(item, dict | list):
-                raise ValidationFailed(f"{endpoint}: query parameter {key!r} is nested; GET/DELETE sends flat ones")
-            params.append((key, ("true" if item else "false") if isinstance(item, bool) else str(item)))
-    return params
-
-
-def _text(resp: aiohttp.ClientResponse, body: bytes) -> str:
-    return body.decode(resp.charset or "utf-8", errors="replace")
-
-
-def snippet(text: str, limit: int = SNIPPET) -> str:
-    """The start of a body for error texts, one line, at most `limit` characters."""
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
-    """Seconds to wait from a Retry-After header: delta-seconds or an HTTP date; None if absent/bad."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError, IndexError):
-            return None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=timezone.utc)
-        seconds = when.timestamp() - (time.time() if now is None else now)
-    return max(0.0, seconds) if math.isfinite(seconds) else None
-
-
-def _status_error(where: str, resp: aiohttp.ClientResponse, body: bytes) -> Exception:
-    """Map a non-2xx answer onto the taxonomy."""
-    status = resp.status
-    text = f"{where} -> {status} {resp.reason or ''}".rstrip()
-    detail = snippet(_text(resp, body)) if body else ""
-    if detail:
-        text = f"{text}: {detail}"
-    if status in (429, 503):
-        return Throttled(text, retry_after=parse_retry_after(resp.headers.get("Retry-After")))
-    if status == 408:
-        return TargetTimeout(text)
-    if status >= 500:
-        return TargetServerError(text)
-    if status < 400:
-        location = resp.headers.get("Location")
-        hint = f"redirect to {location}" if location else "redirect"
-        return TargetRejected(f"{text} ({hint}; fix base_url or path)", status=status)
-    return TargetRejected(text, status=status)

@@ -1,0 +1,97 @@
+"""Pure pieces of the http adapter: path templates, query parameters, error texts and the mapping of
+an HTTP status onto the error taxonomy. Other adapters (SOAP, SMTP, Power Sales) reuse `snippet` and
+`parse_retry_after`."""
+
+from __future__ import annotations
+
+import email.utils
+import math
+import string
+import time
+from datetime import timezone
+from typing import Any
+
+import aiohttp
+
+from engine.errors import TargetRejected, TargetServerError, TargetTimeout, Throttled, ValidationFailed
+
+SNIPPET = 300
+URL_KEY = "_url"  # reserved top-level body key: an absolute URL to call as given (a next-page link)
+
+
+def template_fields(template: str) -> list[str]:
+    """Field names of a path template like `/contracts/{contract_id}`; ValueError if malformed."""
+    names = []
+    for _, name, spec, conversion in string.Formatter().parse(template):
+        if name is None:
+            continue
+        if not name.isidentifier() or spec or conversion:
+            raise ValueError(f"path template {template!r}: use plain {{field}} names, got {{{name}}}")
+        names.append(name)
+    return names
+
+
+def query(endpoint: str, payload: Any, skip: list[str]) -> list[tuple[str, str]] | None:
+    """A flat dict as query parameters; fields used in the path (and `_url`) are not repeated."""
+    if payload is None:
+        return None
+    if not isinstance(payload, dict):
+        raise ValidationFailed(
+            f"{endpoint}: GET/DELETE sends the payload as query parameters; got {type(payload).__name__}")
+    params = []
+    for key, value in payload.items():
+        if key in skip or key == URL_KEY or value is None:
+            continue
+        for item in value if isinstance(value, list) else (value,):
+            if isinstance(item, dict | list):
+                raise ValidationFailed(f"{endpoint}: query parameter {key!r} is nested; GET/DELETE sends flat ones")
+            params.append((key, ("true" if item else "false") if isinstance(item, bool) else str(item)))
+    return params
+
+
+def text_of(resp: aiohttp.ClientResponse, body: bytes) -> str:
+    return body.decode(resp.charset or "utf-8", errors="replace")
+
+
+def snippet(text: str, limit: int = SNIPPET) -> str:
+    """The start of a body for error texts, one line, at most `limit` characters."""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a Retry-After header: delta-seconds or an HTTP date; None if absent/bad."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=timezone.utc)
+        seconds = when.timestamp() - (time.time() if now is None else now)
+    return max(0.0, seconds) if math.isfinite(seconds) else None
+
+
+def status_error(where: str, resp: aiohttp.ClientResponse, body: bytes) -> Exception:
+    """Map a non-2xx answer onto the taxonomy."""
+    status = resp.status
+    text = f"{where} -> {status} {resp.reason or ''}".rstrip()
+    detail = snippet(text_of(resp, body)) if body else ""
+    if detail:
+        text = f"{text}: {detail}"
+    if status in (429, 503):
+        return Throttled(text, retry_after=parse_retry_after(resp.headers.get("Retry-After")))
+    if status == 408:
+        return TargetTimeout(text)
+    if status >= 500:
+        return TargetServerError(text)
+    if status < 400:
+        location = resp.headers.get("Location")
+        hint = f"redirect to {location}" if location else "redirect"
+        return TargetRejected(f"{text} ({hint}; fix base_url or path)", status=status)
+    return TargetRejected(text, status=status)

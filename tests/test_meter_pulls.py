@@ -1,0 +1,293 @@
+"""The monthly vendor pull (flows/meter-vendor-pulls.yaml) against the four real vendor simulators:
+each vendor's paging and auth end to end, a hub stopped mid-pagination that resumes with exact
+counts, a 429's Retry-After honoured, and an OAuth2 token that expires mid-pull refreshed once."""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import nats
+import pytest
+import pytest_asyncio
+
+from adapters.base import CallContext, Services
+from adapters.http import HttpAdapter, HttpEndpointConfig
+from engine.embedded_nats import EmbeddedNats
+from engine.errors import RoutingError, TargetRejected
+from engine.paged_pull import BUCKET, checkpoint_key
+from engine.schedule import publish_ticks
+from sandbox.meters import ManualClock, Vendor1Platform, Vendor2Platform, Vendor3Platform, Vendor4Platform
+from sandbox.meters.reference_pull import pull as reference_pull
+from schemas.meter import MeterReading
+from tests.helpers import StreamReader, project_from, started_hub, wait_until
+from transforms import meter_pulls
+
+ROOT = Path(__file__).resolve().parents[1]
+FLOW = "meter-vendor-pulls"
+UTC = timezone.utc
+NOW = datetime(2025, 4, 2, 1, 0, tzinfo=UTC)  # the monthly tick: 2 April, 03:00 Brussels
+START = "2025-03-01T00:00:00Z"
+METERS = 20
+SECRETS = {"METER_VENDOR1_API_KEY": "v1-sandbox-api-key", "METER_VENDOR2_CLIENT_SECRET": "v2-sandbox-client-secret",
+           "METER_VENDOR3_PASSWORD": "v3-sandbox-password", "METER_VENDOR4_SECRET": "v4-sandbox-signing-secret"}
+
+CONFIG = """
+nats: {urls: []}
+streams:
+  - {name: METER, subjects: ["meter.>"], max_age: 1d}
+  - {name: OPS, subjects: ["ops.>"], max_age: 1d}
+endpoints:
+  meter_vendor1:
+    adapter: http
+    base_url: ${METER_VENDOR1_URL}
+    method: GET
+    path: /api/v1/readings
+    auth: {api_key: {header: X-Api-Key, value: {env: METER_VENDOR1_API_KEY}}}
+    max_concurrency: 2
+    timeout: 10s
+  meter_vendor2:
+    adapter: http
+    base_url: ${METER_VENDOR2_URL}
+    method: GET
+    path: /v2/readings
+    auth: {oauth2: {token_url: "${METER_VENDOR2_URL}/oauth2/token", client_id: plu-hub,
+                    client_secret: {env: METER_VENDOR2_CLIENT_SECRET}}}
+    max_concurrency: 2
+    timeout: 10s
+  meter_vendor3:
+    adapter: http
+    base_url: ${METER_VENDOR3_URL}
+    method: GET
+    path: /api/readings
+    auth: {basic: {username: plu-hub, password: {env: METER_VENDOR3_PASSWORD}}}
+    max_concurrency: 2
+    timeout: 10s
+  meter_vendor4:
+    adapter: http
+    base_url: ${METER_VENDOR4_URL}
+    method: GET
+    path: /v4/readings
+    auth: {hmac_vendor4: {key_id: plu-hub, secret: {env: METER_VENDOR4_SECRET}}}
+    max_concurrency: 2
+    timeout: 10s
+dlq: {stream: DLQ, max_age: 1d}
+"""
+
+
+def flow_text(**replace: str) -> str:
+    text = (ROOT / "flows" / f"{FLOW}.yaml").read_text()
+    for old, new in {'start: "2025-01-01T00:00:00Z"': f'start: "{START}"', **replace}.items():
+        assert old in text, old
+        text = text.replace(old, new)
+    return text
+
+
+@pytest.fixture
+def broker():
+    with EmbeddedNats() as server:
+        yield server
+
+
+@pytest_asyncio.fixture
+async def js(broker):
+    nc = await nats.connect(broker.url)
+    yield nc.jetstream()
+    await nc.close()
+
+
+@pytest_asyncio.fixture
+async def sims(monkeypatch):
+    clock = ManualClock(NOW)
+    platforms = {"vendor1": Vendor1Platform(METERS, clock=clock), "vendor3": Vendor3Platform(METERS, clock=clock),
+                 "vendor4": Vendor4Platform(METERS, clock=clock)}
+    v2: Vendor2Platform | None = None
+
+    def token_clock() -> float:  # jumps past every token's expiry once `expire_at` readings requests came
+        at = v2.expire_at if v2 is not None else None
+        return 1_000_000.0 if at is not None and v2.requests["readings"] >= at else 0.0
+
+    v2 = Vendor2Platform(METERS, clock=clock, token_clock=token_clock)
+    v2.expire_at = None
+    platforms["vendor2"] = v2
+    for name, sim in platforms.items():
+        await sim.start()
+        monkeypatch.setenv(f"METER_{name.upper()}_URL", sim.url)
+    for key, value in SECRETS.items():
+        monkeypatch.setenv(key, value)
+    yield platforms
+    for sim in platforms.values():
+        await sim.stop()
+
+
+def key(reading: dict[str, Any]) -> tuple[str, str, str]:
+    return reading["meter_id"], reading["register"], reading["read_at"]
+
+
+async def expected(sim: Any, vendor: str) -> list[tuple[str, str, str]]:
+    """What the plainest correct pull of the run's window answers (sandbox/meters/reference_pull.py)."""
+    start, end = meter_pulls.window({"vendor": vendor, "since": START})
+    async with aiohttp.ClientSession() as http:
+        return sorted(key(r) for r in await reference_pull(http, sim, start, end, size=200))
+
+
+async def run_pull(tmp_path: Path, broker: Any, js: Any, vendors: list[str], **replace: str):
+    project = project_from(tmp_path, CONFIG, flow_text(**replace))
+    flow = next(lf.flow for lf in project.flows if lf.flow.name == FLOW)
+    hub = await started_hub(project, broker.url)
+    readings = await StreamReader.open(js, "meter.reading.received")
+    records = await StreamReader.open(js, "ops.reconciliation")
+    try:
+        await publish_ticks(js, flow, "t", manual=True, payloads=[{"vendor": v} for v in vendors])
+        await records.wait_for(len(vendors), timeout=20)
+    finally:
+        await hub.stop()
+    return readings, {r["vendor"]: r for r in records.payloads()}
+
+
+async def test_each_vendor_is_pulled_end_to_end_every_reading_once(tmp_path, broker, js, sims):
+    """One tick per vendor pages through all four platforms in their own paging and auth; every reading
+    of the month lands once on meter.reading.received as a valid MeterReading, and each vendor's
+    reconciliation record counts exactly the platform's readings (matching its own total where it gives one)."""
+    readings, records = await run_pull(tmp_path, broker, js, list(sims), **{"page_size: 500": "page_size: 150"})
+    want = {vendor: await expected(sim, vendor) for vendor, sim in sims.items()}
+    await readings.wait_for(sum(map(len, want.values())))
+    got: dict[str, list] = {v: [] for v in sims}
+    for body in readings.payloads():
+        MeterReading.model_validate(body)
+        assert body["source"].endswith("/pull")
+        got[body["source"].split("/")[0]].append(key(body))
+    for vendor, sim in sims.items():
+        rec = records[vendor]
+        assert sorted(got[vendor]) == want[vendor] and len(want[vendor]) >= METERS * 29, vendor
+        assert rec["items"] == rec["published"] == len(want[vendor]) and rec["duplicates"] == 0, rec
+        assert rec["pages"] >= 3 and not rec["resumed"], rec
+        assert rec["matched"] is (True if vendor in ("vendor1", "vendor3") else None), rec
+        assert rec["until"] == max(k[2] for k in want[vendor])  # the next run's since
+        assert sim.max_concurrent <= 2
+    assert sims["vendor2"].tokens_issued == 1 + 1  # the hub's one token, and the reference pull's
+
+
+async def test_a_hub_stopped_mid_pagination_resumes_at_the_next_page_with_exact_counts(tmp_path, broker, js, sims):
+    """The hub stops while vendor 4's continuation tokens are half way; the next hub resumes from the
+    checkpoint with the same window, every reading is stored once, and the record counts each once."""
+    sim = sims["vendor4"]
+    sim.latency = 0.1
+    project = project_from(tmp_path, CONFIG, flow_text(**{"page_size: 500": "page_size: 50", "ack_wait: 120s":
+                                                          "ack_wait: 2s"}))
+    flow = next(lf.flow for lf in project.flows if lf.flow.name == FLOW)
+    hub = await started_hub(project, broker.url)
+    kv = None
+
+    async def pages_done() -> int:
+        nonlocal kv
+        try:
+            kv = kv or await js.key_value(BUCKET)
+            entry = await kv.get(checkpoint_key(FLOW, "readings:vendor4"))
+        except Exception:
+            return 0
+        return (json.loads(entry.value).get("run") or {}).get("pages", 0)
+
+    async def midway() -> bool:
+        return await pages_done() >= 3
+
+    try:
+        await publish_ticks(js, flow, "t", manual=True, payloads=[{"vendor": "vendor4"}])
+        await wait_until(midway, timeout=15)
+    finally:
+        await hub.stop(timeout=0.01)
+    stopped_after = await pages_done()
+    sim.latency = 0.0
+    want = await expected(sim, "vendor4")
+    pages = -(-len(want) // 50)
+    assert 3 <= stopped_after < pages
+    hub = await started_hub(project, broker.url)
+    readings = await StreamReader.open(js, "meter.reading.received")
+    records = await StreamReader.open(js, "ops.reconciliation")
+    try:
+        [record] = await records.wait_for(1, timeout=15)
+        await readings.wait_for(len(want))
+    finally:
+        await hub.stop()
+    rec = json.loads(record.data)
+    assert rec["resumed"] and rec["items"] == len(want) and rec["pages"] == pages, rec
+    assert rec["published"] + rec["duplicates"] == len(want)
+    assert sorted(key(b) for b in readings.payloads()) == want  # each once: repeats were dropped
+
+
+async def test_a_429_with_retry_after_is_waited_out_then_the_pull_goes_on(tmp_path, broker, js, sims):
+    """Vendor 1 answers one page 429 with Retry-After: 1; the flow's 50 ms retry waits the full second
+    the vendor asked for, and the run still takes every reading once."""
+    sim = sims["vendor1"]
+    sim.fail_next(1, 429, retry_after=1, endpoint="readings")
+    started = time.monotonic()
+    readings, records = await run_pull(tmp_path, broker, js, ["vendor1"], **{
+        "retry: [1s, 5s, 30s]": "retry: [50ms, 50ms]", "page_size: 500": "page_size: 200"})
+    elapsed = time.monotonic() - started
+    want = await expected(sim, "vendor1")
+    await readings.wait_for(len(want))
+    assert sim.responses[("readings", 429)] == 1
+    assert elapsed >= 1.0
+    assert records["vendor1"]["items"] == len(want) and records["vendor1"]["matched"] is True
+    assert sorted(key(b) for b in readings.payloads()) == want
+
+
+async def test_an_oauth2_token_expiring_mid_pull_is_refreshed_once(tmp_path, broker, js, sims):
+    """Vendor 2's token expires after the second page: the third call gets 401, the adapter fetches one
+    new token and repeats that call, and the run completes with every reading once."""
+    sim = sims["vendor2"]
+    sim.expire_at = 3  # the 3rd readings request finds the token expired
+    readings, records = await run_pull(tmp_path, broker, js, ["vendor2"], **{"page_size: 500": "page_size: 150"})
+    assert sim.tokens_issued == 2 and sim.responses[("readings", 401)] == 1
+    sim.expire_at = None
+    want = await expected(sim, "vendor2")
+    await readings.wait_for(len(want))
+    assert records["vendor2"]["items"] == len(want) and records["vendor2"]["pages"] >= 4
+    assert sorted(key(b) for b in readings.payloads()) == want
+
+
+# --- the adapter's auth and `_url` rules, without a hub -------------------------------------
+
+
+async def adapter(name: str, **config: Any) -> HttpAdapter:
+    a = HttpAdapter(name, HttpEndpointConfig(adapter="http", method="GET", **config), Services())
+    await a.start()
+    return a
+
+
+def ctx() -> CallContext:
+    return CallContext({}, "msg-1", "corr-1", 5.0)
+
+
+async def test_a_next_url_on_another_origin_is_refused_before_any_credential_leaves(sims):
+    """`_url` must be on the endpoint's own scheme, host and port: a link elsewhere is a RoutingError."""
+    sim = sims["vendor3"]
+    a = await adapter("v3", base_url=sim.url, path="/api/readings",
+                      auth={"basic": {"username": "plu-hub", "password": {"env": "METER_VENDOR3_PASSWORD"}}})
+    try:
+        with pytest.raises(RoutingError):
+            await a.call(None, {"_url": "http://evil.example/steal"}, ctx())
+        answer = await a.call(None, {"_url": f"{sim.url}/api/readings?since={int(NOW.timestamp()) - 86400 * 3}",
+                                     "until": int(NOW.timestamp()), "limit": 5}, ctx())
+        assert answer["limit"] == 5 and len(answer["readings"]) == 5
+    finally:
+        await a.close()
+
+
+async def test_wrong_oauth2_client_secret_is_a_permanent_rejection(sims, monkeypatch):
+    """The token endpoint refusing the client is TargetRejected (401), not retried as transient."""
+    monkeypatch.setenv("METER_VENDOR2_CLIENT_SECRET", "wrong")
+    sim = sims["vendor2"]
+    a = await adapter("v2", base_url=sim.url, path="/v2/readings",
+                      auth={"oauth2": {"token_url": f"{sim.url}/oauth2/token", "client_id": "plu-hub",
+                                       "client_secret": {"env": "METER_VENDOR2_CLIENT_SECRET"}}})
+    try:
+        with pytest.raises(TargetRejected) as err:
+            await a.call(None, {"from": "202503300000", "to": "202504010000"}, ctx())
+        assert err.value.status == 401 and "oauth2 token" in str(err.value)
+    finally:
+        await a.close()
