@@ -188,6 +188,11 @@ def check_flow(lf: LoadedFlow, project: Project) -> list[str]:
     if flow.is_request:
         if not any(isinstance(s, ReplyStep) for s in flow.steps):
             bad(("steps",), "a request source needs a `reply` step, or the requester waits in vain")
+        captured_by = stream_for(config, flow.source.request, pattern=False)  # type: ignore[union-attr]
+        if captured_by is not None:
+            bad(("source", "request"), f"stream {captured_by} captures {flow.source.request!r}: JetStream "  # type: ignore[union-attr]
+                "would store each request and answer the requester itself before this flow can; keep "
+                "request subjects out of streams")
     elif flow.ingress is not None:
         endpoint = flow.ingress.endpoint_name()
         kind = next(iter(type(flow.ingress).model_fields))

@@ -114,6 +114,13 @@ def test_reply_needs_a_request_source(tmp_path: Path) -> None:
     assert any("steps[4].reply: `reply` needs a request source" in p for p in found), found
 
 
+def test_a_request_subject_a_stream_captures_is_refused(tmp_path: Path) -> None:
+    """JetStream would answer such requests itself (a publish ack) before the flow could."""
+    flow = "name: q\nsource: {request: crm.quote}\nsteps:\n  - reply\n"
+    found = problems(tmp_path, flow)
+    assert any("flow.yaml:2: source.request: stream CRM captures 'crm.quote'" in p for p in found), found
+
+
 def test_request_source_needs_a_reply(tmp_path: Path) -> None:
     flow = "name: q\nsource: {request: tariff.quote}\nsteps:\n  - transform: readings.passthrough\n"
     found = problems(tmp_path, flow)
