@@ -40,3 +40,22 @@ class SecretRef(BaseModel):
 def resolve_value(value: "str | SecretRef") -> str:
     """A config value that may be a literal or a secret reference."""
     return value.resolve() if isinstance(value, SecretRef) else value
+
+
+def resolve_setting(endpoint: str, field: str, value: "str | SecretRef | None",
+                    issues: list[str] | None = None) -> str | None:
+    """An endpoint's secret resolved at start (None stays None). A missing one is reported as
+    `endpoint 'x': field: why`: raised as a ConfigError, or appended to `issues` when the caller
+    collects every problem before raising."""
+    if value is None:
+        return None
+    try:
+        return resolve_value(value)
+    except LookupError as exc:
+        problem = f"endpoint {endpoint!r}: {field}: {exc}"
+        if issues is None:
+            from engine.errors import ConfigError
+
+            raise ConfigError([problem]) from exc
+        issues.append(problem)
+        return None

@@ -25,7 +25,7 @@ from adapters.imap.config import ImapEndpointConfig, cleartext_risk, tls_context
 from adapters.imap.session import ConnectionLost, ImapRefused, ImapSession
 from engine.errors import ConfigError, PublishFailed
 from engine.ingress import Ingress, Landing
-from engine.secrets import resolve_value
+from engine.secrets import resolve_setting
 from engine.sources import ImapMailbox
 from engine.spec import Flow
 
@@ -80,10 +80,7 @@ class ImapIngress(Ingress):
         name = self.spec.endpoint
         if not isinstance(self.endpoint, ImapEndpointConfig):
             raise ConfigError([f"flow {self.flow.name!r}: source endpoint {name!r} is not an imap endpoint"])
-        try:
-            self._password = resolve_value(self.endpoint.password)
-        except LookupError as exc:
-            raise ConfigError([f"endpoint {name!r}: password: {exc}"]) from exc
+        self._password = resolve_setting(name, "password", self.endpoint.password)
         self._tls = tls_context(name, self.endpoint)
         if cleartext_risk(self.endpoint):
             log.warning("imap_cleartext", endpoint=name, host=self.endpoint.host,

@@ -28,7 +28,7 @@ from adapters.imap.ingress import header_value
 from adapters.mqtt.config import MqttEndpointConfig, cleartext_risk, tls_context
 from engine.errors import ConfigError, PublishFailed
 from engine.ingress import Ingress, Landing
-from engine.secrets import resolve_value
+from engine.secrets import resolve_setting
 from engine.sources import MqttSubscription
 from engine.spec import Flow
 
@@ -89,10 +89,7 @@ class MqttIngress(Ingress):
         if not isinstance(self.endpoint, MqttEndpointConfig):
             raise ConfigError([f"flow {self.flow.name!r}: source endpoint {name!r} is not an mqtt endpoint"])
         if self.endpoint.password is not None:
-            try:
-                self._password = resolve_value(self.endpoint.password)
-            except LookupError as exc:
-                raise ConfigError([f"endpoint {name!r}: password: {exc}"]) from exc
+            self._password = resolve_setting(name, "password", self.endpoint.password)
         self._tls = tls_context(name, self.endpoint)
         if cleartext_risk(self.endpoint):
             log.warning("mqtt_cleartext", endpoint=name, host=self.endpoint.host,

@@ -18,7 +18,7 @@ from engine.breaker import BreakerSettings
 from engine.durations import Duration
 from engine.errors import ConfigError, RoutingError
 from engine.registry import register
-from engine.secrets import SecretRef, resolve_value
+from engine.secrets import SecretRef, resolve_setting
 
 
 class SftpEndpointConfig(EndpointConfig):
@@ -62,16 +62,8 @@ class Credentials:
         self.password: str | None = None
         self.passphrase: str | None = None
         self.key_file = config.private_key
-        if config.password is not None:
-            try:
-                self.password = resolve_value(config.password)
-            except LookupError as exc:
-                issues.append(f"endpoint {endpoint!r}: password: {exc}")
-        if config.passphrase is not None:
-            try:
-                self.passphrase = resolve_value(config.passphrase)
-            except LookupError as exc:
-                issues.append(f"endpoint {endpoint!r}: passphrase: {exc}")
+        self.password = resolve_setting(endpoint, "password", config.password, issues)
+        self.passphrase = resolve_setting(endpoint, "passphrase", config.passphrase, issues)
         if self.key_file is not None and not Path(self.key_file).is_file():
             issues.append(f"endpoint {endpoint!r}: private_key {self.key_file} does not exist")
         if not Path(config.known_hosts).is_file():

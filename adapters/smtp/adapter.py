@@ -24,7 +24,7 @@ from adapters.smtp.replies import send_error
 from engine.errors import ConfigError, HubError, RoutingError, ValidationFailed
 from engine.messages import derived_id
 from engine.registry import register
-from engine.secrets import resolve_value
+from engine.secrets import resolve_setting
 
 log = structlog.get_logger("hub.smtp")
 OPERATIONS = (None, "send")
@@ -66,10 +66,7 @@ class SmtpAdapter(Adapter):
         except ValueError as exc:
             issues.append(f"endpoint {self.endpoint!r}: from_address: {exc}")
         if c.password is not None:
-            try:
-                self._password = resolve_value(c.password)
-            except LookupError as exc:
-                issues.append(f"endpoint {self.endpoint!r}: password: {exc}")
+            self._password = resolve_setting(self.endpoint, "password", c.password, issues)
         if c.security != "none":
             try:
                 self._tls = ssl.create_default_context(cafile=c.ca_bundle)

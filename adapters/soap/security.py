@@ -13,7 +13,7 @@ from zeep.wsse.utils import WSU
 
 from adapters.soap.config import SoapEndpointConfig
 from engine.errors import ConfigError
-from engine.secrets import resolve_value
+from engine.secrets import resolve_setting
 
 
 class StampedUsernameToken(UsernameToken):
@@ -38,10 +38,7 @@ def ws_security(endpoint: str, config: SoapEndpointConfig) -> tuple[StampedUsern
     wss = config.ws_security
     if wss is None:
         return None, ()
-    try:
-        password = resolve_value(wss.password)
-    except LookupError as exc:
-        raise ConfigError([f"endpoint {endpoint!r}: ws_security.password: {exc}"]) from exc
+    password = resolve_setting(endpoint, "ws_security.password", wss.password) or ""
     return StampedUsernameToken(wss.username, password, wss.timestamp), ((password,) if password else ())
 
 
