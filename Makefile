@@ -30,6 +30,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/dlq_replay.py
 	$(BIN)/python bench/erp_switch.py
 	$(BIN)/python bench/tariff_quote.py
+	$(BIN)/python bench/meter_pull.py
 
 clean:
 	rm -rf $(VENV) .hub

@@ -9,11 +9,15 @@ When the record is written:
   compare-and-set on the revision read. A failure anywhere repeats the step on the old record; two
   messages for one key at once both compute, the second write fails and that message comes back to
   see the new record (give outputs stable ids, `publish: {id: …}`, so the repeat is dropped).
-- `save: now`: before the next step (a pending request recorded before the mail goes out).
+- `save: now`: before the next step (a pending request recorded before the mail goes out). A
+  conflict is computed again at once on the new record; messages for one key take turns per runner.
+  Since the record is written before the outputs exist, `apply` must be idempotent: the same message
+  applied again (after a crash) must answer the same payload, or the output is lost.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -29,6 +33,7 @@ from engine.subjects import render
 log = structlog.get_logger("hub.state")
 
 PREFIX = "hub_state_"
+NOW_ATTEMPTS = 5  # re-reads of a record another runner changed meanwhile, before the message is retried
 
 
 class StateConflict(TransientError):
@@ -44,6 +49,7 @@ class KeyedState:
         self.label = label
         self.apply = resolve_transform(spec.apply)
         self.kv: Any = None
+        self._locks: dict[str, _KeyLock] = {}
 
     async def _bucket(self) -> Any:
         if self.kv is None:
@@ -57,13 +63,42 @@ class KeyedState:
         except KeyError as exc:
             raise RoutingError(f"state key {self.spec.key!r} needs payload field {exc}", step=self.label) from None
         kv_key = safe_key(key)
+        if self.spec.save != "now":
+            result, write = await self._compute(kv, kv_key, env.payload)
+            if write is not None:
+                env.state_writes.append(write)
+            return self._go_on(env, result)
+        # save: now: nothing has happened yet, so a lost compare-and-set is simply computed again on the
+        # new record. One key's messages take turns in this runner (a lock), so readings of one meter
+        # arriving together do not all collide; runners still race, which the re-reads absorb.
+        lock = self._locks.setdefault(kv_key, _KeyLock())
+        lock.users += 1
+        try:
+            async with lock:
+                for attempt in range(NOW_ATTEMPTS):
+                    result, write = await self._compute(kv, kv_key, env.payload)
+                    try:
+                        if write is not None:
+                            await commit(write, self.label)
+                        break
+                    except StateConflict:
+                        if attempt == NOW_ATTEMPTS - 1:
+                            raise
+        finally:
+            lock.users -= 1
+            if not lock.users:
+                self._locks.pop(kv_key, None)
+        return self._go_on(env, result)
+
+    async def _compute(self, kv: Any, kv_key: str, message: Any) -> tuple[dict[str, Any], Any]:
+        """The apply function's answer on the current record, and the write it asks for (None: unchanged)."""
         try:
             entry = await kv.get(kv_key)
             current, revision = json.loads(entry.value), entry.revision
         except KeyNotFoundError:
             current, revision = None, None
         try:
-            result = self.apply({"state": current, "message": env.payload})
+            result = self.apply({"state": current, "message": message})
         except HubError:
             raise
         except Exception as exc:
@@ -71,15 +106,21 @@ class KeyedState:
         if not isinstance(result, dict) or "state" not in result or "payload" not in result:
             raise TransformFailed(f"{self.spec.apply} must return {{'state': ..., 'payload': ...}}", step=self.label)
         new = result["state"]
-        if new != current:
-            write = (kv, kv_key, revision, new)
-            if self.spec.save == "now":
-                await commit(write, self.label)
-            else:
-                env.state_writes.append(write)
+        return result, (kv, kv_key, revision, new) if new != current else None
+
+    @staticmethod
+    def _go_on(env: Envelope, result: dict[str, Any]) -> bool:
         env.payload = result["payload"]
         env.raw = None
         return env.payload is not None
+
+
+class _KeyLock(asyncio.Lock):
+    """A lock that knows how many messages wait on it, so idle keys are forgotten."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.users = 0
 
 
 def safe_key(key: str) -> str:

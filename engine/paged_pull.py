@@ -5,6 +5,12 @@ Order per page: call → publish every item (stable ids) → wait for every publ
 A crash before the checkpoint repeats one page, whose items JetStream drops as duplicates and the
 counts do not include twice. The checkpoint is written compare-and-set: two runs of the same
 checkpoint (a manual trigger beside the nightly one) cannot interleave; the loser waits and retries.
+
+With `retention` (how far back the endpoint keeps items), a new run whose `since` has fallen out of
+the endpoint's window starts at the edge (now - retention) instead of being refused: the lost span
+is raised once as alert `retention` (not for a first run) and kept in the run, so its reconciliation record shows the
+`gap`. "now" is the tick's slot time (header Hub-Scheduled-For: the slot's ISO time, or
+`manual:<ISO>` for a trigger), else the wall clock, so a run's edge is the same after a redelivery.
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import structlog
@@ -24,6 +30,7 @@ from engine.kv import bucket
 from engine.messages import (CE_CORRELATION, CE_ID, CE_SOURCE, CE_SPEC, CE_TIME, CE_TYPE, MSG_ID, Envelope,
                              derived_id, encode, now_iso)
 from engine.nats_client import encode_headers
+from engine.schedule import SCHEDULED_FOR, next_slot
 from engine.spec import PullSpec
 from engine.subjects import render, subject_problem
 
@@ -43,6 +50,30 @@ def checkpoint_key(flow: str, checkpoint: str) -> str:
 
 def _when(value: str) -> datetime:
     return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def run_now(env: Envelope) -> datetime:
+    """The run's "now": the tick's slot time when its Hub-Scheduled-For label is an ISO time (a
+    scheduled slot, or `manual:<ISO>` from `runner.py trigger`), else the wall clock."""
+    label = (env.headers or {}).get(SCHEDULED_FOR) or ""
+    try:
+        moment = _when(label.removeprefix("manual:"))
+    except ValueError:
+        moment = None
+    if moment is None or moment.tzinfo is None:
+        return datetime.now(timezone.utc)
+    return moment.astimezone(timezone.utc)
+
+
+def _aware(value: str) -> datetime:
+    """An ISO time as an aware datetime (one without an offset is taken as UTC)."""
+    moment = _when(value)
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=timezone.utc)
+
+
+def _span(start: datetime, end: datetime) -> dict[str, float]:
+    seconds = (end - start).total_seconds()
+    return {"lost_days": round(seconds / 86400, 2), "lost_hours": round(seconds / 3600, 1)}
 
 
 class PagedPull:
@@ -98,6 +129,7 @@ class PagedPull:
             summary, revision = await self._pages(env, payload, key, state, revision)
             state = {"checkpoint": checkpoint, "watermark": summary["until"], "last_run": summary}
             await self._save(key, state, revision)
+            await self._next_run_risk(env, summary)
         if summary["matched"] is False:
             await publish_alert(self.js, self.flow, "reconciliation", "firing", checkpoint=checkpoint,
                                 run_id=summary["run_id"], erp_total=summary["erp_total"], items=summary["items"])
@@ -110,13 +142,25 @@ class PagedPull:
         run = state.get("run")
         resumed = run is not None
         if run is None:
-            run = {"run_id": env.msg_id, "since": state.get("watermark", spec.start), "cursor": None, "pages": 0,
+            since, gap = self._retention_edge(env, state.get("watermark", spec.start))
+            run = {"run_id": env.msg_id, "since": since, "cursor": None, "pages": 0,
                    "items": 0, "published": 0, "duplicates": 0, "high_water": None, "erp_total": None,
                    "started_at": now_iso()}
+            if gap is not None:
+                run["gap"] = {**gap, "first_run": "watermark" not in state, "alerted": False}
         else:
             log.warning("pull_resumed", flow=self.flow, checkpoint=state["checkpoint"], after_pages=run["pages"],
                         items=run["items"], run_id=run["run_id"])
         revision = await self._save(key, {**state, "run": run}, revision)  # claim it
+        gap = run.get("gap")
+        # after the claim: a run that lost the race says nothing. A first run lost nothing a run had
+        # taken before (its `start`, or the tick's own `from`, is a choice): the log and the gap say it.
+        if gap is not None and not gap["alerted"] and not gap["first_run"]:
+            await publish_alert(self.js, self.flow, "retention", "firing", checkpoint=state["checkpoint"],
+                                run_id=run["run_id"], since=gap["from"], edge=gap["until"],
+                                **_span(_aware(gap["from"]), _aware(gap["until"])))
+            gap["alerted"] = True
+            revision = await self._save(key, {**state, "run": run}, revision)
         while True:
             if run["pages"] >= spec.max_pages:
                 raise PermanentError(f"{state['checkpoint']}: still paging after {spec.max_pages} pages "
@@ -148,7 +192,35 @@ class PagedPull:
                    "items": run["items"], "published": run["published"], "duplicates": run["duplicates"],
                    "erp_total": total, "matched": None if total is None else total == run["items"],
                    "resumed": resumed, "started_at": run["started_at"], "finished_at": now_iso()}
+        if run.get("gap") is not None:
+            summary["gap"] = {"from": run["gap"]["from"], "until": run["gap"]["until"]}
         return summary, revision
+
+    def _retention_edge(self, env: Envelope, since: str) -> tuple[str, dict[str, str] | None]:
+        """A new run's `since`, moved up to the endpoint's retention edge when it fell out of it; and
+        the gap {from, until} that leaves (None when since is inside the window)."""
+        if self.spec.retention is None:
+            return since, None
+        edge = run_now(env) - timedelta(seconds=self.spec.retention)
+        if _aware(since) >= edge:
+            return since, None
+        edge_iso = edge.isoformat()
+        log.warning("pull_retention_gap", flow=self.flow, since=since, edge=edge_iso)
+        return edge_iso, {"from": since, "until": edge_iso}
+
+    async def _next_run_risk(self, env: Envelope, summary: dict[str, Any]) -> None:
+        """On a scheduled flow, warn (alert `retention_risk`) when the run's new watermark is already
+        older than the next slot's retention edge: that run would lose items unless one catches up now."""
+        flow = self.pipeline.flow
+        if self.spec.retention is None or not getattr(flow, "is_scheduled", False):
+            return
+        nxt = next_slot(flow.source.schedule, run_now(env))
+        edge = nxt - timedelta(seconds=self.spec.retention)
+        watermark = _aware(summary["until"])
+        if watermark < edge:
+            await publish_alert(self.js, self.flow, "retention_risk", "firing", checkpoint=summary["checkpoint"],
+                                run_id=summary["run_id"], watermark=summary["until"], next_run=nxt.isoformat(),
+                                edge=edge.isoformat(), **_span(watermark, edge))
 
     def _transform(self, func: Any, data: dict[str, Any], ref: str) -> Any:
         try:

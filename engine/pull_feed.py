@@ -59,7 +59,12 @@ class PullFeed:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.hand_back_buffered()
         if self._sub is not None and not self.nc.is_closed:
-            await self._sub.unsubscribe()
+            # drain, not unsubscribe: a message the server sent before it saw the UNSUB still reaches
+            # _on_msg and is handed back; dropped on the floor, it would wait out ack_wait.
+            try:
+                await self._sub.drain()
+            except Exception:
+                await quietly(self._sub.unsubscribe())
 
     async def hand_back_buffered(self) -> None:
         while self.buffer:

@@ -64,6 +64,12 @@ class PullSpec(_Strict):
                        examples=["2025-01-01T00:00:00Z"])
     page_size: int = Field(100, ge=1, le=10_000, description="Items asked for per page.")
     max_pages: int = Field(100_000, ge=1, description="Stop a run that pages on past this (a cursor loop).")
+    retention: Duration | None = Field(
+        None, description="How far back the endpoint keeps items. A new run whose `since` is older than now - "
+        "retention starts at that edge instead of being refused: alert `retention` names the lost span once and "
+        "the reconciliation record carries `gap: {from, until}`; on a scheduled flow, alert `retention_risk` "
+        "fires when the next slot's run would miss items. `now` is the tick's slot time (Hub-Scheduled-For) "
+        "when it is one, else the wall clock. Set it a little under the endpoint's own.", examples=["88d"])
 
 
 class PullStep(_Strict):

@@ -91,6 +91,7 @@ async def run_demo(root: Path, keep_data: bool = False) -> int:
     erps = await demo_erp.start_erps()
     outside = await demo_more.Outside().start()
     os.environ["CRM_BRIDGE_URL"] = crm.url
+    crm.serve("/sites", outside.site_directory())  # the CRM's sites: which are businesses
     os.environ.setdefault("CRM_BRIDGE_TOKEN", "demo-token")
     project = load_project(root / "config" / "sandbox.yaml", flow_files(root / "flows"))
     hub = Hub(project, data_dir=data_dir)
@@ -110,11 +111,13 @@ async def run_demo(root: Path, keep_data: bool = False) -> int:
         nc = await nats.connect(hub.servers[0], name="demo-crm-bridge")
         js = nc.jetstream()
         switch, dlq, switched, failed, notices, linked, records, pdfs, readings = (Collector() for _ in range(9))
+        totals, forecasts, candidates = Collector(), Collector(), Collector()
         for subject, collector in (("erp.contract.switch-requested", switch), ("dlq.>", dlq),
                                    ("erp.contract.switched", switched), ("erp.contract.switch-failed", failed),
                                    ("notify.requested", notices), ("erp.account.linked", linked),
                                    ("ops.reconciliation", records), ("invoice.pdf.available", pdfs),
-                                   ("meter.reading.received", readings)):
+                                   ("meter.reading.received", readings), ("meter.month.completed", totals),
+                                   ("meter.reading.forecast", forecasts), ("crm.keycustomer.candidate", candidates)):
             await js.subscribe(subject, cb=collector.cb, ordered_consumer=True)
         deadline = time.monotonic() + SECTION_DEADLINE
 
@@ -224,6 +227,8 @@ async def run_demo(root: Path, keep_data: bool = False) -> int:
         await demo_more.section_powersales(nc, outside, check)
         await demo_more.section_push(readings, hub, outside, check, wait_until, time.monotonic() + SECTION_DEADLINE)
         await demo_more.section_monthly_pull(js, records, hub, check, wait_until, time.monotonic() + SECTION_DEADLINE)
+        await demo_more.section_meter_rules(js, readings, records, totals, forecasts, candidates, hub, check, wait_until,
+                                            time.monotonic() + SECTION_DEADLINE)
 
         print()
         print(f"  {'flow':<26} {'deliveries':>10} {'done':>5} {'filtered':>8} {'duplicate':>9} "

@@ -30,6 +30,7 @@ SFTP_PASSWORD = "demo-sftp-secret"
 VENDOR3_SECRET, FIELD_TOKEN = "demo-vendor3-secret", "demo-field-app-token"
 METER_SECRETS = {"METER_VENDOR1_API_KEY": "v1-sandbox-api-key", "METER_VENDOR2_CLIENT_SECRET": "v2-sandbox-client-secret",
                  "METER_VENDOR3_PASSWORD": "v3-sandbox-password", "METER_VENDOR4_SECRET": "v4-sandbox-signing-secret"}
+COLD_STORE_METER, COLD_STORE_SITE = "V3-COLD-0001", "INST-COLD-1"
 Check = Callable[[bool, str], None]
 LOOKUP = {"households": 3, "consumption": 4200, "postcode": "75001", "country": "FR", "gas": True}
 
@@ -75,6 +76,16 @@ class Outside:
         os.environ.update({"VENDOR4_MQTT_HOST": self.mqtt.host, "VENDOR4_MQTT_PORT": str(self.mqtt.port),
                            "VENDOR4_MQTT_PASSWORD": MQTT_HUB_PASSWORD})
         return self
+
+    def site_directory(self) -> dict[str, dict[str, Any]]:
+        """What the CRM knows of the meter platforms' sites (GET /sites/<id> on the CRM bridge), and the
+        cold store section 13 pushes for."""
+        sites = {COLD_STORE_SITE: {"site_id": COLD_STORE_SITE, "account_id": "A-UK-COLD-1", "kind": "business"}}
+        for vendor, platform in self.platforms.items():
+            for i in range(platform.source.meters):
+                meter = platform.source.meter(i)
+                sites[meter.site_id] = {"site_id": meter.site_id, "account_id": f"A-{vendor}-{i}", "kind": meter.profile}
+        return sites
 
     def describe(self) -> str:
         assert self.mail and self.powersales
@@ -228,3 +239,76 @@ async def section_monthly_pull(js: Any, records: Any, hub: Any, check: Check, wa
     check(ok and count > 0 and all(r["matched"] is not False for r in rows),
           f"{count} readings pulled from four platforms in {took:.1f}s, each paged its own way, a "
           "reconciliation record per vendor")
+
+
+RULE_FLOWS = ("meter-reading-dedupe", "meter-month-totals", "meter-reading-forecast", "meter-keycustomer-detect")
+
+
+async def settled(js: Any, durables: tuple[str, ...], deadline: float) -> bool:
+    """Until each flow's consumer has nothing pending or unacknowledged (a consumer-info query: no event says so)."""
+    while time.monotonic() < deadline:
+        infos = [await js.consumer_info("METER", d) for d in durables]
+        if all(i.num_pending == 0 and i.num_ack_pending == 0 for i in infos):
+            return True
+        await asyncio.sleep(0.05)
+    return False
+
+
+async def section_meter_rules(js: Any, readings: Any, records: Any, totals: Any, forecasts: Any, candidates: Any,
+                              hub: Any, check: Check, wait_until: Any, deadline: float) -> None:
+    print("\n  13. The rules on the readings: one per meter and time, month totals, forecasts, key customers")
+    from datetime import datetime, timedelta, timezone
+    from zoneinfo import ZoneInfo
+
+    from sandbox.meters import Vendor3Platform, WebhookSender
+
+    await settled(js, RULE_FLOWS, deadline)
+    received = [json.loads(m.data) for m in readings.messages]
+    pulled = [r for r in received if r["source"].endswith("/pull") and r.get("interval_start")]
+    pushed = {(r["meter_id"], r["register"], r["read_at"]) for r in received if r["source"].endswith("/push")}
+    pull_items = sum(r["items"] for r in map(lambda m: json.loads(m.data), records.messages)
+                     if r.get("flow") == "meter-vendor-pulls")
+    registers = {(r["meter_id"], r["register"]) for r in pulled}
+    ok = await wait_until(lambda: len(forecasts.messages) >= len(registers), [forecasts.changed], deadline)
+    keys = [(r["meter_id"], r["register"], r["read_at"]) for r in received]
+    dropped = pull_items - len(pulled)
+    check(len(keys) == len(set(keys)) and dropped == len(pushed) and dropped > 0,
+          f"every reading once on meter.reading.received: the pull's {dropped} copies of the readings vendors 3 "
+          "and 4 pushed in section 11 were dropped (KV per meter register, not the stream's 2-minute window)")
+    month = json.loads(totals.messages[0].data)["month"] if totals.messages else "?"
+    example = json.loads(forecasts.messages[0].data) if forecasts.messages else {}
+    total = next((json.loads(m.data) for m in totals.messages
+                  if json.loads(m.data)["meter_id"] == example.get("meter_id")
+                  and json.loads(m.data)["register"] == example.get("register")), {})
+    if example:
+        print(f"       e.g. {example['meter_id']} {example['register']}: {month} {total.get('total')} "
+              f"{example['unit']} -> forecast {example['value']} {example['unit']} until {example['read_at']}")
+    check(ok and len(forecasts.messages) == len(registers),
+          f"{len(totals.messages)} meter registers completed {month}; {len(forecasts.messages)} forecasts for the "
+          "next month on meter.reading.forecast")
+
+    london, today = ZoneInfo("Europe/London"), datetime.now(timezone.utc)
+    end = datetime(today.year, today.month, 1, tzinfo=london)   # vendor 3's days are London days
+    back = end - timedelta(days=85)
+    start = datetime(back.year, back.month, 1, tzinfo=london)   # the first of the month three months back
+    records = []
+    for record in Vendor3Platform(meters=8).records(start, end, meters=range(7, 8)):  # a business meter ...
+        record = json.loads(json.dumps(record))
+        record["device"] = {"id": COLD_STORE_METER, "installation": COLD_STORE_SITE}
+        record["reading"]["value"] = record["reading"]["value"] * 3 // 2  # ... of a cold store: half as much again
+        records.append(record)
+    before = len(candidates.messages)
+    async with WebhookSender(hub.ingresses["meter-vendor3-push"].url, VENDOR3_SECRET) as sender:
+        sent = [await sender.send(records[i:i + 40]) for i in range(0, len(records), 40)]
+    print(f"       vendor 3 pushes {len(records)} daily readings of a cold store ({COLD_STORE_SITE}), "
+          f"{start:%B} to {end - timedelta(days=1):%B}: {', '.join(sorted({str(d.status) for d in sent}))}")
+    ok = await wait_until(lambda: len(candidates.messages) > before, [candidates.changed], deadline)
+    ok = ok and await settled(js, RULE_FLOWS, deadline)
+    new = [json.loads(m.data) for m in candidates.messages[before:]]
+    if new:
+        months = ", ".join(f"{m} {kwh:,.0f} kWh" for m, kwh in new[0]["months"].items())
+        print(f"       crm.keycustomer.candidate: {new[0]['site_id']} (account {new[0]['account_id']}): {months}")
+    check(ok and len(new) == 1 and new[0]["site_id"] == COLD_STORE_SITE,
+          "one key-customer candidate, once: the cold store, above 5,000 kWh in three months (the CRM says "
+          "it is a business); no other site raised one")
+

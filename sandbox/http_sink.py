@@ -59,6 +59,7 @@ class HttpSink:
         self._delay = 0.0
         self._waiters = 0
         self._wake = asyncio.Event()  # cuts injected delays short on reset() and stop()
+        self._records: dict[str, dict[str, Any]] = {}  # path prefix -> {id: JSON answered to GET prefix/id}
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -86,6 +87,11 @@ class HttpSink:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
+
+    def serve(self, prefix: str, records: dict[str, Any]) -> None:
+        """Answer `GET <prefix>/<id>` with records[id] (JSON), and 404 for an id it does not hold: a
+        read-only resource such as the CRM's sites. Other paths answer as before."""
+        self._records[prefix.rstrip("/")] = records
 
     # --- fault controls ----------------------------------------------------------------------
 
@@ -179,6 +185,12 @@ class HttpSink:
         fault = await self._answer_fault()
         if fault is not None:
             return fault
+        prefix, _, ident = request.path.rpartition("/")
+        if request.method == "GET" and prefix in self._records:
+            record = self._records[prefix].get(ident)
+            if record is None:
+                return web.json_response({"error": f"{ident} not found"}, status=404)
+            return web.json_response(record)
         await self._applied(request)
         return web.json_response({"ok": True, "received": self.count})
 

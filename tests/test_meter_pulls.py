@@ -1,12 +1,14 @@
 """The monthly vendor pull (flows/meter-vendor-pulls.yaml) against the four real vendor simulators:
 each vendor's paging and auth end to end, a hub stopped mid-pagination that resumes with exact
-counts, a 429's Retry-After honoured, and an OAuth2 token that expires mid-pull refreshed once."""
+counts, a 429's Retry-After honoured, an OAuth2 token that expires mid-pull refreshed once, and a
+watermark older than the platforms' 3-month retention pulled from the edge with the gap raised."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +21,10 @@ from adapters.base import CallContext, Services
 from adapters.http import HttpAdapter, HttpEndpointConfig
 from engine.embedded_nats import EmbeddedNats
 from engine.errors import RoutingError, TargetRejected
-from engine.paged_pull import BUCKET, checkpoint_key
-from engine.schedule import publish_ticks
+from engine.kv import bucket
+from engine.messages import Envelope
+from engine.paged_pull import BUCKET, checkpoint_key, run_now
+from engine.schedule import SCHEDULED_FOR, publish_ticks
 from sandbox.meters import ManualClock, Vendor1Platform, Vendor2Platform, Vendor3Platform, Vendor4Platform
 from sandbox.meters.reference_pull import pull as reference_pull
 from schemas.meter import MeterReading
@@ -31,6 +35,8 @@ ROOT = Path(__file__).resolve().parents[1]
 FLOW = "meter-vendor-pulls"
 UTC = timezone.utc
 NOW = datetime(2025, 4, 2, 1, 0, tzinfo=UTC)  # the monthly tick: 2 April, 03:00 Brussels
+RETENTION = timedelta(days=88)  # the flow's `retention`, under the platforms' 3 months (2 Jan 01:00 here)
+ALERTS = f"ops.alert.{FLOW}"
 START = "2025-03-01T00:00:00Z"
 METERS = 20
 SECRETS = {"METER_VENDOR1_API_KEY": "v1-sandbox-api-key", "METER_VENDOR2_CLIENT_SECRET": "v2-sandbox-client-secret",
@@ -135,25 +141,34 @@ async def expected(sim: Any, vendor: str) -> list[tuple[str, str, str]]:
         return sorted(key(r) for r in await reference_pull(http, sim, start, end, size=200))
 
 
-async def run_pull(tmp_path: Path, broker: Any, js: Any, vendors: list[str], **replace: str):
+async def run_pull(tmp_path: Path, broker: Any, js: Any, vendors: list[str], *, alerts: list | None = None,
+                   **replace: str):
+    """One manual tick per vendor, labelled with the simulated NOW (the run's "now" for `retention`);
+    the alerts the flow raised meanwhile are appended to `alerts` when given."""
     project = project_from(tmp_path, CONFIG, flow_text(**replace))
     flow = next(lf.flow for lf in project.flows if lf.flow.name == FLOW)
     hub = await started_hub(project, broker.url)
-    readings = await StreamReader.open(js, "meter.reading.received")
+    readings = await StreamReader.open(js, "meter.reading.collected")
     records = await StreamReader.open(js, "ops.reconciliation")
+    raised = await StreamReader.open(js, ALERTS)
     try:
-        await publish_ticks(js, flow, "t", manual=True, payloads=[{"vendor": v} for v in vendors])
+        await publish_ticks(js, flow, NOW.isoformat(), manual=True, payloads=[{"vendor": v} for v in vendors])
         await records.wait_for(len(vendors), timeout=20)
     finally:
         await hub.stop()
+    if alerts is not None:
+        await asyncio.sleep(0.3)  # published before the records; give the ordered consumer a moment
+        alerts.extend(raised.payloads())
     return readings, {r["vendor"]: r for r in records.payloads()}
 
 
 async def test_each_vendor_is_pulled_end_to_end_every_reading_once(tmp_path, broker, js, sims):
     """One tick per vendor pages through all four platforms in their own paging and auth; every reading
-    of the month lands once on meter.reading.received as a valid MeterReading, and each vendor's
+    of the month lands once on meter.reading.collected as a valid MeterReading, and each vendor's
     reconciliation record counts exactly the platform's readings (matching its own total where it gives one)."""
-    readings, records = await run_pull(tmp_path, broker, js, list(sims), **{"page_size: 500": "page_size: 150"})
+    alerts: list = []
+    readings, records = await run_pull(tmp_path, broker, js, list(sims), alerts=alerts,
+                                       **{"page_size: 500": "page_size: 150"})
     want = {vendor: await expected(sim, vendor) for vendor, sim in sims.items()}
     await readings.wait_for(sum(map(len, want.values())))
     got: dict[str, list] = {v: [] for v in sims}
@@ -170,6 +185,7 @@ async def test_each_vendor_is_pulled_end_to_end_every_reading_once(tmp_path, bro
         assert rec["until"] == max(k[2] for k in want[vendor])  # the next run's since
         assert sim.max_concurrent <= 2
     assert sims["vendor2"].tokens_issued == 1 + 1  # the hub's one token, and the reference pull's
+    assert alerts == [] and not any("gap" in r for r in records.values())  # inside the window: no retention alert
 
 
 async def test_a_hub_stopped_mid_pagination_resumes_at_the_next_page_with_exact_counts(tmp_path, broker, js, sims):
@@ -196,7 +212,7 @@ async def test_a_hub_stopped_mid_pagination_resumes_at_the_next_page_with_exact_
         return await pages_done() >= 3
 
     try:
-        await publish_ticks(js, flow, "t", manual=True, payloads=[{"vendor": "vendor4"}])
+        await publish_ticks(js, flow, NOW.isoformat(), manual=True, payloads=[{"vendor": "vendor4"}])
         await wait_until(midway, timeout=15)
     finally:
         await hub.stop(timeout=0.01)
@@ -206,7 +222,7 @@ async def test_a_hub_stopped_mid_pagination_resumes_at_the_next_page_with_exact_
     pages = -(-len(want) // 50)
     assert 3 <= stopped_after < pages
     hub = await started_hub(project, broker.url)
-    readings = await StreamReader.open(js, "meter.reading.received")
+    readings = await StreamReader.open(js, "meter.reading.collected")
     records = await StreamReader.open(js, "ops.reconciliation")
     try:
         [record] = await records.wait_for(1, timeout=15)
@@ -248,6 +264,54 @@ async def test_an_oauth2_token_expiring_mid_pull_is_refreshed_once(tmp_path, bro
     await readings.wait_for(len(want))
     assert records["vendor2"]["items"] == len(want) and records["vendor2"]["pages"] >= 4
     assert sorted(key(b) for b in readings.payloads()) == want
+
+
+async def test_a_watermark_older_than_the_retention_pulls_from_the_edge_and_raises_the_gap_once(
+        tmp_path, broker, js, sims):
+    """Vendor 1's watermark is 1 January (Berlin), but on 2 April the platform keeps only 2 January on:
+    instead of a 400 OUT_OF_RETENTION dead-lettering the tick, the run starts at the flow's edge
+    (NOW - 88d), raises one `retention` alert naming the lost span, takes every reading from the edge
+    to the month's end once, and its reconciliation record shows the gap. Its new watermark (end of
+    January) is already behind the May run's edge, so `retention_risk` warns that a catch-up is due."""
+    sim = sims["vendor1"]
+    watermark = "2024-12-31T23:00:00Z"  # 1 Jan 00:00 Berlin: the last run took December
+    kv = await bucket(js, BUCKET)
+    await kv.put(checkpoint_key(FLOW, "readings:vendor1"),
+                 json.dumps({"checkpoint": "readings:vendor1", "watermark": watermark}).encode())
+    alerts: list = []
+    readings, records = await run_pull(tmp_path, broker, js, ["vendor1"], alerts=alerts,
+                                       **{"page_size: 500": "page_size: 200"})
+    edge = (NOW - RETENTION).isoformat()
+    start, end = meter_pulls.window({"vendor": "vendor1", "since": edge})
+    async with aiohttp.ClientSession() as http:
+        want = sorted(key(r) for r in await reference_pull(http, sim, start, end, size=200))
+    await readings.wait_for(len(want))
+    assert sorted(key(b) for b in readings.payloads()) == want and len(want) >= METERS * 27
+    assert sim.responses[("readings", 400)] == 0  # never asked for what the platform no longer keeps
+    rec = records["vendor1"]
+    assert rec["since"] == edge and rec["gap"] == {"from": watermark, "until": edge}, rec
+    assert rec["items"] == len(want) and rec["matched"] is True and rec["until"] == max(k[2] for k in want)
+    [gap] = [a for a in alerts if a["alert"] == "retention"]
+    assert gap["state"] == "firing" and gap["checkpoint"] == "readings:vendor1"
+    assert (gap["since"], gap["edge"]) == (watermark, edge)
+    assert gap["lost_hours"] == 74.0 and gap["lost_days"] == 3.08  # 31 Dec 23:00Z .. 4 Jan 01:00Z
+    [risk] = [a for a in alerts if a["alert"] == "retention_risk"]
+    nxt = datetime(2025, 5, 2, 1, 0, tzinfo=UTC)  # the next slot: 2 May, 03:00 Brussels
+    assert (risk["watermark"], risk["next_run"], risk["edge"]) == (rec["until"], nxt.isoformat(),
+                                                                   (nxt - RETENTION).isoformat())
+    assert len(alerts) == 2, alerts
+
+
+def test_the_runs_now_is_the_ticks_slot_time_when_it_has_one():
+    """A scheduled slot label or `manual:<ISO>` (runner.py trigger) is the run's now; anything else, the wall clock."""
+    def env(label: str | None) -> Envelope:
+        return Envelope({}, {} if label is None else {SCHEDULED_FOR: label}, "hub.schedule.x", "id", "id")
+
+    assert run_now(env(NOW.isoformat())) == NOW
+    assert run_now(env("manual:2025-04-02T03:00:00+02:00")) == NOW
+    before = datetime.now(UTC)
+    for label in (None, "t", "2025-04-02T01:00:00"):  # no label, not a time, a time without offset
+        assert before <= run_now(env(label)) <= datetime.now(UTC)
 
 
 # --- the adapter's auth and `_url` rules, without a hub -------------------------------------

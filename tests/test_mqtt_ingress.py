@@ -85,7 +85,7 @@ def shipped_flow(broker: MqttBroker, unique: str, tmp: Path) -> Any:
     text = (ROOT / "flows" / "meter-vendor4-push.yaml").read_text()
     for old, new in (("name: meter-vendor4-push", f"name: v4push-{unique}"),
                      ("vendor4/readings/#", f"{unique}/readings/#"), ("plu-hub-vendor4", f"hub-{unique}"),
-                     ("meter.reading.received", f"{unique}.meter.reading.received")):
+                     ("meter.reading.collected", f"{unique}.meter.reading.collected")):
         assert old in text
         text = text.replace(old, new)
     return project_from(tmp, f"""
@@ -121,10 +121,10 @@ async def count_on(js: Any, stream: str, subject: str) -> int:
 
 async def test_each_published_reading_arrives_once_as_a_canonical_reading(
         broker: MqttBroker, js: Any, nats_url: str, unique: str, tmp_path: Path) -> None:
-    """Readings published by vendor 4 arrive once each on meter.reading.received as MeterReadings, each acked after its store."""
+    """Readings published by vendor 4 arrive once each on meter.reading.collected as MeterReadings, each acked after its store."""
     sent = records(3, 2)
     hub = await connected_hub(shipped_flow(broker, unique, tmp_path), nats_url, unique)
-    out = await StreamReader.open(js, f"{unique}.meter.reading.received")
+    out = await StreamReader.open(js, f"{unique}.meter.reading.collected")
     try:
         await publish(broker, unique, sent)
         await out.wait_for(len(sent))
@@ -138,7 +138,7 @@ async def test_each_published_reading_arrives_once_as_a_canonical_reading(
         (s["meter"], datetime.fromisoformat(s["intervalEnd"])) for s in sent)
     assert {r.source for r in readings} == {"vendor4/push"}
     assert (ingress.received, ingress.stored, ingress.duplicates) == (len(sent), len(sent), 0)
-    assert await count_on(js, unique.upper(), f"{unique}.meter.reading.received") == len(sent)
+    assert await count_on(js, unique.upper(), f"{unique}.meter.reading.collected") == len(sent)
 
 
 async def test_readings_published_while_the_hub_is_down_arrive_after_it_comes_back(
@@ -150,7 +150,7 @@ async def test_readings_published_while_the_hub_is_down_arrive_after_it_comes_ba
     sent = records(4)
     await publish(broker, unique, sent)
     hub = await started_hub(project, nats_url)
-    out = await StreamReader.open(js, f"{unique}.meter.reading.received")
+    out = await StreamReader.open(js, f"{unique}.meter.reading.collected")
     try:
         got = await out.wait_for(len(sent))
         await ingress_of(hub, unique).wait_for(lambda i: i.acked == len(sent))
@@ -165,7 +165,7 @@ async def test_the_same_reading_published_twice_is_one_message(
     """A reading the vendor sends twice is stored once (same topic and bytes) and published once."""
     [twice, marker] = records(2)
     hub = await connected_hub(shipped_flow(broker, unique, tmp_path), nats_url, unique)
-    out = await StreamReader.open(js, f"{unique}.meter.reading.received")
+    out = await StreamReader.open(js, f"{unique}.meter.reading.collected")
     try:
         await publish(broker, unique, [twice, twice, marker])
         got = await out.wait_for(2)  # the marker came after the repeat: the repeat had its chance
@@ -176,7 +176,7 @@ async def test_the_same_reading_published_twice_is_one_message(
         await out.sub.unsubscribe()
     assert [json.loads(m.data)["meter_id"] for m in got] == [twice["meter"], marker["meter"]]
     assert (ingress.received, ingress.stored, ingress.duplicates) == (3, 2, 1)
-    assert await count_on(js, unique.upper(), f"{unique}.meter.reading.received") == 2
+    assert await count_on(js, unique.upper(), f"{unique}.meter.reading.collected") == 2
 
 
 class FailingOnce(Landing):

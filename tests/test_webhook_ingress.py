@@ -17,8 +17,8 @@ from adapters.webhook import WebhookIngress
 from engine.runtime import Hub
 from sandbox.meters import Vendor3Platform, WebhookSender
 from schemas.meter import MeterReading
-from transforms.meter_push import manual_reading, vendor3_push
-from transforms.meter_vendors import current_model_fields, vendor3_reading
+from transforms.meter_manual import manual_reading
+from transforms.meter_vendors import vendor3_message, vendor3_reading
 from tests.helpers import StreamReader, project_from, started_hub
 
 SECRET = "vendor3-test-secret"
@@ -40,7 +40,7 @@ def shipped(name: str, unique: str) -> str:
     text = (FLOWS / f"{name}.yaml").read_text()
     return (text.replace(f"name: {name}", f"name: {name}-{unique}")
                 .replace("path: /", f"path: /{unique}/")
-                .replace("meter.reading.received", f"{unique}.reading.received"))
+                .replace("meter.reading.collected", f"{unique}.reading.collected"))
 
 
 @pytest_asyncio.fixture
@@ -83,7 +83,7 @@ async def landed(js: Any, ingress: WebhookIngress) -> int:
 async def test_a_signed_batch_is_stored_before_202_and_becomes_canonical_readings(hub: Hub, js: Any, unique: str) -> None:
     """Each reading of a signed batch is in JetStream when 202 comes back, and reaches the output subject canonical."""
     ingress = push(hub, unique)
-    out = await StreamReader.open(js, f"{unique}.reading.received")
+    out = await StreamReader.open(js, f"{unique}.reading.collected")
     async with WebhookSender(ingress.url, SECRET) as sender:
         sent = await sender.send(records(0, 25))
         assert sent.status == 202, sent.text
@@ -137,7 +137,7 @@ async def test_the_manual_readings_path_takes_a_bearer_token_and_refuses_everyth
     ingress = manual(hub, unique)
     reading = {"meter_id": "RADAR-1", "site_id": "SITE-1", "read_at": "2026-11-02T09:30:00+01:00",
                "value": 1234.5, "unit": "kWh"}
-    out = await StreamReader.open(js, f"{unique}.reading.received")
+    out = await StreamReader.open(js, f"{unique}.reading.collected")
     good = {"Authorization": f"Bearer {TOKEN}"}
     async with aiohttp.ClientSession() as session:
         async def post(body: Any = None, headers: dict[str, str] | None = None, data: bytes | None = None) -> int:
@@ -154,7 +154,7 @@ async def test_the_manual_readings_path_takes_a_bearer_token_and_refuses_everyth
         assert await post(reading, good) == 202
     [msg] = await out.wait_for(1)
     assert MeterReading.model_validate_json(msg.data).model_dump(by_alias=True, mode="json") == {
-        "meter_id": "RADAR-1", "site_id": "SITE-1", "register": "1-0:1.8.0", "read_at": "2026-11-02T08:30:00Z",
+        "meter_id": "RADAR-1", "site_id": "SITE-1", "register": "1-0:1.8.0", "interval_start": None, "read_at": "2026-11-02T08:30:00Z",
         "value": 1234.5, "unit": "kWh", "quality": "actual", "source": "manual"}
     assert ingress.refused == {"bad_token": 1, "missing_token": 1, "method": 1, "too_large": 1, "invalid_json": 1}
     await out.sub.unsubscribe()
@@ -200,7 +200,7 @@ async def test_two_webhook_flows_share_one_server_that_the_last_one_closes(
 async def test_the_same_reading_in_two_requests_is_one_message(hub: Hub, js: Any, unique: str) -> None:
     """A reading pushed twice in two separately signed requests is stored once; the second answer counts it a duplicate."""
     ingress = push(hub, unique)
-    out = await StreamReader.open(js, f"{unique}.reading.received")
+    out = await StreamReader.open(js, f"{unique}.reading.collected")
     async with WebhookSender(ingress.url, SECRET) as sender:
         one = await sender.send(records(0, 6))
         two = await sender.send(records(3, 6))  # meters 3..5 again, 6..8 new
@@ -214,7 +214,7 @@ async def test_the_same_reading_in_two_requests_is_one_message(hub: Hub, js: Any
 def test_a_pushed_reading_has_the_pulled_readings_identity() -> None:
     """Push and pull of one vendor-3 reading differ only in `source`, so the publish id collapses them."""
     record = records(7, 1)[0]
-    pushed, pulled = vendor3_push(record), current_model_fields(vendor3_reading(record))
+    pushed, pulled = vendor3_message(record), vendor3_reading(record)
     assert {**pushed, "source": None} == {**pulled, "source": None}
     assert (pushed["source"], pulled["source"]) == ("vendor3/push", "vendor3/pull")
 

@@ -98,12 +98,12 @@ _PAGES: dict[str, tuple[Callable[[dict[str, Any]], dict[str, Any]], str | None]]
 
 
 def page(ctx: dict[str, Any]) -> dict[str, Any]:
-    """`{items, next, total}`: canonical readings as today's MeterReading takes them (source
+    """`{items, next, total}`: canonical MeterReadings (source
     `vendorN/pull`), the vendor's next-page cursor or None, and the platform's count where it gives one."""
     convert, total_key = _PAGES[_vendor(ctx)]
     answer = ctx["answer"]
     if not isinstance(answer, dict):
         raise ValueError(f"a page answer must be a JSON object, got {type(answer).__name__}")
     result = convert(answer)
-    return {"items": [mv.current_model_fields(r) for r in result["items"]], "next": result["next"],
+    return {"items": result["items"], "next": result["next"],
             "total": _total(answer, total_key) if total_key else None}

@@ -22,9 +22,6 @@ from zoneinfo import ZoneInfo
 UTC = timezone.utc
 ROME = ZoneInfo("Europe/Rome")
 
-# Keys beyond today's MeterReading model (see the proposal in the issue-6 groundwork report).
-PROPOSED_KEYS = ("interval_start", "interval_end", "vendor", "path")
-
 # unit -> (canonical unit, factor): every value leaves in kWh or m³
 _UNITS = {"Wh": ("kWh", Decimal("0.001")), "kWh": ("kWh", Decimal(1)), "MWh": ("kWh", Decimal(1000)),
           "dm3": ("m3", Decimal("0.001")), "m3": ("m3", Decimal(1))}
@@ -130,15 +127,8 @@ def _reading(vendor: str, path: str, meter: Any, site: Any, register: str, start
         raise ValueError("meter and site ids are required")
     if (unit == "m3") != register.startswith("7-"):
         raise ValueError(f"unit {unit} does not fit register {register} (m3 is for gas, 7-0:...)")
-    end_text = utc_text(end)
-    return {"meter_id": str(meter), "site_id": str(site), "register": register, "read_at": end_text,
-            "value": value, "unit": unit, "quality": quality, "source": f"{vendor}/{path}",
-            "interval_start": utc_text(start), "interval_end": end_text, "vendor": vendor, "path": path}
-
-
-def current_model_fields(reading: dict[str, Any]) -> dict[str, Any]:
-    """The reading without PROPOSED_KEYS: what today's MeterReading (extra='forbid') accepts."""
-    return {k: v for k, v in reading.items() if k not in PROPOSED_KEYS}
+    return {"meter_id": str(meter), "site_id": str(site), "register": register, "interval_start": utc_text(start),
+            "read_at": utc_text(end), "value": value, "unit": unit, "quality": quality, "source": f"{vendor}/{path}"}
 
 
 # --- vendor 1: flat records, Wh / dm³, ISO 8601 with local offsets, page numbers ----------------
@@ -200,6 +190,11 @@ def vendor3_page(answer: dict[str, Any]) -> dict[str, Any]:
     items = [vendor3_reading(r) for r in answer["readings"]]
     reached = answer["offset"] + len(items)
     return {"items": items, "next": reached if items and reached < answer["total"] else None}
+
+
+def vendor3_message(record: dict[str, Any]) -> dict[str, Any]:
+    """One reading of a vendor-3 webhook batch: the pull record, pushed."""
+    return vendor3_reading(record, "push")
 
 
 def vendor3_webhook(body: dict[str, Any]) -> list[dict[str, Any]]:

@@ -1,25 +1,15 @@
-"""Pushed and manual meter readings as the canonical reading today's MeterReading accepts.
-
-Vendor 3's webhook items are its pull records (transforms.meter_vendors.vendor3_reading with path
-`push`); the field app's radar-reader readings are already nearly canonical. Both leave without the
-PROPOSED_KEYS MeterReading (extra='forbid') does not know yet, and with `read_at` in the one UTC
-spelling, so (meter, register, read_at) is the same key as the pull's and the same message id.
-"""
+"""The field agents' radar-reader readings (phone app → webhook) as the canonical reading: register reads
+(no interval), quality actual, source manual, `read_at` in the one UTC spelling."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from transforms.meter_vendors import convert, current_model_fields, obis_code, parse_iso, utc_text, vendor3_reading
+from transforms.meter_vendors import convert, obis_code, parse_iso, utc_text
 
 MANUAL_QUALITY = "actual"
 MANUAL_SOURCE = "manual"
 _DEFAULT_REGISTER = {"kWh": "1-0:1.8.0", "m3": "7-0:3.0.0"}
-
-
-def vendor3_push(record: dict[str, Any]) -> dict[str, Any]:
-    """One record of a vendor-3 webhook batch (the pull's shape) as a canonical `vendor3/push` reading."""
-    return current_model_fields(vendor3_reading(record, "push"))
 
 
 def manual_reading(body: dict[str, Any]) -> dict[str, Any]:

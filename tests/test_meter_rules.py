@@ -1,0 +1,222 @@
+"""The meter rules (transforms/meter_rules.py and the four flows that run them): one reading per
+(meter, register, time) across push and pull, month totals, the next month's forecast, and
+key-customer detection once per business site; first as pure functions, then on a crafted history
+through a real hub, with the CRM's site directory on a real HTTP server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from engine.messages import event_headers
+from sandbox.http_sink import HttpSink
+from schemas.meter import MeterReading
+from tests.helpers import StreamReader, project_from, started_hub
+from transforms import meter_rules as rules
+
+ROOT = Path(__file__).resolve().parents[1]
+UTC = timezone.utc
+FLOWS = ("meter-reading-dedupe", "meter-month-totals", "meter-reading-forecast", "meter-keycustomer-detect")
+
+
+def day(meter: str, site: str, start: datetime, kwh: float, source: str = "vendor1/pull",
+        quality: str = "actual", hours: int = 24) -> dict[str, Any]:
+    end = start + timedelta(hours=hours)
+    return {"meter_id": meter, "site_id": site, "register": "1-0:1.8.0", "interval_start": rules._utc(start),
+            "read_at": rules._utc(end), "value": kwh, "unit": "kWh", "quality": quality, "source": source}
+
+
+def month_days(meter: str, site: str, year: int, month: int, kwh: float, source: str = "vendor1/pull",
+               offset_hours: int = -1) -> list[dict[str, Any]]:
+    """One reading per local day (midnight at `offset_hours` from UTC, e.g. -1 for Berlin in winter)."""
+    first = datetime(year, month, 1, tzinfo=UTC) + timedelta(hours=offset_hours)
+    days = (datetime(year + month // 12, month % 12 + 1, 1) - datetime(year, month, 1)).days
+    return [day(meter, site, first + timedelta(days=d), kwh, source) for d in range(days)]
+
+
+def apply(func: Any, messages: list[dict[str, Any]], state: Any = None) -> tuple[Any, list[Any]]:
+    out = []
+    for message in messages:
+        result = func({"state": state, "message": message})
+        state = result["state"]
+        if result["payload"] is not None:
+            out.append(result["payload"])
+    return state, out
+
+
+# --- pure: one reading per (meter, register, read_at) ------------------------------------------
+
+def test_a_pulled_copy_of_a_pushed_reading_is_dropped_but_a_better_one_goes_on() -> None:
+    """Push first, the monthly pull weeks later: the pull's copy is dropped; an actual after an estimate
+    and a repeat from the same path (a crash repeat or a correction) go on; another meter is its own."""
+    start = datetime(2025, 3, 1, tzinfo=UTC)
+    pushed = day("M1", "S1", start, 10.0, "vendor3/push", "estimated")
+    state, out = apply(rules.first_sighting, [
+        pushed, {**pushed, "source": "vendor3/pull"},                       # dropped: no better
+        {**pushed, "source": "vendor3/pull", "quality": "actual", "value": 10.4},   # better: goes on
+        {**pushed, "source": "vendor3/push", "quality": "estimated"},       # dropped: worse than the actual now kept
+        {**pushed, "source": "vendor3/pull", "quality": "actual", "value": 10.4}])  # same path again: goes on
+    assert [(r["source"], r["quality"]) for r in out] == [
+        ("vendor3/push", "estimated"), ("vendor3/pull", "actual"), ("vendor3/pull", "actual")]
+    assert state == {"seen": {pushed["read_at"]: ["vendor3/pull", "actual"]}}
+
+
+def test_the_seen_record_keeps_only_the_last_100_days() -> None:
+    start = datetime(2025, 1, 1, tzinfo=UTC)
+    state, out = apply(rules.first_sighting, [day("M1", "S1", start + timedelta(days=d), 1.0) for d in range(150)])
+    assert len(out) == 150 and len(state["seen"]) == 101
+    assert min(state["seen"]) == rules._utc(start + timedelta(days=150 - 100))
+
+
+# --- pure: month totals and the forecast -------------------------------------------------------
+
+def test_a_month_completes_when_its_days_are_covered_in_any_order_and_once() -> None:
+    """Berlin days of March 2025 (one of 23 hours) in shuffled order: the last one closes the month and
+    answers its total; the same reading again answers the same total; a register read does not count."""
+    readings = month_days("M1", "S1", 2025, 3, 10.0)
+    readings[29] = day("M1", "S1", datetime(2025, 3, 29, 23, tzinfo=UTC), 10.0, hours=23)  # 30 March: clocks go forward
+    readings[30] = day("M1", "S1", datetime(2025, 3, 30, 22, tzinfo=UTC), 10.0)
+    order = readings[5:] + readings[:5]
+    state, out = apply(rules.month_progress, order[:-1] + [{**order[0], "interval_start": None}])
+    assert out == []
+    state, out = apply(rules.month_progress, [order[-1], order[-1]], state)
+    assert len(out) == 2 and out[0] == out[1]
+    assert out[0] | {"first_start": None} == {
+        "meter_id": "M1", "site_id": "S1", "register": "1-0:1.8.0", "unit": "kWh", "month": "2025-03",
+        "total": 310.0, "readings": 31, "first_start": None, "last_end": "2025-03-31T22:00:00Z", "latest": True}
+
+
+def test_a_better_copy_replaces_the_first_in_the_months_total() -> None:
+    readings = month_days("M1", "S1", 2025, 4, 10.0)
+    corrected = {**readings[0], "value": 40.0, "quality": "actual"}
+    _, out = apply(rules.month_progress, [*readings[:1], corrected, *readings[1:]])
+    assert [m["total"] for m in out] == [330.0]
+
+
+def test_the_forecast_is_the_same_use_per_day_over_the_next_months_days() -> None:
+    _, [total] = apply(rules.month_progress, month_days("M1", "S1", 2025, 1, 31.0))   # 961 kWh in 31 days
+    forecast = rules.forecast(total)
+    MeterReading.model_validate(forecast)
+    assert forecast == {"meter_id": "M1", "site_id": "S1", "register": "1-0:1.8.0",
+                        "interval_start": "2025-01-31T23:00:00Z", "read_at": "2025-02-28T23:00:00Z",
+                        "value": round(961 * 28 / 31, 3), "unit": "kWh", "quality": "forecast",
+                        "source": "hub/forecast"}
+
+
+def test_a_month_completed_after_a_newer_one_began_is_not_the_latest() -> None:
+    february, march = month_days("M1", "S1", 2025, 2, 5.0), month_days("M1", "S1", 2025, 3, 5.0)
+    _, out = apply(rules.month_progress, [*february[:-1], *march, february[-1]])
+    assert [(m["month"], m["latest"]) for m in out] == [("2025-03", True), ("2025-02", False)]
+
+
+# --- pure: key customers ------------------------------------------------------------------------
+
+def total(meter: str, site: str, month: str, kwh: float, register: str = "1-0:1.8.0") -> dict[str, Any]:
+    return {"meter_id": meter, "site_id": site, "register": register, "unit": "kWh", "month": month,
+            "total": kwh, "readings": 30, "first_start": "", "last_end": "", "latest": True}
+
+
+@pytest.mark.parametrize(("months", "expected"), [
+    ({"2025-01": 5001, "2025-02": 6000, "2025-05": 7000}, ["2025-01", "2025-02", "2025-05"]),
+    ({"2025-01": 5001, "2025-06": 6000, "2026-01": 7000}, None),             # 13 months from first to last
+    ({"2025-01": 5001, "2025-06": 6000, "2025-12": 7000}, ["2025-01", "2025-06", "2025-12"]),
+    ({"2025-01": 5000, "2025-02": 6000, "2025-03": 7000}, None),             # more than 5,000, not 5,000
+])
+def test_three_months_above_5000_kwh_within_a_year(months: dict[str, float], expected: list[str] | None) -> None:
+    assert rules.heavy_run(months) == expected
+
+
+def test_a_sites_meters_add_up_and_the_candidate_is_raised_once() -> None:
+    """Two meters of 3,000 kWh each make a 6,000 kWh month; the third such month raises the candidate;
+    later months and the other meter's totals raise nothing; the raising total again answers it again."""
+    totals = [total(m, "S1", month, 3000.0) for month in ("2025-01", "2025-02", "2025-03", "2025-04") for m in ("A", "B")]
+    totals.insert(0, total("A", "S1", "2025-01", 9000.0, register="1-0:2.8.0"))     # export: not counted
+    state, out = apply(rules.site_months, totals)
+    assert out == [{"site_id": "S1", "months": {"2025-01": 6000.0, "2025-02": 6000.0, "2025-03": 6000.0},
+                    "threshold_kwh": 5000.0, "meters": ["A", "B"], "detected_by": "B|2025-03"}]
+    _, again = apply(rules.site_months, [total("B", "S1", "2025-03", 3000.0), total("A", "S1", "2025-05", 1.0)], state)
+    assert again == out
+
+
+# --- the flows on a crafted history, through a real hub ----------------------------------------
+
+CONFIG = """
+    streams:
+      - {name: METER, subjects: ["meter.>"], max_age: 1d}
+      - {name: CRM, subjects: ["crm.>"], max_age: 1d}
+      - {name: OPS, subjects: ["ops.>"], max_age: 1d}
+    endpoints:
+      crm_sites:
+        adapter: http
+        base_url: ${CRM_BRIDGE_URL}
+        method: GET
+        path: /sites/{site_id}
+        timeout: 5s
+    dlq: {stream: DLQ, max_age: 1d}
+    """
+
+
+async def test_push_and_pull_collapse_and_the_rules_fire_on_a_crafted_history(
+        tmp_path: Path, broker: Any, broker_js: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Three months of daily readings for a business site (two meters, 100 kWh a day each) and a
+    household site that uses as much, with vendor 3's pushes of March and the monthly pull of March
+    bringing the same readings: each reading reaches meter.reading.received once, every completed
+    month's total is published, March's totals forecast April, and only the
+    business site becomes a key-customer candidate, once (the household's CRM answer stops it)."""
+    js = broker_js
+    crm = await HttpSink().start()
+    crm.serve("/sites", {"BIZ-1": {"site_id": "BIZ-1", "account_id": "ACC-7", "kind": "business"},
+                         "HOME-1": {"site_id": "HOME-1", "account_id": "ACC-8", "kind": "household"}})
+    monkeypatch.setenv("CRM_BRIDGE_URL", crm.url)
+    flows = [(ROOT / "flows" / f"{name}.yaml").read_text() for name in FLOWS]
+    hub = await started_hub(project_from(tmp_path, CONFIG, *flows), broker.url)
+    received, totals, forecasts, candidates = [await StreamReader.open(js, s) for s in (
+        "meter.reading.received", "meter.month.completed", "meter.reading.forecast", "crm.keycustomer.candidate")]
+    history = [r for meter, site in (("B1", "BIZ-1"), ("B2", "BIZ-1"), ("H1", "HOME-1"))
+               for month in (1, 2, 3) for r in month_days(meter, site, 2025, month, 100.0 if site == "BIZ-1" else 200.0,
+                                                          source="vendor3/push")]
+    pulled = [{**r, "source": "vendor3/pull"} for r in history if r["read_at"] >= "2025-03"]
+    try:
+        for i, reading in enumerate(history + pulled):
+            await js.publish("meter.reading.collected", json.dumps(reading).encode(),
+                             headers=event_headers("/test", "meter.reading.collected", msg_id=f"r{i}"))
+        unique = len(history)
+        await received.wait_for(unique)
+        await totals.wait_for(9)
+        await forecasts.wait_for(3)
+        [candidate] = await candidates.wait_for(1)
+        await asyncio.wait_for(_settled(js, FLOWS), 15)
+    finally:
+        await hub.stop()
+        await crm.stop()
+    assert len(received.messages) == unique and {json.loads(m.data)["source"] for m in received.messages} == {"vendor3/push"}
+    months = sorted((t["meter_id"], t["month"], t["total"]) for t in totals.payloads())
+    assert months == [(m, f"2025-0{n}", kwh * days) for m, kwh in (("B1", 100.0), ("B2", 100.0), ("H1", 200.0))
+                      for n, days in ((1, 31), (2, 28), (3, 31))]
+    per_day = {"B1": 100.0, "B2": 100.0, "H1": 200.0}
+    april = sorted((f["meter_id"], f["value"]) for f in forecasts.payloads() if f["read_at"] == "2025-04-30T23:00:00Z")
+    assert april == [(m, kwh * 30) for m, kwh in per_day.items()]  # March's use per day, over April's 30 days
+    for f in forecasts.payloads():  # a month completed while it was the newest forecasts the next one
+        MeterReading.model_validate(f)
+        days = (datetime.fromisoformat(f["read_at"]) - datetime.fromisoformat(f["interval_start"])).days
+        assert f["quality"] == "forecast" and f["value"] == per_day[f["meter_id"]] * days
+    body = json.loads(candidate.data)
+    assert body.pop("detected_by") in ("B1|2025-03", "B2|2025-03")  # whichever meter's March total came second
+    assert body == {"site_id": "BIZ-1", "months": {"2025-01": 6200.0, "2025-02": 5600.0, "2025-03": 6200.0},
+                    "threshold_kwh": 5000.0, "meters": ["B1", "B2"], "account_id": "ACC-7", "site_kind": "business"}
+    assert len(candidates.messages) == 1
+    assert sorted({r.path for r in crm.received}) == ["/sites/BIZ-1", "/sites/HOME-1"]
+
+
+async def _settled(js: Any, durables: tuple[str, ...]) -> None:
+    """Every flow's consumer has nothing pending or unacknowledged (so nothing more will come)."""
+    while True:
+        infos = [await js.consumer_info("METER", d) for d in durables]
+        if all(i.num_pending == 0 and i.num_ack_pending == 0 for i in infos):
+            return
+        await asyncio.sleep(0.05)
