@@ -2,7 +2,7 @@
 (a KV record per meter register) and meter-month-totals (another), against a raw nats-py loop doing
 the same KV work.
 
-    .venv/bin/python bench/meter_rules.py [--meters 500] [--days 30] [--concurrency 16]
+    .venv/bin/python bench/meter_rules.py [--meters 500] [--days 30] [--concurrency 64]
 
 1. raw: `--concurrency` asyncio tasks, one per meter at a time, each reading: KV get + create/update of
    the seen record (the dedupe's I/O) and of the month record, then a publish with a Nats-Msg-Id and
@@ -108,7 +108,7 @@ async def hub_side(url: str, batch: list[dict[str, Any]], concurrency: int, mont
     (work / "config.yaml").write_text(textwrap.dedent(CONFIG))
     paths = []
     for name in FLOWS:
-        text = (ROOT / "flows" / f"{name}.yaml").read_text().replace("concurrency: 16", f"concurrency: {concurrency}")
+        text = (ROOT / "flows" / f"{name}.yaml").read_text().replace("concurrency: 64", f"concurrency: {concurrency}")
         path = work / f"{name}.yaml"
         path.write_text(text)
         paths.append(path)
@@ -160,5 +160,5 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--meters", type=int, default=500)
     parser.add_argument("--days", type=int, default=30, help="readings per meter (30: every month completes)")
-    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--concurrency", type=int, default=64)
     asyncio.run(main(parser.parse_args()))

@@ -10,7 +10,8 @@ When the record is written:
   messages for one key at once both compute, the second write fails and that message comes back to
   see the new record (give outputs stable ids, `publish: {id: …}`, so the repeat is dropped).
 - `save: now`: before the next step (a pending request recorded before the mail goes out). A
-  conflict is computed again at once on the new record; messages for one key take turns per runner.
+  conflict is computed again at once on the new record; messages for one key that arrive together
+  are applied in order on one read and written with one compare-and-set.
   Since the record is written before the outputs exist, `apply` must be idempotent: the same message
   applied again (after a crash) must answer the same payload, or the output is lost.
 """
@@ -49,7 +50,7 @@ class KeyedState:
         self.label = label
         self.apply = resolve_transform(spec.apply)
         self.kv: Any = None
-        self._locks: dict[str, _KeyLock] = {}
+        self._groups: dict[str, _KeyGroup] = {}
 
     async def _bucket(self) -> Any:
         if self.kv is None:
@@ -68,45 +69,90 @@ class KeyedState:
             if write is not None:
                 env.state_writes.append(write)
             return self._go_on(env, result)
-        # save: now: nothing has happened yet, so a lost compare-and-set is simply computed again on the
-        # new record. One key's messages take turns in this runner (a lock), so readings of one meter
-        # arriving together do not all collide; runners still race, which the re-reads absorb.
-        lock = self._locks.setdefault(kv_key, _KeyLock())
-        lock.users += 1
-        try:
-            async with lock:
-                for attempt in range(NOW_ATTEMPTS):
-                    result, write = await self._compute(kv, kv_key, env.payload)
+        return self._go_on(env, await self._group_commit(kv, kv_key, env.payload))
+
+    async def _group_commit(self, kv: Any, kv_key: str, message: Any) -> dict[str, Any]:
+        """save: now. The messages for one key that arrive while its record is being written wait, and
+        then go together: one read, `apply` on each in arrival order, one compare-and-set (a meter's
+        readings of a page cost one KV round, not one each). Nothing has happened yet for any of them,
+        so a lost compare-and-set (another runner) is simply computed again on the new record."""
+        group = self._groups.get(kv_key)
+        if group is None:
+            group = self._groups[kv_key] = _KeyGroup()
+        done: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        group.waiting.append((message, done))
+        if not group.leading:
+            group.leading = True
+            batch: list[tuple[Any, asyncio.Future[dict[str, Any]]]] = []
+            try:
+                while group.waiting:
+                    batch, group.waiting = group.waiting, []
                     try:
-                        if write is not None:
-                            await commit(write, self.label)
-                        break
-                    except StateConflict:
-                        if attempt == NOW_ATTEMPTS - 1:
-                            raise
-        finally:
-            lock.users -= 1
-            if not lock.users:
-                self._locks.pop(kv_key, None)
-        return self._go_on(env, result)
+                        results = await self._apply_together(kv, kv_key, [m for m, _ in batch])
+                    except Exception as exc:
+                        results = [exc] * len(batch)
+                    for (_, future), result in zip(batch, results):
+                        if future.done():
+                            continue  # its message was cancelled meanwhile
+                        if isinstance(result, BaseException):
+                            future.set_exception(result)
+                        else:
+                            future.set_result(result)
+            finally:
+                group.leading = False
+                for _, future in batch + group.waiting:  # the leader was cancelled (runner stop): retry later
+                    if not future.done():
+                        future.set_exception(StateConflict(f"state {kv_key!r}: stopped before written",
+                                                           step=self.label))
+                self._groups.pop(kv_key, None)
+        return await done
+
+    async def _apply_together(self, kv: Any, kv_key: str, messages: list[Any]) -> list[Any]:
+        """Each message's result (or its error) on the record as the ones before it left it; written once."""
+        for attempt in range(NOW_ATTEMPTS):
+            current, revision = await self._read(kv, kv_key)
+            state, results = current, []
+            for message in messages:
+                try:
+                    result = self._apply(state, message)
+                    state = result["state"]
+                    results.append(result)
+                except HubError as exc:
+                    results.append(exc)  # this message fails alone; the record stays as it was for it
+            try:
+                if state != current:
+                    await commit((kv, kv_key, revision, state), self.label)
+                return results
+            except StateConflict:
+                if attempt == NOW_ATTEMPTS - 1:
+                    raise
+        raise AssertionError("unreachable")
 
     async def _compute(self, kv: Any, kv_key: str, message: Any) -> tuple[dict[str, Any], Any]:
         """The apply function's answer on the current record, and the write it asks for (None: unchanged)."""
+        current, revision = await self._read(kv, kv_key)
+        result = self._apply(current, message)
+        new = result["state"]
+        return result, (kv, kv_key, revision, new) if new != current else None
+
+    @staticmethod
+    async def _read(kv: Any, kv_key: str) -> tuple[Any, int | None]:
         try:
             entry = await kv.get(kv_key)
-            current, revision = json.loads(entry.value), entry.revision
+            return json.loads(entry.value), entry.revision
         except KeyNotFoundError:
-            current, revision = None, None
+            return None, None
+
+    def _apply(self, state: Any, message: Any) -> dict[str, Any]:
         try:
-            result = self.apply({"state": current, "message": message})
+            result = self.apply({"state": state, "message": message})
         except HubError:
             raise
         except Exception as exc:
             raise TransformFailed(f"{self.spec.apply}: {type(exc).__name__}: {exc}", step=self.label) from None
         if not isinstance(result, dict) or "state" not in result or "payload" not in result:
             raise TransformFailed(f"{self.spec.apply} must return {{'state': ..., 'payload': ...}}", step=self.label)
-        new = result["state"]
-        return result, (kv, kv_key, revision, new) if new != current else None
+        return result
 
     @staticmethod
     def _go_on(env: Envelope, result: dict[str, Any]) -> bool:
@@ -115,12 +161,14 @@ class KeyedState:
         return env.payload is not None
 
 
-class _KeyLock(asyncio.Lock):
-    """A lock that knows how many messages wait on it, so idle keys are forgotten."""
+class _KeyGroup:
+    """The messages waiting for one key's record while a leader writes it."""
+
+    __slots__ = ("waiting", "leading")
 
     def __init__(self) -> None:
-        super().__init__()
-        self.users = 0
+        self.waiting: list[tuple[Any, asyncio.Future[dict[str, Any]]]] = []
+        self.leading = False
 
 
 def safe_key(key: str) -> str:

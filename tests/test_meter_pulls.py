@@ -19,6 +19,7 @@ import pytest_asyncio
 
 from adapters.base import CallContext, Services
 from adapters.http import HttpAdapter, HttpEndpointConfig
+from dlq.record import summary
 from engine.embedded_nats import EmbeddedNats
 from engine.errors import RoutingError, TargetRejected
 from engine.kv import bucket
@@ -156,8 +157,9 @@ async def run_pull(tmp_path: Path, broker: Any, js: Any, vendors: list[str], *, 
         await records.wait_for(len(vendors), timeout=20)
     finally:
         await hub.stop()
-    if alerts is not None:
-        await asyncio.sleep(0.3)  # published before the records; give the ordered consumer a moment
+    if alerts is not None:  # published before the records: the stream knows how many there are
+        info = await js.stream_info("OPS", subjects_filter=ALERTS)
+        await raised.wait_for((info.state.subjects or {}).get(ALERTS, 0))
         alerts.extend(raised.payloads())
     return readings, {r["vendor"]: r for r in records.payloads()}
 
@@ -300,6 +302,26 @@ async def test_a_watermark_older_than_the_retention_pulls_from_the_edge_and_rais
     assert (risk["watermark"], risk["next_run"], risk["edge"]) == (rec["until"], nxt.isoformat(),
                                                                    (nxt - RETENTION).isoformat())
     assert len(alerts) == 2, alerts
+
+
+async def test_a_cursor_that_never_ends_stops_at_max_pages_with_its_pages_kept(tmp_path, broker, js, sims):
+    """With max_pages 2 and more pages to come, the run takes and checkpoints two pages, then goes to
+    the DLQ saying why; the items of those pages stay published once."""
+    project = project_from(tmp_path, CONFIG, flow_text(**{"page_size: 500": "page_size: 50\n      max_pages: 2"}))
+    flow = next(lf.flow for lf in project.flows if lf.flow.name == FLOW)
+    hub = await started_hub(project, broker.url)
+    readings = await StreamReader.open(js, "meter.reading.collected")
+    dead = await StreamReader.open(js, f"dlq.{FLOW}")
+    try:
+        await publish_ticks(js, flow, NOW.isoformat(), manual=True, payloads=[{"vendor": "vendor1"}])
+        [record] = await dead.wait_for(1)
+        await readings.wait_for(100)
+    finally:
+        await hub.stop()
+    assert "max_pages" in summary(record.headers)["error"]
+    entry = await (await js.key_value(BUCKET)).get(checkpoint_key(FLOW, "readings:vendor1"))
+    assert json.loads(entry.value)["run"]["pages"] == 2 and len(readings.messages) == 100
+    assert sims["vendor1"].requests["readings"] == 2  # no page asked for beyond the limit
 
 
 def test_the_runs_now_is_the_ticks_slot_time_when_it_has_one():

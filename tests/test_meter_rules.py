@@ -220,3 +220,30 @@ async def _settled(js: Any, durables: tuple[str, ...]) -> None:
         if all(i.num_pending == 0 and i.num_ack_pending == 0 for i in infos):
             return
         await asyncio.sleep(0.05)
+
+
+async def test_two_runners_counting_one_meters_readings_at_once_lose_none(
+        tmp_path: Path, broker: Any, broker_js: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two runners share meter-month-totals while 20 meters' Novembers (600 readings) arrive at once: each
+    meter's readings are applied together per runner and the runners' writes to one record collide;
+    every month total is still exact and published once."""
+    js = broker_js
+    monkeypatch.setenv("CRM_BRIDGE_URL", "http://127.0.0.1:9")  # in the config, not called by this flow
+    flow = (ROOT / "flows" / "meter-month-totals.yaml").read_text()
+    project = project_from(tmp_path, CONFIG, flow)
+    hubs = [await started_hub(project, broker.url) for _ in range(2)]
+    totals = await StreamReader.open(js, "meter.month.completed")
+    readings = [r for m in range(20) for r in month_days(f"M{m}", f"S{m}", 2026, 11, 1.0 + m)]
+    try:
+        acks = [await js.publish_async("meter.reading.received", json.dumps(r).encode(),
+                                       headers=event_headers("/test", "meter.reading.received", msg_id=f"n{i}"))
+                for i, r in enumerate(readings)]
+        await asyncio.gather(*acks)
+        await totals.wait_for(20)
+        await asyncio.wait_for(_settled(js, ("meter-month-totals",)), 15)
+    finally:
+        for hub in hubs:
+            await hub.stop()
+    got = sorted((t["meter_id"], t["total"], t["readings"]) for t in totals.payloads())
+    assert got == sorted((f"M{m}", round(30 * (1.0 + m), 3), 30) for m in range(20))
+    assert all(h.runners["meter-month-totals"].stats.acked > 0 for h in hubs)  # both runners took part
