@@ -60,6 +60,7 @@ class StreamFlowRunner:
         self.max_in_flight = limits.max_in_flight
         self.concurrency = limits.concurrency
         self.limiter = RateLimiter(limits.rate) if limits.rate else None
+        pipeline.guard.limiter = self.limiter  # in-process retries of a call take a token too
         self.failures = FailureHandler(self.flow, js, stream, publish_timeout, history, breaker_wait)
         self.waits = WaitHandler(self.flow, js, self.failures) if pipeline.waits else None
         self.idempotency = idempotency if idempotency and applies_to(self.flow, pipeline.is_async) else None

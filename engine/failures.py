@@ -86,8 +86,8 @@ class FailureHandler:
     def outage_delay(self, err: HubError, delivered: int) -> float | None:
         """Seconds to wait when `err` comes from an open circuit; None when it is an ordinary failure."""
         wait = None
-        if isinstance(err, CircuitOpen):
-            wait = err.retry_after or 30.0
+        if isinstance(err, CircuitOpen):  # 0.0 is an answer (the reset just elapsed), not "unknown"
+            wait = err.retry_after if err.retry_after is not None else 30.0
         elif err.transient and self.breaker_wait is not None and getattr(err, "endpoint", None):
             wait = self.breaker_wait(err.endpoint)
         if wait is None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 from typing import Any
 
 import structlog
@@ -34,7 +35,7 @@ from engine.subjects import render
 log = structlog.get_logger("hub.state")
 
 PREFIX = "hub_state_"
-NOW_ATTEMPTS = 5  # re-reads of a record another runner changed meanwhile, before the message is retried
+NOW_ATTEMPTS = 8  # re-reads of a record another runner changed meanwhile, before the message is retried
 
 
 class StateConflict(TransientError):
@@ -126,6 +127,7 @@ class KeyedState:
             except StateConflict:
                 if attempt == NOW_ATTEMPTS - 1:
                     raise
+                await asyncio.sleep(random.uniform(0, 0.002 * 2 ** attempt))  # two runners must not keep colliding
         raise AssertionError("unreachable")
 
     async def _compute(self, kv: Any, kv_key: str, message: Any) -> tuple[dict[str, Any], Any]:

@@ -13,6 +13,7 @@ from typing import Any, Awaitable, Callable
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
 from engine.errors import CircuitOpen, HubError, classify
+from engine.ratelimit import RateLimiter
 from engine.spec import Flow
 
 
@@ -27,6 +28,7 @@ class CallGuard:
     def __init__(self, flow: Flow) -> None:
         self.schedule = list(flow.on_error.retry)
         self.jitter = flow.on_error.jitter
+        self.limiter: RateLimiter | None = None  # the flow's `limits.rate`, set by its runner
 
     def _wait(self, state: RetryCallState) -> float:
         base = self.schedule[min(state.attempt_number, len(self.schedule)) - 1]
@@ -35,7 +37,13 @@ class CallGuard:
         return max(base * (1 + random.uniform(-self.jitter, self.jitter)), retry_after)
 
     async def call(self, endpoint: str, attempt: Callable[[], Awaitable[Any]]) -> Any:
+        tries = 0
+
         async def once() -> Any:
+            nonlocal tries
+            tries += 1
+            if tries > 1 and self.limiter is not None:
+                await self.limiter.acquire()  # a retry is a request too: the target's rate counts it
             try:
                 return await attempt()
             except HubError:

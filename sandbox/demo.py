@@ -26,7 +26,7 @@ from engine import logs
 from engine.messages import CE_CORRELATION, event_headers
 from engine.runtime import Hub
 from engine.validation import flow_files, load_project
-from sandbox import demo_erp, demo_more
+from sandbox import demo_erp, demo_meters, demo_more
 from sandbox.http_sink import HttpSink
 
 COUNTRIES = ["DE", "FR", "IT", "PT", "UK", "BE"]
@@ -91,7 +91,7 @@ async def run_demo(root: Path, keep_data: bool = False) -> int:
     erps = await demo_erp.start_erps()
     outside = await demo_more.Outside().start()
     os.environ["CRM_BRIDGE_URL"] = crm.url
-    crm.serve("/sites", outside.site_directory())  # the CRM's sites: which are businesses
+    crm.serve("/sites", demo_meters.site_directory(outside))  # the CRM's sites: which are businesses
     os.environ.setdefault("CRM_BRIDGE_TOKEN", "demo-token")
     project = load_project(root / "config" / "sandbox.yaml", flow_files(root / "flows"))
     hub = Hub(project, data_dir=data_dir)
@@ -225,9 +225,9 @@ async def run_demo(root: Path, keep_data: bool = False) -> int:
               f"all {READINGS + 30} readings reached the CRM bridge exactly once after it came back")
 
         await demo_more.section_powersales(nc, outside, check)
-        await demo_more.section_push(readings, hub, outside, check, wait_until, time.monotonic() + SECTION_DEADLINE)
-        await demo_more.section_monthly_pull(js, records, hub, check, wait_until, time.monotonic() + SECTION_DEADLINE)
-        await demo_more.section_meter_rules(js, readings, records, totals, forecasts, candidates, hub, check, wait_until,
+        await demo_meters.section_push(readings, hub, outside, check, wait_until, time.monotonic() + SECTION_DEADLINE)
+        await demo_meters.section_monthly_pull(js, records, hub, check, wait_until, time.monotonic() + SECTION_DEADLINE)
+        await demo_meters.section_meter_rules(js, readings, records, totals, forecasts, candidates, hub, check, wait_until,
                                             time.monotonic() + SECTION_DEADLINE)
 
         print()

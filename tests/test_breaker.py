@@ -256,3 +256,20 @@ def test_settings_use_duration_units_and_refuse_unknown_keys():
         BreakerSettings.model_validate({"reset": 30})
     with pytest.raises(ValueError):
         BreakerSettings.model_validate({"failure": 3})
+
+
+@pytest.mark.parametrize(("retry_after", "delivered", "expected"), [
+    (0.0, 2, 1.0),     # the reset just elapsed: come back soon (0.5 s floor, doubled), not after 30 s
+    (5.0, 1, 5.0), (5.0, 3, 20.0),
+    (None, 1, 30.0),   # the circuit did not say: half a minute
+])
+def test_an_open_circuit_sends_a_message_back_for_the_time_it_says(retry_after, delivered, expected) -> None:
+    """The outage wait follows the circuit's own Retry-After, doubled per delivery (few deliveries
+    for a long outage); a circuit whose reset just elapsed answers 0, which is not 'unknown'."""
+    from engine.errors import CircuitOpen
+    from engine.failures import FailureHandler
+    from engine.spec import Flow
+
+    flow = Flow.model_validate({"name": "f", "source": {"subject": "a.b"}, "steps": [{"publish": "c.d"}]})
+    handler = FailureHandler(flow, js=None, stream="S", publish_timeout=1.0)
+    assert handler.outage_delay(CircuitOpen("open", retry_after=retry_after), delivered) == expected

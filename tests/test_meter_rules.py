@@ -230,6 +230,8 @@ async def test_two_runners_counting_one_meters_readings_at_once_lose_none(
     js = broker_js
     monkeypatch.setenv("CRM_BRIDGE_URL", "http://127.0.0.1:9")  # in the config, not called by this flow
     flow = (ROOT / "flows" / "meter-month-totals.yaml").read_text()
+    assert "limits: {concurrency: 64}" in flow
+    flow = flow.replace("limits: {concurrency: 64}", "limits: {concurrency: 16, max_in_flight: 16, batch: 16}")  # both runners get work
     project = project_from(tmp_path, CONFIG, flow)
     hubs = [await started_hub(project, broker.url) for _ in range(2)]
     totals = await StreamReader.open(js, "meter.month.completed")

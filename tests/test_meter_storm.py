@@ -177,8 +177,8 @@ async def test_a_storm_waits_in_jetstream_and_reaches_the_crm_once_each_at_the_f
     # transform, HTTP); a request granted before the window but arriving inside it is held by a
     # worker at the window's start, and there are `concurrency` workers. Hence, at the CRM, in any
     # 1 s window: at most rate + capacity + concurrency (100 + 10 + 8), with no timing fudge.
-    # (The bucket is per runner: two runners of the flow would each start `rate`. And an
-    # in-process retry of the call takes no token; the sink answers 200 here, so there is none.)
+    # (The bucket is per runner: two runners of the flow would each start `rate`. An in-process
+    # retry of the call takes a token too: the next test.)
     burst = RateLimiter(limits.rate).capacity
     allowed = limits.rate + burst + limits.concurrency
     peak_second = busiest_second(sink.arrived_at)
@@ -190,3 +190,27 @@ async def test_a_storm_waits_in_jetstream_and_reaches_the_crm_once_each_at_the_f
     assert peak_second <= allowed, f"the CRM saw {peak_second} requests in one second, over {allowed}"
     # and the storm did push the limiter (else the bound above proves nothing)
     assert peak_second >= 0.8 * limits.rate, f"busiest second {peak_second}: the limiter was never the bound"
+
+
+async def test_retries_while_the_crm_fails_stay_within_the_flows_rate(tmp_path: Path, broker: Any,
+                                                                     broker_js: Any) -> None:
+    """The CRM answers 503 to its first 150 requests: each reading is tried three times in-process
+    (retry: [10ms, 10ms]), and the retries take tokens too, so no second of CRM traffic exceeds the
+    flow's rate plus the limiter's allowance; every reading then gets through once."""
+    js = broker_js
+    async with TimedSink() as sink:
+        sink.fail_next(150, status=503, retry_after="0")
+        text = flow_text().replace("retry: [200ms, 1s]", "retry: [10ms, 10ms]")
+        config = (CONFIG % sink.url).replace("    timeout: 5s", "    timeout: 5s\n    circuit_breaker: {failures: 1000, window: 10s, reset: 1s}")
+        project = project_from(tmp_path, config, text)  # a circuit that stays closed: the retries meet the CRM
+        limits = next(lf.flow for lf in project.flows if lf.flow.name == FLOW).limits
+        hub = await started_hub(project, broker.url)
+        try:
+            for i in range(150):
+                await js.publish(SUBJECT, json.dumps(reading(i)).encode(), headers={"Nats-Msg-Id": f"retry-{i}"})
+            await sink.wait_for_effects(150, timeout=25)
+        finally:
+            await hub.stop()
+    allowed = limits.rate + RateLimiter(limits.rate).capacity + limits.concurrency
+    assert sink.count >= 300 and sink.applied == {f"retry-{i}": 1 for i in range(150)}
+    assert busiest_second(sink.arrived_at) <= allowed, f"{busiest_second(sink.arrived_at)} > {allowed}"
