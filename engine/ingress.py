@@ -17,7 +17,9 @@ from typing import Any, Callable
 import structlog
 
 from engine.errors import PublishFailed
-from engine.messages import derived_id, event_headers
+from engine.messages import (CE_CORRELATION, CE_ID, CE_SOURCE, CE_SPEC, CE_TIME, CE_TYPE, MSG_ID, TRACEPARENT,
+                             child_traceparent, derived_id, event_headers, now_iso)
+from engine.nats_client import HubClient, encode_headers
 from engine.spec import Flow
 
 log = structlog.get_logger("hub.ingress")
@@ -36,6 +38,7 @@ class Landing:
         self.source = f"/plu-hub/ingress/{kind}/{flow.name}"
         self.stored = 0
         self.duplicates = 0
+        self._bytes_headers = isinstance(getattr(js, "_nc", None), HubClient)  # pre-encoded blocks need it
 
     def message_id(self, identity: str) -> str:
         """The Nats-Msg-Id of an outside item: stable, whatever runner stores it."""
@@ -44,6 +47,16 @@ class Landing:
     def _headers(self, identity: str, headers: dict[str, str] | None) -> dict[str, str]:
         return {**event_headers(self.source, str(self.subject), msg_id=self.message_id(identity)),
                 "content-type": "application/octet-stream", **(headers or {})}
+
+    def _shared_lines(self, when: str, headers: dict[str, str] | None) -> str | None:
+        """The header lines every item of a batch with these `headers` shares, encoded once (the ids
+        follow per item); None when a value is not one clean line."""
+        shared = {CE_SOURCE: self.source, CE_TYPE: str(self.subject), CE_TIME: when, CE_SPEC: "1.0",
+                  "content-type": "application/octet-stream", **(headers or {})}
+        if any(k in shared for k in (CE_ID, CE_CORRELATION, TRACEPARENT, MSG_ID)) or any(
+                "\r" in f"{k}{v}" or "\n" in f"{k}{v}" or ":" in k for k, v in shared.items()):
+            return None
+        return encode_headers(shared).decode()[:-2]
 
     def _counted(self, ack: Any, identity: str) -> bool:
         if ack.duplicate:
@@ -70,13 +83,25 @@ class Landing:
         publish at a time). Per item: True new, False duplicate, or the PublishFailed that left it
         unstored (the caller leaves exactly those where they are)."""
         sent: list[Any] = []
+        when = now_iso()
+        fixed: dict[int, str | None] = {}  # id(an item's headers dict) -> the batch's shared header lines
+        publish = self.js.publish_async
         for data, identity, headers in items:
             if len(data) > MAX_PAYLOAD:
                 sent.append(PublishFailed(f"{len(data)} bytes exceed the {MAX_PAYLOAD}-byte message limit "
                                           "(needs a claim check)"))
                 continue
+            lines = fixed.get(id(headers), "") if self._bytes_headers else None
+            if lines == "":
+                lines = fixed[id(headers)] = self._shared_lines(when, headers)
+            if lines is None:  # a value nats-py must sanitise: its own (slower) path
+                block: Any = self._headers(identity, headers)
+            else:
+                msg_id = self.message_id(identity)
+                block = (f"{lines}{CE_ID}: {msg_id}\r\n{CE_CORRELATION}: {msg_id}\r\n{TRACEPARENT}: "
+                         f"{child_traceparent(None)}\r\n{MSG_ID}: {msg_id}\r\n\r\n").encode()
             try:
-                sent.append(await self.js.publish_async(self.subject, data, headers=self._headers(identity, headers)))
+                sent.append(await publish(self.subject, data, headers=block))
             except Exception as exc:
                 sent.append(PublishFailed(f"{self.subject}: not stored: {exc!r}"))
         futures = [f for f in sent if isinstance(f, asyncio.Future)]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, ClassVar, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
 
 from engine.durations import Duration
 from engine.secrets import SecretRef
@@ -142,7 +142,18 @@ class HmacSignature(_Strict):
 
     secret: SecretRef = Field(description="The shared secret (never in YAML).", examples=[{"env": "VENDOR3_SECRET"}])
     header: str = Field("X-Signature", description="Header carrying `t=<unix>,v1=<hex>`.")
-    max_age: Duration = Field(300.0, description="Older (or further in the future) requests are refused.")
+    max_age: Duration = Field(300.0, description="Older (or further in the future) requests are refused; at "
+                              "most 1h, the ingress stream's duplicate window (a replay must meet it).")
+
+    @field_validator("max_age")
+    @classmethod
+    def _within_the_duplicate_window(cls, value: float) -> float:
+        from engine.streams import INGRESS_DEDUPE
+
+        if value > INGRESS_DEDUPE:
+            raise ValueError(f"max_age {value:g}s exceeds HUB_INGRESS's {INGRESS_DEDUPE:g}s duplicate window: "
+                             "a replay signed within max_age but older than the window would be stored again")
+        return value
 
 
 class WebhookEndpoint(_Strict):

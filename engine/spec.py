@@ -169,8 +169,10 @@ class OnError(_Strict):
 
 
 class Idempotency(_Strict):
-    """A flow's effects (its calls) happen once per key: a redelivery or a DLQ replay of a message
-    whose effect is done is skipped and logged. On by default for flows with `call` steps."""
+    """A flow's effects happen once per key: a redelivery or a DLQ replay of a message whose effect
+    is done is skipped and logged. On by default for flows with steps that do I/O (`call`, `state`,
+    `until`, `pull`); a flow whose state function is idempotent itself may turn it off (two KV
+    round trips a message)."""
 
     key: str | None = Field(
         None, description="Business key template from the payload; default: the message's "

@@ -317,6 +317,7 @@ def load_project(config_path: Path | None, flow_paths: list[Path]) -> Project:
     project = Project(config=config, config_file=config_path, endpoints=endpoints)
     problems: list[str] = []
     by_name: dict[str, LoadedFlow] = {}
+    by_webhook_path: dict[str, LoadedFlow] = {}
     for path in flow_paths:
         flow, lines, issues = load_flow_file(path)
         problems.extend(issues)
@@ -329,6 +330,12 @@ def load_project(config_path: Path | None, flow_paths: list[Path]) -> Project:
                                   f"{first.file}: two flows cannot share one durable consumer"))
             continue
         by_name[flow.name] = lf
+        webhook = getattr(flow.source, "webhook", None)
+        if webhook is not None:
+            other = by_webhook_path.setdefault(webhook.path, lf)
+            if other is not lf:
+                problems.append(issue(path, lines, ("source", "webhook", "path"), f"{webhook.path} is already "
+                                      f"served by flow {other.flow.name} ({other.file}): one path, one flow"))
         problems.extend(check_flow(lf, project))
         project.flows.append(lf)
     if problems:

@@ -183,3 +183,28 @@ def test_the_committed_flow_reference_is_current() -> None:
 
     root = Path(__file__).resolve().parents[1]
     assert (root / "docs" / "flow-reference.md").read_text(encoding="utf-8") == reference()
+
+
+WEBHOOK_FLOW = """\
+name: {name}
+source:
+  webhook: {{path: /hooks/readings, token: {{env: HOOK_TOKEN}}}}
+steps:
+  - publish: crm.reading.pushed
+"""
+
+
+def test_two_webhook_flows_cannot_share_a_path(tmp_path: Path) -> None:
+    """The second flow on one path is refused at load, naming the first (the runner's server would refuse to start)."""
+    config = write(tmp_path, "env.yaml", CONFIG)
+    first, second = (write(tmp_path, f"{n}.yaml", WEBHOOK_FLOW.format(name=n)) for n in ("hook-a", "hook-b"))
+    with pytest.raises(ConfigError) as info:
+        load_project(config, [first, second])
+    [issue] = info.value.issues
+    assert issue.startswith(f"{second}:3: source.webhook.path:") and "already served by flow hook-a" in issue
+
+
+def test_an_hmac_window_longer_than_the_ingress_duplicate_window_is_refused(tmp_path: Path) -> None:
+    flow = WEBHOOK_FLOW.format(name="hook").replace("token: {env: HOOK_TOKEN}", "hmac: {secret: {env: S}, max_age: 2h}")
+    [issue] = problems(tmp_path, flow)
+    assert ":3: source.webhook.hmac.max_age:" in issue and "duplicate window" in issue

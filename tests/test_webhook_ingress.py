@@ -93,6 +93,12 @@ async def test_a_signed_batch_is_stored_before_202_and_becomes_canonical_reading
     assert {r.meter_id for r in readings} == {r["device"]["id"] for r in records(0, 25)}
     assert {r.source for r in readings} == {"vendor3/push"}
     await out.sub.unsubscribe()
+    first = await js.get_last_msg("HUB_INGRESS", ingress.landing.subject)  # as stored, headers and all
+    headers = first.headers
+    assert headers["content-type"] == "application/json" and headers["Hub-Webhook-Path"] == ingress.path
+    assert headers["ce-id"] == headers["Nats-Msg-Id"] == headers["ce-correlationid"]
+    assert headers["ce-source"] == f"/plu-hub/ingress/webhook/{ingress.flow.name}" and headers["ce-specversion"] == "1.0"
+    assert headers["ce-type"] == ingress.landing.subject and headers["traceparent"].startswith("00-")
 
 
 async def test_a_bad_signature_or_a_stale_timestamp_is_401_and_stores_nothing(hub: Hub, js: Any, unique: str) -> None:
