@@ -1,10 +1,16 @@
 """The `fallback` of a call step: the last good answer per key in KV, served marked as possibly
-stale while the target is down — a website keeps answering when Power Sales does not."""
+stale while the target is down — a website keeps answering when Power Sales does not.
+
+A fresh answer (`fresh`) is served from a copy in this runner when it has one that is still fresh:
+the KV round trip was most of a warm lookup's cost. The copy is never wrong, only possibly not the
+newest: another runner may have stored a newer answer, which is asked for once ours is not fresh.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections import OrderedDict
 from datetime import datetime, timezone
 from typing import Any
 
@@ -21,12 +27,20 @@ log = structlog.get_logger("hub.fallback")
 
 BUCKET = "hub_fallback"
 KEEP = 30 * 86400.0
+LOCAL_ENTRIES = 50_000  # answers kept in the runner (least recently used go first)
 
 
 class FallbackCache:
     def __init__(self, js: Any) -> None:
         self.js = js
         self.kv: Any = None
+        self._local: OrderedDict[str, dict[str, Any]] = OrderedDict()
+
+    def _keep(self, key: str, cached: dict[str, Any]) -> None:
+        self._local[key] = cached
+        self._local.move_to_end(key)
+        if len(self._local) > LOCAL_ENTRIES:
+            self._local.popitem(last=False)
 
     async def start(self) -> None:
         self.kv = await bucket(self.js, BUCKET, KEEP)
@@ -41,8 +55,9 @@ class FallbackCache:
 
     async def remember(self, endpoint: str, spec: Fallback, payload: Any, answer: Any) -> None:
         try:
-            value = json.dumps({"answer": answer, "cached_at": now_iso()}).encode()
-            await self.kv.put(self._key(endpoint, spec, payload), value)
+            key, cached = self._key(endpoint, spec, payload), {"answer": answer, "cached_at": now_iso()}
+            await self.kv.put(key, json.dumps(cached).encode())
+            self._keep(key, cached)
         except HubError:
             raise
         except Exception as exc:  # a cache write must not fail a call that succeeded
@@ -50,14 +65,19 @@ class FallbackCache:
 
     async def fresh_answer(self, endpoint: str, spec: Fallback, payload: Any) -> Any:
         """The remembered answer when younger than `spec.fresh` (marked `cached: true`), else None."""
-        try:
-            entry = await self.kv.get(self._key(endpoint, spec, payload))
-        except KeyNotFoundError:
+        if spec.fresh is None:
             return None
-        cached = json.loads(entry.value)
-        age = (datetime.now(timezone.utc) - datetime.fromisoformat(cached["cached_at"])).total_seconds()
-        if spec.fresh is None or age >= spec.fresh:
-            return None
+        key = self._key(endpoint, spec, payload)
+        cached = self._local.get(key)
+        if cached is None or not _younger(cached, spec.fresh):
+            try:
+                entry = await self.kv.get(key)
+            except KeyNotFoundError:
+                return None
+            cached = json.loads(entry.value)
+            self._keep(key, cached)
+            if not _younger(cached, spec.fresh):
+                return None
         answer = cached["answer"]
         marks = {"stale": False, "cached": True, "cached_at": cached["cached_at"]}
         return {**answer, **marks} if isinstance(answer, dict) else {"answer": answer, **marks}
@@ -75,3 +95,7 @@ class FallbackCache:
         if isinstance(answer, dict):
             return {**answer, "stale": True, "cached_at": cached["cached_at"]}
         return {"answer": answer, "stale": True, "cached_at": cached["cached_at"]}
+
+
+def _younger(cached: dict[str, Any], seconds: float) -> bool:
+    return (datetime.now(timezone.utc) - datetime.fromisoformat(cached["cached_at"])).total_seconds() < seconds
