@@ -8,16 +8,17 @@ newest: another runner may have stored a newer answer, which is asked for once o
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 from collections import OrderedDict
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 import structlog
 from nats.js.errors import KeyNotFoundError
 
-from engine.errors import HubError, RoutingError
+from engine.errors import HubError, RoutingError, TransientError
 from engine.kv import bucket
 from engine.messages import now_iso
 from engine.spec import Fallback
@@ -35,6 +36,32 @@ class FallbackCache:
         self.js = js
         self.kv: Any = None
         self._local: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._running: dict[str, asyncio.Future[Any]] = {}  # key -> the call in flight for it
+
+    async def once(self, endpoint: str, spec: Fallback, payload: Any, *, refresh: bool,
+                   call: Callable[[], Awaitable[Any]]) -> Any:
+        """Run `call` and remember its answer, unless the same key's call is already running in this
+        runner: then wait for its answer (a burst of one cold lookup costs the target one call, not one
+        each, and none of them waits for a slot). A refresh always calls; a failure is each waiter's."""
+        key = self._key(endpoint, spec, payload)
+        running = None if refresh else self._running.get(key)
+        if running is not None:
+            return await asyncio.shield(running)
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._running.setdefault(key, future)
+        try:
+            answer = await call()
+            await self.remember(endpoint, spec, payload, answer)
+            future.set_result(answer)
+            return answer
+        except BaseException as exc:
+            future.set_exception(exc if isinstance(exc, Exception) else
+                                 TransientError(f"{endpoint}: the shared call was cancelled"))
+            future.exception()  # retrieved: no "never retrieved" warning when nobody waited
+            raise
+        finally:
+            if self._running.get(key) is future:
+                del self._running[key]
 
     def _keep(self, key: str, cached: dict[str, Any]) -> None:
         self._local[key] = cached

@@ -291,13 +291,19 @@ class Pipeline:
             body = body[spec.input]
         cache = spec.fallback if self.fallback is not None else None
         result: Any = None
-        if cache is not None and cache.fresh is not None and not (
-                cache.refresh_when and self._refresh[label](env.payload)):
+        shared = cache is not None and cache.fresh is not None  # answers reused: one call per key at a time
+        refresh = bool(shared and cache.refresh_when and self._refresh[label](env.payload))  # type: ignore[union-attr]
+        if shared and not refresh:
             result = await self.fallback.fresh_answer(render(spec.endpoint, env.payload), cache,  # type: ignore[union-attr]
                                                       env.payload)
         if result is None:
             try:
-                result = await self.call_endpoint(env, spec.endpoint, spec.operation, spec.timeout, body)
+                if shared:
+                    result = await self.fallback.once(  # type: ignore[union-attr]
+                        render(spec.endpoint, env.payload), cache, env.payload, refresh=refresh,  # type: ignore[arg-type]
+                        call=lambda: self.call_endpoint(env, spec.endpoint, spec.operation, spec.timeout, body))
+                else:
+                    result = await self.call_endpoint(env, spec.endpoint, spec.operation, spec.timeout, body)
             except HubError as exc:
                 if cache is not None and exc.transient:
                     result = await self.fallback.stale_answer(exc.endpoint or spec.endpoint, cache,  # type: ignore[union-attr]
@@ -307,7 +313,7 @@ class Pipeline:
                 else:
                     raise
             else:
-                if cache is not None:
+                if cache is not None and not shared:
                     await self.fallback.remember(render(spec.endpoint, env.payload), cache, env.payload, result)  # type: ignore[union-attr]
         if spec.into:
             if not isinstance(env.payload, dict):

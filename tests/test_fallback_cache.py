@@ -50,3 +50,32 @@ async def test_an_answer_another_runner_stored_is_served_fresh_here_and_stale_wh
     stale = await a.stale_answer("powersales", SPEC, ASK, TargetUnavailable("down"))
     assert stale["quote"] == "B" and stale["stale"] is True
     assert (await (await a.js.key_value(BUCKET)).status()).values == 1
+
+
+async def test_lookups_of_one_key_share_the_call_in_flight_and_its_failure(caches: Any) -> None:
+    """Ten lookups of one key while its call is running make one call and get its answer; a failing
+    call fails each of its waiters; a refresh (a confirmation) calls on its own."""
+    a, _ = caches
+    calls, release = [], asyncio.Event()
+
+    async def call(answer: Any) -> Any:
+        calls.append(answer)
+        await release.wait()
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    lookups = [asyncio.create_task(a.once("powersales", SPEC, ASK, refresh=False, call=lambda: call({"quote": 1})))
+               for _ in range(10)]
+    confirm = asyncio.create_task(a.once("powersales", SPEC, ASK, refresh=True, call=lambda: call({"quote": 2})))
+    await asyncio.sleep(0)  # let them all start
+    release.set()
+    assert [await t for t in lookups] == [{"quote": 1}] * 10 and await confirm == {"quote": 2}
+    assert calls == [{"quote": 1}, {"quote": 2}]
+    release.clear()
+    failing = [asyncio.create_task(a.once("powersales", SPEC, ASK, refresh=False,
+                                          call=lambda: call(TargetUnavailable("down")))) for _ in range(3)]
+    await asyncio.sleep(0)
+    release.set()
+    outcomes = await asyncio.gather(*failing, return_exceptions=True)
+    assert all(isinstance(o, TargetUnavailable) for o in outcomes) and len(calls) == 3
