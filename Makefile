@@ -31,6 +31,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/erp_switch.py
 	$(BIN)/python bench/tariff_quote.py
 	$(BIN)/python bench/meter_pull.py
+	$(BIN)/python bench/meter_rules.py
 
 clean:
 	rm -rf $(VENV) .hub
