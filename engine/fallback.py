@@ -9,6 +9,7 @@ newest: another runner may have stored a newer answer, which is asked for once o
 from __future__ import annotations
 
 import asyncio
+import copy
 import hashlib
 import json
 from collections import OrderedDict
@@ -46,7 +47,10 @@ class FallbackCache:
         key = self._key(endpoint, spec, payload)
         running = None if refresh else self._running.get(key)
         if running is not None:
-            return await asyncio.shield(running)
+            try:
+                return json.loads(json.dumps(await asyncio.shield(running)))  # its own copy to change
+            except HubError as exc:
+                raise copy.copy(exc) from None  # its own error object: steps and tracebacks are per message
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._running.setdefault(key, future)
         try:
@@ -64,7 +68,8 @@ class FallbackCache:
                 del self._running[key]
 
     def _keep(self, key: str, cached: dict[str, Any]) -> None:
-        self._local[key] = cached
+        # as text: every hit gets its own answer, not the object a flow went on to change
+        self._local[key] = {"cached_at": cached["cached_at"], "text": json.dumps(cached["answer"])}
         self._local.move_to_end(key)
         if len(self._local) > LOCAL_ENTRIES:
             self._local.popitem(last=False)
@@ -96,16 +101,18 @@ class FallbackCache:
             return None
         key = self._key(endpoint, spec, payload)
         cached = self._local.get(key)
+        if cached is not None:
+            self._local.move_to_end(key)
         if cached is None or not _younger(cached, spec.fresh):
             try:
                 entry = await self.kv.get(key)
             except KeyNotFoundError:
                 return None
-            cached = json.loads(entry.value)
-            self._keep(key, cached)
+            self._keep(key, json.loads(entry.value))
+            cached = self._local[key]
             if not _younger(cached, spec.fresh):
                 return None
-        answer = cached["answer"]
+        answer = json.loads(cached["text"])
         marks = {"stale": False, "cached": True, "cached_at": cached["cached_at"]}
         return {**answer, **marks} if isinstance(answer, dict) else {"answer": answer, **marks}
 

@@ -76,37 +76,41 @@ class KeyedState:
         """save: now. The messages for one key that arrive while its record is being written wait, and
         then go together: one read, `apply` on each in arrival order, one compare-and-set (a meter's
         readings of a page cost one KV round, not one each). Nothing has happened yet for any of them,
-        so a lost compare-and-set (another runner) is simply computed again on the new record."""
+        so a lost compare-and-set (another runner) is simply computed again on the new record. The
+        rounds run in a task of their own, so no message waits for later arrivals of its key."""
         group = self._groups.get(kv_key)
         if group is None:
             group = self._groups[kv_key] = _KeyGroup()
+            group.task = asyncio.create_task(self._rounds(group, kv, kv_key), name=f"state:{kv_key}")
         done: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         group.waiting.append((message, done))
-        if not group.leading:
-            group.leading = True
-            batch: list[tuple[Any, asyncio.Future[dict[str, Any]]]] = []
-            try:
-                while group.waiting:
-                    batch, group.waiting = group.waiting, []
-                    try:
-                        results = await self._apply_together(kv, kv_key, [m for m, _ in batch])
-                    except Exception as exc:
-                        results = [exc] * len(batch)
-                    for (_, future), result in zip(batch, results):
-                        if future.done():
-                            continue  # its message was cancelled meanwhile
-                        if isinstance(result, BaseException):
-                            future.set_exception(result)
-                        else:
-                            future.set_result(result)
-            finally:
-                group.leading = False
-                for _, future in batch + group.waiting:  # the leader was cancelled (runner stop): retry later
-                    if not future.done():
-                        future.set_exception(StateConflict(f"state {kv_key!r}: stopped before written",
-                                                           step=self.label))
-                self._groups.pop(kv_key, None)
         return await done
+
+    async def _rounds(self, group: "_KeyGroup", kv: Any, kv_key: str) -> None:
+        batch: list[tuple[Any, asyncio.Future[dict[str, Any]]]] = []
+        try:
+            while group.waiting:
+                batch = [(m, f) for m, f in group.waiting if not f.done()]  # a cancelled message: not applied
+                group.waiting = []
+                if not batch:
+                    continue
+                try:
+                    results: list[Any] = await self._apply_together(kv, kv_key, [m for m, _ in batch])
+                except Exception as exc:
+                    results = [exc] * len(batch)
+                for (_, future), result in zip(batch, results):
+                    if future.done():
+                        continue  # its message was cancelled meanwhile
+                    if isinstance(result, BaseException):
+                        future.set_exception(result)
+                    else:
+                        future.set_result(result)
+                batch = []
+        finally:
+            for _, future in batch + group.waiting:  # cancelled (runner stop): those messages retry later
+                if not future.done():
+                    future.set_exception(StateConflict(f"state {kv_key!r}: stopped before written", step=self.label))
+            self._groups.pop(kv_key, None)
 
     async def _apply_together(self, kv: Any, kv_key: str, messages: list[Any]) -> list[Any]:
         """Each message's result (or its error) on the record as the ones before it left it; written once."""
@@ -164,13 +168,13 @@ class KeyedState:
 
 
 class _KeyGroup:
-    """The messages waiting for one key's record while a leader writes it."""
+    """The messages waiting for one key's record, and the task writing it round by round."""
 
-    __slots__ = ("waiting", "leading")
+    __slots__ = ("waiting", "task")
 
     def __init__(self) -> None:
         self.waiting: list[tuple[Any, asyncio.Future[dict[str, Any]]]] = []
-        self.leading = False
+        self.task: asyncio.Task[None] | None = None  # held: the loop keeps only weak references
 
 
 def safe_key(key: str) -> str:

@@ -164,6 +164,9 @@ class PagedPull:
         # The next page is asked for while this one's items are published and checkpointed (its
         # cursor is known once this page is read): the endpoint's latency overlaps the hub's work. The
         # checkpoint still moves only after a page's items are confirmed; a crash drops the prefetch.
+        if run["pages"] >= spec.max_pages:  # a resumed run that had reached the limit
+            raise PermanentError(f"{state['checkpoint']}: still paging after {spec.max_pages} pages "
+                                 "(max_pages); a cursor that never ends?", step=self.label)
         ahead = asyncio.create_task(self._fetch(run, payload, run["cursor"], run["pages"], env))
         try:
             while True:
@@ -192,7 +195,7 @@ class PagedPull:
         finally:
             if not ahead.done():
                 ahead.cancel()
-                await asyncio.gather(ahead, return_exceptions=True)
+            await asyncio.gather(ahead, return_exceptions=True)  # its failure, if any, is retrieved
         total = run["erp_total"]
         summary = {"flow": self.flow, "checkpoint": state["checkpoint"], "run_id": run["run_id"],
                    "since": run["since"], "until": run["high_water"] or run["since"], "pages": run["pages"],

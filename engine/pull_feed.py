@@ -16,6 +16,7 @@ from typing import Any
 
 PULL_EXPIRES = 10.0   # seconds a pull request waits on the server
 HAND_BACK_DELAY = 1.0
+DRAIN_TIMEOUT = 2.0   # a stop on a broken connection must not wait for a flush that cannot come
 # A handed-back message is redelivered after HAND_BACK_DELAY, not at once: at once, JetStream would
 # give it straight back to this runner's own pull requests, which stay open until it unsubscribes.
 
@@ -62,7 +63,7 @@ class PullFeed:
             # drain, not unsubscribe: a message the server sent before it saw the UNSUB still reaches
             # _on_msg and is handed back; dropped on the floor, it would wait out ack_wait.
             try:
-                await self._sub.drain()
+                await asyncio.wait_for(self._sub.drain(), DRAIN_TIMEOUT)
             except Exception:
                 await quietly(self._sub.unsubscribe())
 

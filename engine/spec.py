@@ -195,7 +195,8 @@ class Alerts(_Strict):
 class Limits(_Strict):
     """Bounds that keep a backlog from overrunning a target or the runner's memory."""
 
-    rate: Rate | None = Field(None, description="Most messages per second the flow starts, per runner (N runners: up to N times it).", examples=["50/s"])
+    rate: Rate | None = Field(None, description="Most messages per second the flow starts, and calls it retries, per runner (N "
+                             "runners: up to N times it).", examples=["50/s"])
     concurrency: int = Field(16, ge=1, le=1024, description="Messages whose steps run at once (calls).")
     batch: int = Field(256, ge=1, le=4096, description="Messages pulled per request and acked per batch.")
     max_in_flight: int = Field(2048, ge=1, le=100_000,

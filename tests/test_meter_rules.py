@@ -249,3 +249,11 @@ async def test_two_runners_counting_one_meters_readings_at_once_lose_none(
     got = sorted((t["meter_id"], t["total"], t["readings"]) for t in totals.payloads())
     assert got == sorted((f"M{m}", round(30 * (1.0 + m), 3), 30) for m in range(20))
     assert all(h.runners["meter-month-totals"].stats.acked > 0 for h in hubs)  # both runners took part
+
+
+def test_a_register_read_and_an_interval_ending_at_the_same_time_are_two_readings() -> None:
+    """A radar reader's index at midnight and the day's interval ending at midnight both go on."""
+    interval = day("M1", "S1", datetime(2025, 3, 1, tzinfo=UTC), 10.0)
+    index = {**interval, "interval_start": None, "value": 4711.0, "source": "manual"}
+    _, out = apply(rules.first_sighting, [interval, index, {**index, "source": "vendor1/pull"}])
+    assert [r["source"] for r in out] == ["vendor1/pull", "manual"]

@@ -25,5 +25,5 @@ def manual_reading(body: dict[str, Any]) -> dict[str, Any]:
     if (unit == "m3") != register.startswith("7-"):
         raise ValueError(f"unit {unit} does not fit register {register} (m3 is for gas, 7-0:...)")
     return {"meter_id": str(body["meter_id"]), "site_id": str(body["site_id"]), "register": register,
-            "read_at": utc_text(parse_iso(str(body["read_at"]))), "value": value, "unit": unit,
+            "interval_start": None, "read_at": utc_text(parse_iso(str(body["read_at"]))), "value": value, "unit": unit,
             "quality": MANUAL_QUALITY, "source": MANUAL_SOURCE}

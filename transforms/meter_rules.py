@@ -43,13 +43,16 @@ def first_sighting(ctx: dict[str, Any]) -> dict[str, Any]:
     the vendor's correction); drop the copy another path brings. State: {read_at: [source, quality]}
     for the last DEDUPE_HORIZON of the meter register's readings."""
     reading, seen = ctx["message"], dict((ctx["state"] or {}).get("seen") or {})
-    at, source, quality = reading["read_at"], reading["source"], reading.get("quality", "actual")
+    # an interval ending at a time and a register read at that time are two readings
+    at = reading["read_at"] if reading.get("interval_start") else f"{reading['read_at']} read"
+    source, quality = reading["source"], reading.get("quality", "actual")
     before = seen.get(at)
     if before is not None and before[0] != source and QUALITY_RANK[quality] <= QUALITY_RANK[before[1]]:
         return {"state": ctx["state"], "payload": None}
     seen[at] = [source, quality]
-    horizon = _utc(_when(max(seen)) - DEDUPE_HORIZON)
-    return {"state": {"seen": {k: v for k, v in seen.items() if k >= horizon}}, "payload": reading}
+    horizon = _utc(_when(max(k[:20] for k in seen)) - DEDUPE_HORIZON)
+    return {"state": {"seen": {k: v for k, v in seen.items() if k >= horizon}},
+            "payload": {**reading, "interval_start": reading.get("interval_start")}}  # every key, for the id
 
 
 # --- a month's total, once the month is covered ------------------------------------------------
@@ -69,7 +72,8 @@ def month_seconds(month: str) -> int:
 def month_progress(ctx: dict[str, Any]) -> dict[str, Any]:
     """Count an interval reading into its month (by read_at, so a better copy replaces the first); the
     reading that completes the month's coverage answers the month's total (`meter.month.completed`),
-    and answers it again if it comes again. Register reads (no interval) and forecasts do not count."""
+    and answers it again if it comes again. A better copy arriving after that corrects the record but
+    publishes no new total. Register reads (no interval) and forecasts do not count."""
     reading, state = ctx["message"], ctx["state"] or {"months": {}}
     if not reading.get("interval_start") or reading.get("quality") == "forecast":
         return {"state": ctx["state"], "payload": None}
