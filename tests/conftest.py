@@ -32,6 +32,16 @@ def nats_url(nats_server: EmbeddedNats) -> str:
 
 
 @pytest.fixture
+async def js(nats_url: str):
+    """JetStream on the session's server (tests there keep apart by `unique` names)."""
+    import nats
+
+    nc = await nats.connect(nats_url)
+    yield nc.jetstream()
+    await nc.close()
+
+
+@pytest.fixture
 def broker() -> Iterator[EmbeddedNats]:
     """A nats-server of the test's own: tests of the shipped flows use their real durables, streams
     and buckets, which must not meet another test's."""

@@ -5,19 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import nats
 import pytest
 from nats.js.api import AckPolicy, ConsumerConfig
 
 from sandbox.http_sink import HttpSink
 from tests.helpers import StreamReader, project_from, started_hub
-
-
-@pytest.fixture
-async def js(nats_url: str):
-    nc = await nats.connect(nats_url)
-    yield nc.jetstream()
-    await nc.close()
 
 
 def config_for(u: str, extra: str = "") -> str:

@@ -12,7 +12,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import nats
 import pytest
 
 from dlq import store
@@ -88,13 +87,6 @@ def flow_for(u: str, name: str | None = None, schema: str | None = "ContractSign
     steps:
       - publish: {u}.out.{out}
     """
-
-
-@pytest.fixture
-async def js(nats_url: str):
-    nc = await nats.connect(nats_url)
-    yield nc.jetstream()
-    await nc.close()
 
 
 @pytest.fixture

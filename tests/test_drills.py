@@ -14,21 +14,12 @@ import sys
 import textwrap
 from pathlib import Path
 
-import nats
-import pytest
 
 from engine.streams import ensure_streams
 from sandbox.http_sink import HttpSink
 from tests.helpers import StreamReader, project_from, started_hub, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture
-async def js(nats_url: str):
-    nc = await nats.connect(nats_url)
-    yield nc.jetstream()
-    await nc.close()
 
 
 def config(u: str, sink_url: str, breaker: str = "{failures: 3, window: 10s, reset: 300ms}") -> str:

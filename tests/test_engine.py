@@ -7,7 +7,6 @@ import uuid
 from pathlib import Path
 
 import nats
-import pytest
 
 from engine.messages import CE_CORRELATION, event_headers
 from engine.streams import ensure_streams
@@ -27,13 +26,6 @@ def config_for(u: str, extra: str = "") -> str:
 def contract(country: str, n: int = 1) -> dict:
     return {"contract_id": f"C{n}", "account_id": "A1", "country": country, "tariff_code": "T1",
             "signed_on": "2026-11-20", "sites": [{"site_id": "S1", "postcode": "1000", "city": "Liège"}]}
-
-
-@pytest.fixture
-async def js(nats_url: str):
-    nc = await nats.connect(nats_url)
-    yield nc.jetstream()
-    await nc.close()
 
 
 async def test_a_flow_filters_validates_transforms_and_publishes(tmp_path: Path, nats_url: str, js, unique: str):

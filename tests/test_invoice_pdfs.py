@@ -56,11 +56,9 @@ def fresh(generator: PdfGenerator, drop: SftpServer, monkeypatch: pytest.MonkeyP
     generator.reset()
 
 
-@pytest_asyncio.fixture
-async def js(broker: EmbeddedNats) -> AsyncIterator[Any]:
-    nc = await nats.connect(broker.url)
-    yield nc.jetstream()
-    await nc.close()
+@pytest.fixture
+def js(broker_js: Any) -> Any:
+    return broker_js
 
 
 def project(tmp: Path, generator: PdfGenerator, drop: SftpServer) -> Project:

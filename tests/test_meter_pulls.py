@@ -5,7 +5,6 @@ watermark older than the platforms' 3-month retention pulled from the edge with 
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from datetime import datetime, timedelta, timezone
@@ -13,14 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import nats
 import pytest
 import pytest_asyncio
 
 from adapters.base import CallContext, Services
 from adapters.http import HttpAdapter, HttpEndpointConfig
 from dlq.record import summary
-from engine.embedded_nats import EmbeddedNats
 from engine.errors import RoutingError, TargetRejected
 from engine.kv import bucket
 from engine.messages import Envelope
@@ -95,16 +92,8 @@ def flow_text(**replace: str) -> str:
 
 
 @pytest.fixture
-def broker():
-    with EmbeddedNats() as server:
-        yield server
-
-
-@pytest_asyncio.fixture
-async def js(broker):
-    nc = await nats.connect(broker.url)
-    yield nc.jetstream()
-    await nc.close()
+def js(broker_js):
+    return broker_js  # the test's own server (conftest `broker`): the shipped flow's real durable
 
 
 @pytest_asyncio.fixture
