@@ -33,10 +33,9 @@ from typing import Any, Callable
 
 import aiohttp
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-from yarl import URL
 
 from adapters.base import Adapter, CallContext, EndpointConfig
-from adapters.http import parse_retry_after, snippet
+from adapters.http import http_url, parse_retry_after, snippet
 from engine.durations import Duration
 from engine.errors import (BusinessError, SlotsBusy, RoutingError, TargetRejected, TargetServerError, TargetTimeout,
                            TargetUnavailable, Throttled, UnparseablePayload, ValidationFailed)
@@ -65,10 +64,7 @@ class PowerSalesConfig(EndpointConfig):
     @field_validator("base_url")
     @classmethod
     def _http_url(cls, v: str) -> str:
-        url = URL(v)
-        if url.scheme not in ("http", "https") or not url.host:
-            raise ValueError(f"expected an http:// or https:// URL with a host, got {v!r}")
-        return v.rstrip("/")
+        return http_url(v).rstrip("/")
 
 
 class _Payload(BaseModel):

@@ -18,7 +18,7 @@ see a protocol exception.
 
 from adapters.http.adapter import HttpAdapter, HttpEndpointConfig, HttpOperation
 from adapters.http.auth import AuthConfig
-from adapters.http.wire import SNIPPET, URL_KEY, parse_retry_after, snippet, template_fields
+from adapters.http.wire import SNIPPET, URL_KEY, http_url, parse_retry_after, snippet, template_fields
 
 __all__ = ["SNIPPET", "URL_KEY", "AuthConfig", "HttpAdapter", "HttpEndpointConfig", "HttpOperation",
-           "parse_retry_after", "snippet", "template_fields"]
+           "http_url", "parse_retry_after", "snippet", "template_fields"]

@@ -14,7 +14,7 @@ from yarl import URL
 
 from adapters.base import Adapter, CallContext, EndpointConfig
 from adapters.http.auth import Auth, AuthConfig, build_auth
-from adapters.http.wire import URL_KEY, query, snippet, status_error, template_fields, text_of
+from adapters.http.wire import URL_KEY, http_url, query, snippet, status_error, template_fields, text_of
 from engine.durations import Duration
 from engine.errors import (ConfigError, RoutingError, TargetServerError, TargetTimeout, TargetUnavailable,
                            UnparseablePayload)
@@ -78,10 +78,7 @@ class HttpEndpointConfig(EndpointConfig):
     @field_validator("base_url")
     @classmethod
     def _http_url(cls, v: str) -> str:
-        url = URL(v)
-        if url.scheme not in ("http", "https") or not url.host:
-            raise ValueError(f"expected an http:// or https:// URL with a host, got {v!r}")
-        return v.rstrip("/")
+        return http_url(v).rstrip("/")
 
 
 class _Route:

@@ -27,7 +27,7 @@ from yarl import URL
 
 from engine.errors import UnparseablePayload
 from engine.secrets import SecretRef, resolve_value
-from adapters.http.wire import snippet, status_error, text_of
+from adapters.http.wire import http_url, snippet, status_error, text_of
 
 
 class _Strict(BaseModel):
@@ -56,10 +56,7 @@ class OAuth2Settings(_Strict):
     @field_validator("token_url")
     @classmethod
     def _absolute(cls, v: str) -> str:
-        url = URL(v)
-        if url.scheme not in ("http", "https") or not url.host:
-            raise ValueError(f"expected an absolute http(s) URL, got {v!r}")
-        return v
+        return http_url(v)
 
 
 class HmacVendor4Settings(_Strict):

@@ -12,11 +12,20 @@ from datetime import timezone
 from typing import Any
 
 import aiohttp
+from yarl import URL
 
 from engine.errors import TargetRejected, TargetServerError, TargetTimeout, Throttled, ValidationFailed
 
 SNIPPET = 300
 URL_KEY = "_url"  # reserved top-level body key: an absolute URL to call as given (a next-page link)
+
+
+def http_url(text: str) -> str:
+    """A URL from config that must be http(s) with a host (a base URL, a token URL); ValueError otherwise."""
+    url = URL(text)
+    if url.scheme not in ("http", "https") or not url.host:
+        raise ValueError(f"expected an http:// or https:// URL with a host, got {text!r}")
+    return text
 
 
 def template_fields(template: str) -> list[str]:
