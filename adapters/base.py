@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from engine.breaker import BreakerSettings
+from engine.errors import RoutingError
 
 
 class EndpointConfig(BaseModel):
@@ -86,6 +87,14 @@ class Adapter:
 
     async def close(self) -> None:
         """Release pools and connections."""
+
+
+class SourceOnlyAdapter(Adapter):
+    """An endpoint that only an ingress source reads (a mailbox, a broker, a drop directory): every
+    operation is refused, with `check_operation`'s text saying how to use it instead."""
+
+    async def call(self, operation: str | None, payload: Any, ctx: CallContext) -> Any:
+        raise RoutingError(self.check_operation(operation) or f"{self.name} endpoints cannot be called")
 
 
 class Services:

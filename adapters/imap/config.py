@@ -8,15 +8,15 @@ by default (the ingress reconnects with its own backoff instead).
 from __future__ import annotations
 
 import ssl
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import Field
 
-from adapters.base import Adapter, CallContext, EndpointConfig
+from adapters.base import EndpointConfig, SourceOnlyAdapter
 from adapters.smtp.config import is_loopback
 from engine.breaker import BreakerSettings
 from engine.durations import Duration
-from engine.errors import ConfigError, RoutingError
+from engine.errors import ConfigError
 from engine.registry import register
 from engine.secrets import SecretRef
 
@@ -60,7 +60,7 @@ def cleartext_risk(config: ImapEndpointConfig) -> bool:
 
 
 @register
-class ImapAdapter(Adapter):
+class ImapAdapter(SourceOnlyAdapter):
     """A mailbox read by an `imap:` flow source (adapters.imap.ingress.ImapIngress); it cannot be called."""
 
     name = "imap"
@@ -70,6 +70,3 @@ class ImapAdapter(Adapter):
     def check_operation(self, operation: str | None) -> str | None:
         return (f"imap endpoints are a source only: read this one with `source: {{imap: {{endpoint: "
                 f"{self.endpoint}}}}}`; send mail through an smtp endpoint")
-
-    async def call(self, operation: str | None, payload: Any, ctx: CallContext) -> Any:
-        raise RoutingError(self.check_operation(operation) or "imap endpoints cannot be called")

@@ -8,15 +8,14 @@ breaker by default (the ingress reconnects with its own backoff instead).
 from __future__ import annotations
 
 import ssl
-from typing import Any
 
 from pydantic import Field
 
-from adapters.base import Adapter, CallContext, EndpointConfig
+from adapters.base import EndpointConfig, SourceOnlyAdapter
 from adapters.smtp.config import is_loopback
 from engine.breaker import BreakerSettings
 from engine.durations import Duration
-from engine.errors import ConfigError, RoutingError
+from engine.errors import ConfigError
 from engine.registry import register
 from engine.secrets import SecretRef
 
@@ -57,7 +56,7 @@ def cleartext_risk(config: MqttEndpointConfig) -> bool:
 
 
 @register
-class MqttAdapter(Adapter):
+class MqttAdapter(SourceOnlyAdapter):
     """A broker read by an `mqtt:` flow source (adapters.mqtt.ingress.MqttIngress); it cannot be called."""
 
     name = "mqtt"
@@ -67,6 +66,3 @@ class MqttAdapter(Adapter):
     def check_operation(self, operation: str | None) -> str | None:
         return (f"mqtt endpoints are a source only: read this one with `source: {{mqtt: {{endpoint: "
                 f"{self.endpoint}, topics: [...], client_id: ...}}}}`")
-
-    async def call(self, operation: str | None, payload: Any, ctx: CallContext) -> Any:
-        raise RoutingError(self.check_operation(operation) or "mqtt endpoints cannot be called")

@@ -13,10 +13,10 @@ from typing import Any
 
 from pydantic import Field, model_validator
 
-from adapters.base import Adapter, CallContext, EndpointConfig
+from adapters.base import EndpointConfig, SourceOnlyAdapter
 from engine.breaker import BreakerSettings
 from engine.durations import Duration
-from engine.errors import ConfigError, RoutingError
+from engine.errors import ConfigError
 from engine.registry import register
 from engine.secrets import SecretRef, resolve_setting
 
@@ -86,7 +86,7 @@ class Credentials:
 
 
 @register
-class SftpAdapter(Adapter):
+class SftpAdapter(SourceOnlyAdapter):
     """A drop directory read by an `sftp:` flow source (adapters.sftp.ingress.SftpIngress); it cannot be called."""
 
     name = "sftp"
@@ -96,6 +96,3 @@ class SftpAdapter(Adapter):
     def check_operation(self, operation: str | None) -> str | None:
         return (f"sftp endpoints are a source only: read this one with `source: {{sftp: {{endpoint: "
                 f"{self.endpoint}}}}}`")
-
-    async def call(self, operation: str | None, payload: Any, ctx: CallContext) -> Any:
-        raise RoutingError(self.check_operation(operation) or "sftp endpoints cannot be called")
