@@ -53,7 +53,7 @@ dlq: {stream: DLQ, max_age: 1d}
 def readings(meters: int, days: int, run: str) -> list[dict[str, Any]]:
     start = datetime(2026, 11, 1, tzinfo=timezone.utc) - timedelta(hours=1)
     return [{"meter_id": f"{run}-M{m:06d}", "site_id": f"{run}-S{m:06d}", "register": "1-0:1.8.0",
-             "interval_start": rules._utc(start + timedelta(days=d)), "read_at": rules._utc(start + timedelta(days=d + 1)),
+             "interval_start": rules.utc_text(start + timedelta(days=d)), "read_at": rules.utc_text(start + timedelta(days=d + 1)),
              "value": 10.0 + d, "unit": "kWh", "quality": "actual", "source": "vendor1/pull"}
             for m in range(meters) for d in range(days)]
 

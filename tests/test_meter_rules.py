@@ -27,8 +27,8 @@ FLOWS = ("meter-reading-dedupe", "meter-month-totals", "meter-reading-forecast",
 def day(meter: str, site: str, start: datetime, kwh: float, source: str = "vendor1/pull",
         quality: str = "actual", hours: int = 24) -> dict[str, Any]:
     end = start + timedelta(hours=hours)
-    return {"meter_id": meter, "site_id": site, "register": "1-0:1.8.0", "interval_start": rules._utc(start),
-            "read_at": rules._utc(end), "value": kwh, "unit": "kWh", "quality": quality, "source": source}
+    return {"meter_id": meter, "site_id": site, "register": "1-0:1.8.0", "interval_start": rules.utc_text(start),
+            "read_at": rules.utc_text(end), "value": kwh, "unit": "kWh", "quality": quality, "source": source}
 
 
 def month_days(meter: str, site: str, year: int, month: int, kwh: float, source: str = "vendor1/pull",
@@ -70,7 +70,7 @@ def test_the_seen_record_keeps_only_the_last_100_days() -> None:
     start = datetime(2025, 1, 1, tzinfo=UTC)
     state, out = apply(rules.first_sighting, [day("M1", "S1", start + timedelta(days=d), 1.0) for d in range(150)])
     assert len(out) == 150 and len(state["seen"]) == 101
-    assert min(state["seen"]) == rules._utc(start + timedelta(days=150 - 100))
+    assert min(state["seen"]) == rules.utc_text(start + timedelta(days=150 - 100))
 
 
 # --- pure: month totals and the forecast -------------------------------------------------------

@@ -13,10 +13,11 @@ day (23:00Z to 23:00Z for Berlin) counts in the month whose day it is.
 from __future__ import annotations
 
 import calendar
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 from typing import Any
 
-UTC = timezone.utc
+from transforms.meter_vendors import parse_iso, utc_text
+
 QUALITY_RANK = {"forecast": 0, "estimated": 1, "actual": 2}
 DEDUPE_HORIZON = timedelta(days=100)    # longer than any platform keeps readings (3 months)
 COVERAGE_SLACK = 3600                   # a month in local days is an hour short or long across DST
@@ -25,14 +26,6 @@ KEY_CUSTOMER_KWH = 5000.0               # more than this in a month ...
 KEY_CUSTOMER_MONTHS = 3                 # ... in this many months ...
 KEY_CUSTOMER_SPAN = 12                  # ... within a year (first to last month inclusive)
 KEY_CUSTOMER_REGISTER = "1-0:1.8.0"     # electricity taken from the grid
-
-
-def _when(text: str) -> datetime:
-    return datetime.fromisoformat(text.replace("Z", "+00:00"))
-
-
-def _utc(moment: datetime) -> str:
-    return moment.astimezone(UTC).isoformat(timespec="seconds")[:19] + "Z"
 
 
 # --- one reading per (meter, register, read_at), whichever path brought it ----------------------
@@ -50,7 +43,7 @@ def first_sighting(ctx: dict[str, Any]) -> dict[str, Any]:
     if before is not None and before[0] != source and QUALITY_RANK[quality] <= QUALITY_RANK[before[1]]:
         return {"state": ctx["state"], "payload": None}
     seen[at] = [source, quality]
-    horizon = _utc(_when(max(k[:20] for k in seen)) - DEDUPE_HORIZON)
+    horizon = utc_text(parse_iso(max(k[:20] for k in seen)) - DEDUPE_HORIZON)
     return {"state": {"seen": {k: v for k, v in seen.items() if k >= horizon}},
             "payload": {**reading, "interval_start": reading.get("interval_start")}}  # every key, for the id
 
@@ -59,7 +52,7 @@ def first_sighting(ctx: dict[str, Any]) -> dict[str, Any]:
 
 def month_of(reading: dict[str, Any]) -> tuple[str, float]:
     """(`YYYY-MM` of the interval's midpoint, the interval's length in seconds)."""
-    start, end = _when(reading["interval_start"]), _when(reading["read_at"])
+    start, end = parse_iso(reading["interval_start"]), parse_iso(reading["read_at"])
     middle = start + (end - start) / 2
     return f"{middle.year:04d}-{middle.month:02d}", (end - start).total_seconds()
 
@@ -97,7 +90,7 @@ def month_progress(ctx: dict[str, Any]) -> dict[str, Any]:
     return {"state": new_state, "payload": {
         "meter_id": reading["meter_id"], "site_id": reading["site_id"], "register": reading["register"],
         "unit": reading["unit"], "month": month, "total": round(total, 3), "readings": len(values),
-        "first_start": min(_utc(_when(k) - timedelta(seconds=v[1])) for k, v in values.items()),
+        "first_start": min(utc_text(parse_iso(k) - timedelta(seconds=v[1])) for k, v in values.items()),
         "last_end": max(values), "latest": month == max(months)}}
 
 
@@ -110,10 +103,10 @@ def forecast(month_total: dict[str, Any]) -> dict[str, Any]:
     year, number = int(month[:4]), int(month[5:])
     following = (year + 1, 1) if number == 12 else (year, number + 1)
     days_now, days_next = calendar.monthrange(year, number)[1], calendar.monthrange(*following)[1]
-    start = _when(month_total["last_end"])
+    start = parse_iso(month_total["last_end"])
     return {"meter_id": month_total["meter_id"], "site_id": month_total["site_id"],
-            "register": month_total["register"], "interval_start": _utc(start),
-            "read_at": _utc(start + timedelta(days=days_next)),
+            "register": month_total["register"], "interval_start": utc_text(start),
+            "read_at": utc_text(start + timedelta(days=days_next)),
             "value": round(month_total["total"] * days_next / days_now, 3), "unit": month_total["unit"],
             "quality": "forecast", "source": "hub/forecast"}
 
