@@ -19,7 +19,7 @@ import structlog
 from engine.errors import PublishFailed
 from engine.messages import (CE_CORRELATION, CE_ID, CE_SOURCE, CE_SPEC, CE_TIME, CE_TYPE, MSG_ID, TRACEPARENT,
                              child_traceparent, derived_id, event_headers, now_iso)
-from engine.nats_client import HubClient, encode_headers
+from engine.nats_client import HubClient, finish_headers, shared_header_lines
 from engine.spec import Flow
 
 log = structlog.get_logger("hub.ingress")
@@ -56,7 +56,7 @@ class Landing:
         if any(k in shared for k in (CE_ID, CE_CORRELATION, TRACEPARENT, MSG_ID)) or any(
                 "\r" in f"{k}{v}" or "\n" in f"{k}{v}" or ":" in k for k, v in shared.items()):
             return None
-        return encode_headers(shared).decode()[:-2]
+        return shared_header_lines(shared)
 
     def _counted(self, ack: Any, identity: str) -> bool:
         if ack.duplicate:
@@ -98,8 +98,8 @@ class Landing:
                 block: Any = self._headers(identity, headers)
             else:
                 msg_id = self.message_id(identity)
-                block = (f"{lines}{CE_ID}: {msg_id}\r\n{CE_CORRELATION}: {msg_id}\r\n{TRACEPARENT}: "
-                         f"{child_traceparent(None)}\r\n{MSG_ID}: {msg_id}\r\n\r\n").encode()
+                block = finish_headers(lines, (CE_ID, msg_id), (CE_CORRELATION, msg_id),
+                                       (TRACEPARENT, child_traceparent(None)), (MSG_ID, msg_id))
             try:
                 sent.append(await publish(self.subject, data, headers=block))
             except Exception as exc:

@@ -37,3 +37,13 @@ async def connect(**options: Any) -> HubClient:
 def encode_headers(headers: dict[str, str]) -> bytes:
     """The NATS/1.0 header block of single-line values (see the module docstring for why it is safe)."""
     return ("NATS/1.0\r\n" + "".join([f"{k}: {v}\r\n" for k, v in headers.items()]) + "\r\n").encode()
+
+
+def shared_header_lines(headers: dict[str, str]) -> str:
+    """The start of a header block that many messages of a batch share; `finish_headers` adds each
+    message's own lines, so only those are formatted per message."""
+    return encode_headers(headers).decode()[:-2]
+
+
+def finish_headers(shared: str, *lines: tuple[str, str]) -> bytes:
+    return (shared + "".join([f"{k}: {v}\r\n" for k, v in lines]) + "\r\n").encode()

@@ -29,7 +29,7 @@ from engine.errors import HubError, PermanentError, PublishFailed, RoutingError,
 from engine.kv import bucket
 from engine.messages import (CE_CORRELATION, CE_ID, CE_SOURCE, CE_SPEC, CE_TIME, CE_TYPE, MSG_ID, Envelope,
                              derived_id, encode, now_iso)
-from engine.nats_client import encode_headers
+from engine.nats_client import finish_headers, shared_header_lines
 from engine.schedule import SCHEDULED_FOR, next_slot
 from engine.spec import PullSpec
 from engine.subjects import render, subject_problem
@@ -280,11 +280,11 @@ class PagedPull:
             if lines is None:
                 if problem := subject_problem(subject):
                     raise RoutingError(problem, step=self.label)
-                lines = fixed[subject] = encode_headers({
+                lines = fixed[subject] = shared_header_lines({
                     CE_SOURCE: f"/plu-hub/flows/{self.flow}", CE_TYPE: subject, CE_TIME: when, CE_SPEC: "1.0",
-                    CE_CORRELATION: env.correlation_id, "content-type": "application/json"}).decode()[:-2]
+                    CE_CORRELATION: env.correlation_id, "content-type": "application/json"})
             msg_id = derived_id(self.flow, "item", item_id)
-            headers = f"{lines}{CE_ID}: {msg_id}\r\n{MSG_ID}: {msg_id}\r\n\r\n".encode()
+            headers = finish_headers(lines, (CE_ID, msg_id), (MSG_ID, msg_id))
             futures.append(await publish(subject, encode(item), headers=headers))
         if not futures:
             return 0, 0
