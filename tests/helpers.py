@@ -59,6 +59,15 @@ class StreamReader:
         return [json.loads(m.data) for m in self.messages]
 
 
+async def settled(js: Any, stream: str, *durables: str) -> bool:
+    """Each durable consumer has nothing left to deliver and nothing unacknowledged (a consumer-info query)."""
+    for durable in durables:
+        info = await js.consumer_info(stream, durable)
+        if info.num_pending or info.num_ack_pending:
+            return False
+    return True
+
+
 async def wait_until(predicate, timeout: float = 15.0, interval: float = 0.02) -> None:
     """For state that only a server query can show (consumer info): poll until true or fail."""
     async with asyncio.timeout(timeout):

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from engine.streams import ensure_streams
 from sandbox.http_sink import HttpSink
-from tests.helpers import StreamReader, project_from, started_hub, wait_until
+from tests.helpers import StreamReader, project_from, settled, started_hub, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -71,11 +71,8 @@ async def test_drill_target_down_then_back(tmp_path: Path, nats_url: str, js, un
             sink.reset()  # the target is back
             applied = await sink.wait_for_effects(n, timeout=60)
 
-            async def settled() -> bool:
-                info = await js.consumer_info(f"IN{unique}", unique)
-                return info.num_pending == 0 and info.num_ack_pending == 0
 
-            await wait_until(settled, timeout=30)
+            await wait_until(lambda: settled(js, f"IN{unique}", unique), timeout=30)
             dead = await dlq_count(js, unique)
             print(f"\n[drill outage] sent {n}, failed calls during outage {failed_calls}, effects {len(applied)}, "
                   f"repeats {sum(applied.values()) - len(applied)}, dead-lettered {dead}")
@@ -204,11 +201,8 @@ async def test_drill_dlq_replays_single_filtered_and_twice_cause_one_effect_each
                                  url=nats_url, tmp=tmp_path) == 0
             applied = await sink.wait_for_effects(6)
 
-            async def settled() -> bool:
-                info = await js.consumer_info(f"IN{unique}", unique)
-                return info.num_pending == 0 and info.num_ack_pending == 0
 
-            await wait_until(settled)
+            await wait_until(lambda: settled(js, f"IN{unique}", unique))
             print(f"\n[drill replay] dead-lettered 6, replayed 1 + 6 (one twice), effects {len(applied)}, "
                   f"repeats {sum(applied.values()) - len(applied)}, skipped {hub.runners[unique].stats.skipped}")
             assert sorted(applied) == sorted(f"m{i}" for i in range(6)) and set(applied.values()) == {1}

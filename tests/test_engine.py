@@ -11,7 +11,7 @@ import nats
 from engine.messages import CE_CORRELATION, event_headers
 from engine.streams import ensure_streams
 from sandbox.http_sink import HttpSink
-from tests.helpers import StreamReader, project_from, started_hub, wait_until
+from tests.helpers import StreamReader, project_from, settled, started_hub, wait_until
 
 
 def config_for(u: str, extra: str = "") -> str:
@@ -127,11 +127,8 @@ async def test_http_call_rejection_is_dead_lettered_but_a_server_error_is_redeli
             assert [r.path for r in got] == ["/r/b"] * 3
             assert got[-1].headers["Idempotency-Key"] == "b"
 
-            async def settled() -> bool:
-                info = await js.consumer_info(f"IN{unique}", unique)
-                return info.num_ack_pending == 0 and info.num_pending == 0
 
-            await wait_until(settled)
+            await wait_until(lambda: settled(js, f"IN{unique}", unique))
             assert len(dlq.messages) == 1
         finally:
             await hub.stop()
@@ -203,10 +200,7 @@ async def test_graceful_stop_hands_back_what_it_has_not_finished(tmp_path: Path,
             got = await sink.wait_for(40)
             ids = [r.body["i"] for r in got]
             assert sorted(set(ids)) == list(range(40))
-            async def settled() -> bool:
-                info = await js.consumer_info(f"IN{unique}", unique)
-                return info.num_ack_pending == 0 and info.num_pending == 0
-            await wait_until(settled)
+            await wait_until(lambda: settled(js, f"IN{unique}", unique))
             assert hub.runners[unique].stats.acked + hub2.runners[unique].stats.acked == 40
         finally:
             await hub2.stop()

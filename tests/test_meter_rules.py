@@ -16,7 +16,7 @@ import pytest
 from engine.messages import event_headers
 from sandbox.http_sink import HttpSink
 from schemas.meter import MeterReading
-from tests.helpers import StreamReader, project_from, started_hub
+from tests.helpers import StreamReader, project_from, settled, started_hub, wait_until
 from transforms import meter_rules as rules
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -190,7 +190,7 @@ async def test_push_and_pull_collapse_and_the_rules_fire_on_a_crafted_history(
         await totals.wait_for(9)
         await forecasts.wait_for(3)
         [candidate] = await candidates.wait_for(1)
-        await asyncio.wait_for(_settled(js, FLOWS), 15)
+        await wait_until(lambda: settled(js, "METER", *FLOWS))
     finally:
         await hub.stop()
         await crm.stop()
@@ -213,15 +213,6 @@ async def test_push_and_pull_collapse_and_the_rules_fire_on_a_crafted_history(
     assert sorted({r.path for r in crm.received}) == ["/sites/BIZ-1", "/sites/HOME-1"]
 
 
-async def _settled(js: Any, durables: tuple[str, ...]) -> None:
-    """Every flow's consumer has nothing pending or unacknowledged (so nothing more will come)."""
-    while True:
-        infos = [await js.consumer_info("METER", d) for d in durables]
-        if all(i.num_pending == 0 and i.num_ack_pending == 0 for i in infos):
-            return
-        await asyncio.sleep(0.05)
-
-
 async def test_two_runners_counting_one_meters_readings_at_once_lose_none(
         tmp_path: Path, broker: Any, broker_js: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """Two runners share meter-month-totals while 20 meters' Novembers (600 readings) arrive at once: each
@@ -242,7 +233,7 @@ async def test_two_runners_counting_one_meters_readings_at_once_lose_none(
                 for i, r in enumerate(readings)]
         await asyncio.gather(*acks)
         await totals.wait_for(20)
-        await asyncio.wait_for(_settled(js, ("meter-month-totals",)), 15)
+        await wait_until(lambda: settled(js, "METER", "meter-month-totals"))
     finally:
         for hub in hubs:
             await hub.stop()

@@ -28,7 +28,7 @@ from engine.spec import Flow
 from engine.streams import ensure_streams
 from sandbox.pdf_generator import PdfGenerator
 from sandbox.sftp_server import Janitor, SftpServer, write_client_key
-from tests.helpers import StreamReader, project_from, started_hub, wait_until
+from tests.helpers import StreamReader, project_from, settled, started_hub, wait_until
 
 PASSWORD = "sftp-ingress-test-pw"
 os.environ["SFTP_INGRESS_TEST_PASSWORD"] = PASSWORD
@@ -245,18 +245,13 @@ async def test_a_crash_between_steps_neither_loses_the_file_nor_announces_it_twi
         again = hub.ingresses[f"drop-{unique}"]
         await again.wait_for(lambda i: i.fetched == 1)
         assert again.duplicates == (1 if crash_after == "stored" else 0)
-        await wait_until(lambda: _drained(js, f"drop-{unique}"))
+        await wait_until(lambda: settled(js, "HUB_INGRESS", f"drop-{unique}"))
         [msg] = await announced.wait_for(1)
         await again.wait_for(lambda i: i.state == "idle")
     finally:
         await hub.stop()
     assert len(announced.messages) == 1 and json.loads(msg.data)["sha256"] == sha(path)
     assert hashlib.sha256(await object_bytes(js, f"b{unique}", path.name)).hexdigest() == sha(path)
-
-
-async def _drained(js: Any, durable: str) -> bool:
-    info = await js.consumer_info("HUB_INGRESS", durable)
-    return info.num_pending == 0 and info.num_ack_pending == 0
 
 
 # --- the connection ----------------------------------------------------------------------------
