@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sys
 import uuid
 from collections.abc import Iterator
@@ -18,6 +19,34 @@ from engine.embedded_nats import EmbeddedNats  # noqa: E402
 
 # warnings and errors only, readable: a failing test shows them; `pytest -s` drill reports stay legible
 logs.configure("warning", "console")
+
+# pytest-timeout fails a test still running after TIMEOUT s (pyproject.toml); a little before that,
+# every asyncio task's stack is printed, which says what the hung test waits for.
+TASK_DUMP_AFTER = 270.0
+
+
+def await_chain(coro: object) -> list[str]:
+    """Where a suspended coroutine waits, down its chain of awaits (Task.print_stack shows the top only)."""
+    lines = []
+    while coro is not None:
+        frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
+        if frame is not None:
+            lines.append(f"    {frame.f_code.co_filename}:{frame.f_lineno} in {frame.f_code.co_name}")
+        coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
+    return lines
+
+
+def print_task_stacks(nodeid: str) -> None:
+    print(f"\n=== {nodeid} still running after {TASK_DUMP_AFTER:.0f} s; asyncio tasks:", file=sys.stderr)
+    for task in asyncio.all_tasks():
+        print(f"--- {task.get_name()}", *await_chain(task.get_coro()), sep="\n", file=sys.stderr)
+
+
+@pytest.fixture(autouse=True)
+async def _hung_test_report(request: pytest.FixtureRequest):
+    timer = asyncio.get_running_loop().call_later(TASK_DUMP_AFTER, print_task_stacks, request.node.nodeid)
+    yield
+    timer.cancel()
 
 
 @pytest.fixture(scope="session")
