@@ -40,6 +40,7 @@ from engine.durations import Duration
 from engine.errors import (BusinessError, SlotsBusy, RoutingError, TargetRejected, TargetServerError, TargetTimeout,
                            TargetUnavailable, Throttled, UnparseablePayload, ValidationFailed)
 from engine.registry import register
+from engine.tasks import cancel_and_wait
 
 ENERGY = {"E": "electricity", "G": "gas", "EG": "electricity+gas"}
 
@@ -252,9 +253,7 @@ class PowerSalesAdapter(Adapter):
                                               raise_for_status=False)
 
     async def close(self) -> None:
-        for task in list(self._exchanges):
-            task.cancel()
-        await asyncio.gather(*self._exchanges, return_exceptions=True)
+        await cancel_and_wait(list(self._exchanges))
         if self._session is not None:
             await self._session.close()
             self._session = None

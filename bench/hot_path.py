@@ -24,7 +24,6 @@ import multiprocessing as mp  # noqa: E402
 import resource  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
-from datetime import datetime, timezone  # noqa: E402
 
 import aiohttp  # noqa: E402
 from nats.js.api import AckPolicy, ConsumerConfig, StreamConfig  # noqa: E402

@@ -18,6 +18,7 @@ from nats.js.errors import NotFoundError
 
 from engine.errors import MaxDeliveriesExceeded
 from engine.failures import FailureHandler, FailureHistory
+from engine.tasks import cancel_and_wait
 
 log = structlog.get_logger("hub.advisories")
 
@@ -51,8 +52,7 @@ class MaxDeliveriesWatcher:
 
     async def stop(self) -> None:
         if self._task:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            await cancel_and_wait([self._task])
             try:
                 await self._sub.unsubscribe()
             except Exception:

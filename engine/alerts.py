@@ -13,6 +13,7 @@ import structlog
 from nats.js.errors import NotFoundError
 
 from engine.messages import event_headers
+from engine.tasks import cancel_and_wait
 
 log = structlog.get_logger("hub.alerts")
 
@@ -108,6 +109,4 @@ class AlertWatcher:
                 log.warning("alert_check_failed", flow=check.flow.name, error=repr(exc))
 
     async def stop(self) -> None:
-        for t in self._tasks:
-            t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_and_wait(self._tasks)

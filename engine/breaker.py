@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from engine.durations import Duration, format_duration
 from engine.errors import CircuitOpen, SlotsBusy, classify
 from engine.kv import bucket
+from engine.tasks import cancel_and_wait
 
 log = structlog.get_logger("hub.breaker")
 T = TypeVar("T")
@@ -235,10 +236,7 @@ class BreakerBoard:
             b._cancel_timer()
         with contextlib.suppress(Exception):  # the connection may already be gone
             await self._watcher.stop()
-        tasks = [t for t in (self._watch_task, *self._tasks) if t is not None]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_and_wait([self._watch_task, *self._tasks])
 
     def breaker(self, endpoint: str, settings: BreakerSettings) -> Breaker:
         """The process's one breaker for `endpoint`; the first settings given win (flows share it)."""

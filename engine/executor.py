@@ -24,6 +24,7 @@ from engine.messages import REPLAY_FOR, Envelope, decode, opaque
 from engine.pipeline import Pipeline
 from engine.pull_feed import HAND_BACK_DELAY, PullFeed
 from engine.ratelimit import RateLimiter
+from engine.tasks import cancel_and_wait
 from engine.waiting import WaitHandler, checks_within
 
 log = structlog.get_logger("hub.executor")
@@ -131,15 +132,14 @@ class StreamFlowRunner:
         HAND_BACK_DELAY); let started ones finish and settle."""
         self.feed.stop_pulling()
         await self.feed.hand_back_buffered()
-        try:
-            await asyncio.wait_for(asyncio.gather(*self._workers, return_exceptions=True), timeout)
-            if self._finalisers:
-                await asyncio.wait_for(asyncio.gather(*self._finalisers, return_exceptions=True), timeout)
-        except TimeoutError:
+        # asyncio.wait, not wait_for(gather(...)): on a timeout that cancels, and a worker that lost
+        # its cancel (engine/tasks.py) would keep the stop waiting for ever
+        for tasks in (self._workers, self._finalisers):
+            if tasks:
+                await asyncio.wait(set(tasks), timeout=timeout)
+        if not all(t.done() for t in (*self._workers, *self._finalisers)):
             self.log.warning("stop_timeout", held=len(self.feed.held))
-        for task in self._workers:
-            task.cancel()
-        await asyncio.gather(*self._workers, return_exceptions=True)
+        await cancel_and_wait([*self._workers, *self._finalisers])
         await self.feed.close()
         self.log.info("flow_stopped", **self.stats.as_dict())
 

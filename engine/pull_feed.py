@@ -14,6 +14,8 @@ import time
 from collections import deque
 from typing import Any
 
+from engine.tasks import cancel_and_wait
+
 PULL_EXPIRES = 10.0   # seconds a pull request waits on the server
 HAND_BACK_DELAY = 1.0
 DRAIN_TIMEOUT = 2.0   # a stop on a broken connection must not wait for a flush that cannot come
@@ -55,9 +57,7 @@ class PullFeed:
 
     async def close(self) -> None:
         """After the flow has settled what it started: hand back the rest, stop listening."""
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_and_wait(self._tasks)
         await self.hand_back_buffered()
         if self._sub is not None and not self.nc.is_closed:
             # drain, not unsubscribe: a message the server sent before it saw the UNSUB still reaches

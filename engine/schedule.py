@@ -21,6 +21,7 @@ from nats.js.errors import KeyNotFoundError
 from engine.kv import bucket
 from engine.messages import derived_id, encode, event_headers
 from engine.spec import SCHEDULE_SUBJECT_PREFIX, Flow, ScheduleSource, ScheduleSpec
+from engine.tasks import cancel_and_wait
 
 log = structlog.get_logger("hub.schedule")
 
@@ -103,9 +104,7 @@ class Scheduler:
         self._task = asyncio.create_task(self._run(), name=f"schedule:{self.flow.name}")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        await cancel_and_wait([self._task])
 
     async def _last_fired(self) -> datetime | None:
         try:

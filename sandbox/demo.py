@@ -162,7 +162,7 @@ async def run_demo(root: Path, keep_data: bool = False) -> int:
 
         bad_seq = next(m.metadata.sequence.stream for m in ours()
                        if m.headers.get("Hub-Dlq-Error-Class") == "ValidationFailed")
-        print(f"       $ runner.py dlq list --flow contract-switch-request")
+        print("       $ runner.py dlq list --flow contract-switch-request")
         await dlq_cli(cli("list", "--flow", "contract-switch-request"))
         print(f"       $ runner.py dlq edit {bad_seq} --set country=DE")
         code = await dlq_cli(cli("edit", str(bad_seq), "--set", "country=DE"))

@@ -20,9 +20,8 @@ from engine.embedded_nats import EmbeddedNats  # noqa: E402
 # warnings and errors only, readable: a failing test shows them; `pytest -s` drill reports stay legible
 logs.configure("warning", "console")
 
-# pytest-timeout fails a test still running after TIMEOUT s (pyproject.toml); a little before that,
-# every asyncio task's stack is printed, which says what the hung test waits for.
-TASK_DUMP_AFTER = 270.0
+# pytest-timeout fails a test still running after `timeout` s (pyproject.toml, or -o timeout=N); at
+# nine tenths of that, every asyncio task's await chain is printed: what the hung test waits for.
 
 
 def await_chain(coro: object) -> list[str]:
@@ -36,15 +35,16 @@ def await_chain(coro: object) -> list[str]:
     return lines
 
 
-def print_task_stacks(nodeid: str) -> None:
-    print(f"\n=== {nodeid} still running after {TASK_DUMP_AFTER:.0f} s; asyncio tasks:", file=sys.stderr)
+def print_task_stacks(nodeid: str, after: float) -> None:
+    print(f"\n=== {nodeid} still running after {after:.0f} s; asyncio tasks:", file=sys.stderr)
     for task in asyncio.all_tasks():
         print(f"--- {task.get_name()}", *await_chain(task.get_coro()), sep="\n", file=sys.stderr)
 
 
 @pytest.fixture(autouse=True)
 async def _hung_test_report(request: pytest.FixtureRequest):
-    timer = asyncio.get_running_loop().call_later(TASK_DUMP_AFTER, print_task_stacks, request.node.nodeid)
+    after = 0.9 * float(request.config.getini("timeout") or 300)
+    timer = asyncio.get_running_loop().call_later(after, print_task_stacks, request.node.nodeid, after)
     yield
     timer.cancel()
 

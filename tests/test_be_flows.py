@@ -9,7 +9,6 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import nats
 import pytest
 import pytest_asyncio
 

@@ -12,14 +12,11 @@ import sys
 from decimal import Decimal
 from pathlib import Path
 
-import nats
 import pytest
 import pytest_asyncio
 
-from engine.embedded_nats import EmbeddedNats
 from engine.paged_pull import BUCKET, checkpoint_key
 from engine.schedule import publish_ticks
-from engine.validation import flow_files, load_project
 from sandbox.erp import COUNTRIES, ErpSimulator
 from tests.helpers import StreamReader, wait_until
 from tests.test_erp_flows import hub_for, shipped

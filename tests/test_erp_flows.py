@@ -5,12 +5,9 @@ they belong, a restart while switches are pending, account links, and the deadli
 from __future__ import annotations
 
 import json
-import shutil
-import textwrap
 from pathlib import Path
 from typing import Any
 
-import nats
 import pytest
 import pytest_asyncio
 

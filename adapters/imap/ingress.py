@@ -28,6 +28,7 @@ from engine.ingress import Ingress, Landing
 from engine.secrets import resolve_setting
 from engine.sources import ImapMailbox
 from engine.spec import Flow
+from engine.tasks import cancel_and_wait
 
 log = structlog.get_logger("hub.imap")
 TROUBLE = (OSError, TimeoutError, aioimaplib.AioImapException, ConnectionLost, ImapRefused)
@@ -94,12 +95,10 @@ class ImapIngress(Ingress):
         task, self._task = self._task, None
         if task is None:
             return
-        try:
-            await asyncio.wait_for(asyncio.shield(task), min(self.endpoint.timeout, self.STOP_GRACE))
-        except TimeoutError:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await asyncio.wait({task}, timeout=min(self.endpoint.timeout, self.STOP_GRACE))
+        await cancel_and_wait([task])
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("imap_ingress_ended", flow=self.flow.name, error=repr(task.exception()))
         self._set_state("stopped")
 
     # --- the loop ------------------------------------------------------------------------------

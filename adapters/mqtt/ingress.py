@@ -31,6 +31,7 @@ from engine.ingress import Ingress, Landing
 from engine.secrets import resolve_setting
 from engine.sources import MqttSubscription
 from engine.spec import Flow
+from engine.tasks import cancel_and_wait
 
 log = structlog.get_logger("hub.mqtt")
 TROUBLE = (aiomqtt.MqttError, OSError, TimeoutError)
@@ -105,11 +106,10 @@ class MqttIngress(Ingress):
             return
         if not self._in_hand:  # waiting for a message, connecting or backing off: nothing to finish
             task.cancel()
-        done, _ = await asyncio.wait({task}, timeout=self.STOP_GRACE)
-        if not done:
-            task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await asyncio.wait({task}, timeout=self.STOP_GRACE)
+        await cancel_and_wait([task])
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("mqtt_ingress_ended", flow=self.flow.name, error=repr(task.exception()))
         self._set_state("stopped")
 
     # --- the loop ------------------------------------------------------------------------------

@@ -38,6 +38,7 @@ from engine.ingress import Ingress, Landing
 from engine.messages import encode
 from engine.sources import SftpDrop
 from engine.spec import Flow
+from engine.tasks import cancel_and_wait
 
 log = structlog.get_logger("hub.sftp")
 REFUSED = (HostKeyRefused, LoginRefused)
@@ -100,9 +101,7 @@ class SftpIngress(Ingress):
         task, self._task = self._task, None
         if task is not None:
             await asyncio.wait({task}, timeout=self.STOP_GRACE)
-            if not task.done():
-                task.cancel()
-                await asyncio.wait({task})
+            await cancel_and_wait([task])
             if not task.cancelled() and task.exception() is not None:
                 log.warning("sftp_ingress_ended", flow=self.flow.name, error=short(task.exception()))
         if self._pool is not None:
