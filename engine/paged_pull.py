@@ -33,6 +33,7 @@ from engine.nats_client import finish_headers, shared_header_lines
 from engine.schedule import SCHEDULED_FOR, next_slot
 from engine.spec import PullSpec
 from engine.subjects import render, subject_problem
+from engine.tasks import cancel_and_wait
 
 log = structlog.get_logger("hub.pull")
 
@@ -193,9 +194,7 @@ class PagedPull:
                     raise PermanentError(f"{state['checkpoint']}: still paging after {spec.max_pages} pages "
                                          "(max_pages); a cursor that never ends?", step=self.label)
         finally:
-            if not ahead.done():
-                ahead.cancel()
-            await asyncio.gather(ahead, return_exceptions=True)  # its failure, if any, is retrieved
+            await cancel_and_wait([ahead])  # its failure, if any, is retrieved
         total = run["erp_total"]
         summary = {"flow": self.flow, "checkpoint": state["checkpoint"], "run_id": run["run_id"],
                    "since": run["since"], "until": run["high_water"] or run["since"], "pages": run["pages"],

@@ -33,6 +33,7 @@ from typing import Any
 import aioimaplib
 import aiosmtplib
 
+from engine.tasks import cancel_and_wait
 from sandbox.mail import MailSandbox
 from sandbox.mail.compose import client_reply, find_attachment, system_mail
 from schemas.be_flatfile import (BeAccepted, BeAccountLinked, BeContractSwitch, BeFileHeader,
@@ -104,11 +105,7 @@ class BelgianErpSimulator:
         return self
 
     async def stop(self) -> None:
-        for task in [self._reader, *self._tasks]:
-            if task is not None:
-                task.cancel()
-                with suppress(asyncio.CancelledError, Exception):
-                    await task
+        await cancel_and_wait([self._reader, *self._tasks])
 
     async def __aenter__(self) -> "BelgianErpSimulator":
         return await self.start()

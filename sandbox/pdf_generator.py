@@ -35,6 +35,8 @@ from typing import Any
 from aiohttp import web
 from fpdf import FPDF
 
+from engine.tasks import cancel_and_wait
+
 INVOICE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 FILE_NAME = re.compile(r"INV-(?P<invoice_id>[A-Za-z0-9][A-Za-z0-9_-]*)-(?P<stamp>\d{14})\.pdf")  # for readers
 
@@ -124,9 +126,7 @@ class PdfGenerator:
         return self
 
     async def stop(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_and_wait(list(self._tasks))
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None

@@ -26,6 +26,8 @@ from pathlib import Path
 
 import asyncssh
 
+from engine.tasks import cancel_and_wait
+
 
 def generate_key() -> asyncssh.SSHKey:
     """A fresh Ed25519 key pair (fast to make, understood by paramiko and OpenSSH)."""
@@ -216,11 +218,8 @@ class Janitor:
         return self
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait([self._task])
+        self._task = None
 
     async def wait_deleted(self, name: str, timeout: float = 10) -> Deleted:
         """Return the record once the background sweeps deleted `name` (relative to root)."""

@@ -147,7 +147,7 @@ async def test_mail_arriving_during_idle_is_picked_up_promptly(mail: MailSandbox
     await aiosmtplib.send(msg, hostname=mail.host, port=mail.smtp_port, start_tls=True, username=HUB,
                           password=PASSWORD, tls_context=mail.client_context())
     await ingress.wait_for(lambda i: i.moved == 1, timeout=5)
-    assert time.monotonic() - began < 2.0  # IDLE renews only every 5 minutes: this was the push
+    assert time.monotonic() - began < 30  # IDLE renews only every 5 minutes: this was the push
     [stored_msg] = await stored(js, ingress)
     assert b"Subject: while idle" in stored_msg.data
 

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from contextlib import suppress
 
 from proxyprotocol.reader import ProxyProtocolReader
 from proxyprotocol.sock import SocketInfo
 from pymap.imap import IMAPServer
 
+from engine.tasks import cancel_and_wait
 from sandbox.mail.store import MailStore
 
 
@@ -55,11 +55,7 @@ class ImapServer:
         if server is None:
             return
         server.close()
-        for task in list(self._connections):
-            task.cancel()
-        for task in list(self._connections):
-            with suppress(asyncio.CancelledError, Exception):
-                await task
+        await cancel_and_wait(list(self._connections))
         await server.wait_closed()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
