@@ -30,7 +30,7 @@ from engine.kv import bucket
 from engine.messages import (CE_CORRELATION, CE_ID, CE_SOURCE, CE_SPEC, CE_TIME, CE_TYPE, MSG_ID, Envelope,
                              derived_id, encode, now_iso)
 from engine.nats_client import finish_headers, shared_header_lines
-from engine.schedule import SCHEDULED_FOR, next_slot
+from engine.schedule import FIRED_AT, SCHEDULED_FOR, next_slot
 from engine.spec import PullSpec
 from engine.subjects import render, subject_problem
 from engine.tasks import cancel_and_wait
@@ -55,15 +55,23 @@ def _when(value: str) -> datetime:
 
 def run_now(env: Envelope) -> datetime:
     """The run's "now": the tick's slot time when its Hub-Scheduled-For label is an ISO time (a
-    scheduled slot, or `manual:<ISO>` from `runner.py trigger`), else the wall clock."""
-    label = (env.headers or {}).get(SCHEDULED_FOR) or ""
-    try:
-        moment = _when(label.removeprefix("manual:"))
-    except ValueError:
-        moment = None
-    if moment is None or moment.tzinfo is None:
+    scheduled slot, or `manual:<ISO>` from `runner.py trigger`), else the wall clock. A slot fired
+    late (a catch-up after downtime) runs at the time it was fired: the vendor's window has moved."""
+    headers = env.headers or {}
+    moment = _aware_or_none(headers.get(SCHEDULED_FOR, "").removeprefix("manual:"))
+    if moment is None:
         return datetime.now(timezone.utc)
-    return moment.astimezone(timezone.utc)
+    fired = _aware_or_none(headers.get(FIRED_AT, ""))
+    return max(moment, fired) if fired is not None else moment
+
+
+def _aware_or_none(value: str) -> datetime | None:
+    """An ISO time with an offset, in UTC; None for anything else."""
+    try:
+        moment = _when(value)
+    except ValueError:
+        return None
+    return moment.astimezone(timezone.utc) if moment.tzinfo is not None else None
 
 
 def _aware(value: str) -> datetime:

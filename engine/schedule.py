@@ -27,6 +27,7 @@ log = structlog.get_logger("hub.schedule")
 
 BUCKET = "hub_schedule"
 SCHEDULED_FOR = "Hub-Scheduled-For"
+FIRED_AT = "Hub-Fired-At"  # when a runner stored a scheduled tick: later than its slot on a catch-up
 
 
 def check_schedule(cron: str | None, tz: str) -> str | None:
@@ -65,7 +66,8 @@ def tick_subject(flow: str) -> str:
 
 
 async def publish_ticks(js: Any, flow: Flow, label: str, *, manual: bool = False,
-                        payloads: list[dict[str, Any]] | None = None, timeout: float = 10.0) -> list[str]:
+                        payloads: list[dict[str, Any]] | None = None, timeout: float = 10.0,
+                        fired_at: datetime | None = None) -> list[str]:
     """Store one tick per `each` entry (or per given payload); returns their message ids. Scheduled
     ticks of one slot get the same ids on every runner; manual ones are new each time."""
     source = flow.source
@@ -77,6 +79,8 @@ async def publish_ticks(js: Any, flow: Flow, label: str, *, manual: bool = False
         msg_id = derived_id("tick", flow.name, run, str(i))
         headers = event_headers(f"/plu-hub/schedule/{flow.name}", tick_subject(flow.name), msg_id=msg_id)
         headers[SCHEDULED_FOR] = label
+        if fired_at is not None:
+            headers[FIRED_AT] = fired_at.isoformat()
         await js.publish(tick_subject(flow.name), encode(entry), headers=headers, timeout=timeout)
         ids.append(msg_id)
     return ids
@@ -115,7 +119,8 @@ class Scheduler:
 
     async def _fire(self, slot: datetime) -> None:
         label = slot.isoformat()
-        await publish_ticks(self.js, self.flow, label, timeout=self.publish_timeout)
+        await publish_ticks(self.js, self.flow, label, timeout=self.publish_timeout,
+                            fired_at=datetime.now(timezone.utc))
         await self.kv.put(self.flow.name, label.encode())
         self.fired += 1
         self.log.info("schedule_fired", slot=label, ticks=len(self.source.each))

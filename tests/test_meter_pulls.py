@@ -22,7 +22,7 @@ from engine.errors import RoutingError, TargetRejected
 from engine.kv import bucket
 from engine.messages import Envelope
 from engine.paged_pull import BUCKET, checkpoint_key, run_now
-from engine.schedule import SCHEDULED_FOR, publish_ticks
+from engine.schedule import FIRED_AT, SCHEDULED_FOR, publish_ticks
 from sandbox.meters import ManualClock, Vendor1Platform, Vendor2Platform, Vendor3Platform, Vendor4Platform
 from sandbox.meters.reference_pull import pull as reference_pull
 from schemas.meter import MeterReading
@@ -314,11 +314,15 @@ async def test_a_cursor_that_never_ends_stops_at_max_pages_with_its_pages_kept(t
 
 
 def test_the_runs_now_is_the_ticks_slot_time_when_it_has_one():
-    """A scheduled slot label or `manual:<ISO>` (runner.py trigger) is the run's now; anything else, the wall clock."""
-    def env(label: str | None) -> Envelope:
-        return Envelope({}, {} if label is None else {SCHEDULED_FOR: label}, "hub.schedule.x", "id", "id")
+    """A scheduled slot label or `manual:<ISO>` (runner.py trigger) is the run's now, or the time a
+    slot was fired when that is later (a catch-up); anything else, the wall clock."""
+    def env(label: str | None, fired: str | None = None) -> Envelope:
+        headers = {} if label is None else {SCHEDULED_FOR: label}
+        return Envelope({}, headers | ({FIRED_AT: fired} if fired else {}), "hub.schedule.x", "id", "id")
 
     assert run_now(env(NOW.isoformat())) == NOW
+    catch_up = NOW + timedelta(days=18)  # the runners were down from the 2nd to the 20th
+    assert run_now(env(NOW.isoformat(), catch_up.isoformat())) == catch_up
     assert run_now(env("manual:2025-04-02T03:00:00+02:00")) == NOW
     before = datetime.now(UTC)
     for label in (None, "t", "2025-04-02T01:00:00"):  # no label, not a time, a time without offset

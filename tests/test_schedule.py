@@ -16,7 +16,7 @@ import pytest
 
 from engine.errors import ConfigError
 from engine.kv import bucket
-from engine.schedule import BUCKET, SCHEDULED_FOR, latest_slot, next_slot
+from engine.schedule import BUCKET, FIRED_AT, SCHEDULED_FOR, latest_slot, next_slot
 from engine.spec import ScheduleSpec
 from tests.helpers import StreamReader, project_from, started_hub
 
@@ -79,9 +79,12 @@ async def test_a_slot_missed_while_no_runner_was_up_runs_once_when_one_starts(
     await kv.put(unique, two_hours_ago.isoformat().encode())
     first = await started_hub(project, nats_url)
     ran = await StreamReader.open(js, f"{unique}.ran.>")
+    ticks = await StreamReader.open(js, f"hub.schedule.{unique}")
     try:
         await ran.wait_for(1)
         assert first.schedulers[unique].fired == 1
+        [tick] = await ticks.wait_for(1)  # fired after its slot: a pull run takes the later time as its now
+        assert datetime.fromisoformat(tick.headers[FIRED_AT]) > datetime.fromisoformat(tick.headers[SCHEDULED_FOR])
         second = await started_hub(project, nats_url)
         await second.stop()
         assert second.schedulers[unique].fired == 0
