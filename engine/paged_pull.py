@@ -138,7 +138,9 @@ class PagedPull:
             summary, revision = await self._pages(env, payload, key, state, revision)
             state = {"checkpoint": checkpoint, "watermark": summary["until"], "last_run": summary}
             await self._save(key, state, revision)
-            await self._next_run_risk(env, summary)
+        # after the checkpoint, and again when a finished tick comes back: an alert whose publish
+        # failed is raised by the redelivery (alerts are at least once, like the reconciliation one)
+        await self._next_run_risk(env, summary)
         if summary["matched"] is False:
             await publish_alert(self.js, self.flow, "reconciliation", "firing", checkpoint=checkpoint,
                                 run_id=summary["run_id"], erp_total=summary["erp_total"], items=summary["items"])
