@@ -18,7 +18,7 @@ from nats.js.errors import NoStreamResponseError
 
 from engine.errors import HubError, NotYet, PublishFailed, RoutingError, classify
 from engine.failures import FailureHandler, FailureHistory
-from engine.idempotency import IdempotencyStore, applies_to, business_key
+from engine.idempotency import IdempotencyStore, InFlightKeys, applies_to, business_key
 from engine.keyed_state import StateConflict, commit
 from engine.messages import REPLAY_FOR, Envelope, decode, opaque
 from engine.pipeline import Pipeline
@@ -65,6 +65,7 @@ class StreamFlowRunner:
         self.failures = FailureHandler(self.flow, js, stream, publish_timeout, history, breaker_wait)
         self.waits = WaitHandler(self.flow, js, self.failures) if pipeline.waits else None
         self.idempotency = idempotency if idempotency and applies_to(self.flow, pipeline.is_async) else None
+        self.keys_in_flight = InFlightKeys()
         self.concurrent = pipeline.is_async or self.idempotency is not None
         self.stats = FlowStats()
         self.log = log.bind(flow=self.flow.name)
@@ -196,7 +197,12 @@ class StreamFlowRunner:
             if self.feed.stopping:
                 await self._settle(msg, None, None, HAND_BACK)
                 continue
-            await self._settle(*await self._run_one(msg))
+            msg, env, futures, err = await self._run_one(msg)
+            try:
+                await self._settle(msg, env, futures, err)
+            finally:
+                if env is not None and env.idem_key is not None:
+                    self.keys_in_flight.release(env.idem_key)
 
     async def _run_one(self, msg: Any) -> tuple[Any, Any, Any, HubError | None]:
         env = None
@@ -208,12 +214,14 @@ class StreamFlowRunner:
                 return msg, env, None, None
             if self.idempotency is not None:
                 key = business_key(self.flow, env)
+                await self.keys_in_flight.claim(key)  # released by _worker after the settle
+                env.idem_key = key
                 if await self.idempotency.is_done(self.flow.name, key):
                     self.log.info("duplicate_skipped", msg_id=env.msg_id, idempotency_key=key,
                                   correlation_id=env.correlation_id)
                     self.stats.skipped += 1
+                    self.keys_in_flight.release(key)
                     return msg, None, None, None
-                env.idem_key = key
             if not await self.pipeline.run(env):
                 return msg, env, None, None
             futures = [await self.js.publish_async(s, d, headers=h) for s, d, h in env.outputs]

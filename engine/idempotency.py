@@ -1,10 +1,12 @@
 """Done-effect keys in a JetStream KV bucket, so a redelivery or a DLQ replay does not call a target
 twice (principle 2). Keys are recorded after the effect and its outputs are confirmed, right
-before the source message is acked."""
+before the source message is acked. Within a runner, two messages with one key never run at once
+(InFlightKeys): the second waits for the first to settle, then finds its mark."""
 
 from __future__ import annotations
 
 import hashlib
+import asyncio
 from typing import Any
 
 import structlog
@@ -40,6 +42,25 @@ def business_key(flow: Flow, env: Envelope) -> str:
             value = value.replace("{" + name + "}", str(current))
         return value
     return env.headers.get(IDEMPOTENCY_KEY) or env.msg_id
+
+
+class InFlightKeys:
+    """The business keys a runner's workers are processing now. Check-then-mark is not atomic: two
+    copies of one change pulled together (concurrency > 1) would both find no mark and both call the
+    target. A second claim of a key waits until the first is released (after its settle)."""
+
+    def __init__(self) -> None:
+        self._busy: dict[str, asyncio.Event] = {}
+
+    async def claim(self, key: str) -> None:
+        while (busy := self._busy.get(key)) is not None:
+            await busy.wait()
+        self._busy[key] = asyncio.Event()
+
+    def release(self, key: str) -> None:
+        busy = self._busy.pop(key, None)
+        if busy is not None:
+            busy.set()
 
 
 class IdempotencyStore:

@@ -172,7 +172,9 @@ class Idempotency(_Strict):
     """A flow's effects happen once per key: a redelivery or a DLQ replay of a message whose effect
     is done is skipped and logged. On by default for flows with steps that do I/O (`call`, `state`,
     `until`, `pull`); a flow whose state function is idempotent itself may turn it off (two KV
-    round trips a message)."""
+    round trips a message). Within a runner two messages with one key never run at once: the second
+    waits for the first to settle, then finds its mark (two runners pulling copies at the same
+    moment may still both run)."""
 
     key: str | None = Field(
         None, description="Business key template from the payload; default: the message's "

@@ -24,7 +24,7 @@ from engine.runtime import Hub
 from engine.validation import Project
 from sandbox.pdf_generator import PdfGenerator
 from sandbox.sftp_server import SftpServer
-from tests.helpers import StreamReader, project_from, wait_until
+from tests.helpers import StreamReader, project_from, settled, wait_until
 from transforms import invoice_pdfs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -121,11 +121,6 @@ async def run_cli(*argv: str) -> int:
     return await asyncio.to_thread(pdf_main, parser.parse_args(["pdf", *argv]))
 
 
-async def drained(js: Any, stream: str, durable: str) -> bool:
-    info = await js.consumer_info(stream, durable)
-    return info.num_pending == 0 and info.num_ack_pending == 0
-
-
 # --- end to end ----------------------------------------------------------------------------------
 
 async def test_an_updated_invoice_becomes_a_stored_pdf_that_the_portal_and_the_cli_can_get(
@@ -140,7 +135,7 @@ async def test_an_updated_invoice_becomes_a_stored_pdf_that_the_portal_and_the_c
         [req] = await requested.wait_for(1)
         [job] = await generator.wait_rendered(1)
         [msg] = await available.wait_for(1)
-        await wait_until(lambda: drained(js, "HUB_INGRESS", "invoice-pdf-drop"))
+        await wait_until(lambda: settled(js, "HUB_INGRESS", "invoice-pdf-drop"))
         answer = await get(broker.url, "DE-INV-000123")
         out = tmp_path / "portal" / "DE-INV-000123.pdf"
         out.parent.mkdir()
@@ -170,11 +165,27 @@ async def test_one_invoice_change_renders_once_and_a_busy_generator_is_retried(
         await updated(js, invoice(7))
         await requested.wait_for(1)
         await updated(js, invoice(7))
-        await wait_until(lambda: drained(js, "ERP", "invoice-pdf-request"))
+        await wait_until(lambda: settled(js, "ERP", "invoice-pdf-request"))
         await generator.wait_rendered(1)
     finally:
         await hub.stop()
     assert len(generator.jobs) == 1 and len(requested.messages) == 1
+
+
+async def test_two_copies_of_one_change_pulled_together_render_once(
+        tmp_path: Path, broker: EmbeddedNats, js: Any, generator: PdfGenerator, drop: SftpServer) -> None:
+    """Two copies of one change (two message ids, one idempotency key) reach the flow's workers at the
+    same moment: the second waits for the first to settle, finds its mark and is skipped: one job."""
+    hub = await hub_for(tmp_path, generator, drop, broker)
+    try:
+        requested = await StreamReader.open(js, "invoice.pdf.requested")
+        await asyncio.gather(updated(js, invoice(8)), updated(js, invoice(8)))
+        await wait_until(lambda: settled(js, "ERP", "invoice-pdf-request"))
+        await generator.wait_rendered(1)
+    finally:
+        await hub.stop()
+    assert len(generator.jobs) == 1 and len(requested.messages) == 1
+    assert hub.runners["invoice-pdf-request"].stats.skipped == 1
 
 
 async def test_an_invoice_the_generator_refuses_is_dead_lettered_with_its_answer(
@@ -205,7 +216,7 @@ async def test_a_pdf_landed_again_after_the_duplicate_window_is_not_announced_ag
         landing = await js.get_last_msg("HUB_INGRESS", "hub.ingress.invoice-pdf-drop")
         await js.publish("hub.ingress.invoice-pdf-drop", landing.data,
                          headers={**event_headers("/test/replay", "hub.ingress.invoice-pdf-drop")})
-        await wait_until(lambda: drained(js, "HUB_INGRESS", "invoice-pdf-drop"))
+        await wait_until(lambda: settled(js, "HUB_INGRESS", "invoice-pdf-drop"))
         assert len(available.messages) == 1
         newer = drop.root / first.name.replace(first.name[-18:-4], "29991231235959")
         newer.write_bytes(first.read_bytes().replace(b"Sandbox Customer", b"Sandbox Kundin!!"))
@@ -245,7 +256,7 @@ async def test_with_the_hub_down_the_cli_reads_the_record_and_writes_the_pdf(
         available = await StreamReader.open(js, "invoice.pdf.available")
         path = generator.drop_pdf("DE-INV-000077", mb=2)
         await available.wait_for(1)
-        await wait_until(lambda: drained(js, "HUB_INGRESS", "invoice-pdf-drop"))
+        await wait_until(lambda: settled(js, "HUB_INGRESS", "invoice-pdf-drop"))
     finally:
         await hub.stop()
     out = tmp_path / "saved.pdf"
