@@ -5,8 +5,8 @@ before the source message is acked. Within a runner, two messages with one key n
 
 from __future__ import annotations
 
-import hashlib
 import asyncio
+import hashlib
 from typing import Any
 
 import structlog
