@@ -198,11 +198,12 @@ class StreamFlowRunner:
                 await self._settle(msg, None, None, HAND_BACK)
                 continue
             msg, env, futures, err = await self._run_one(msg)
+            done = False
             try:
-                await self._settle(msg, env, futures, err)
+                done = await self._settle(msg, env, futures, err)
             finally:
                 if env is not None and env.idem_key is not None:
-                    self.keys_in_flight.release(env.idem_key)
+                    self.keys_in_flight.release(env.idem_key, done)
 
     async def _run_one(self, msg: Any) -> tuple[Any, Any, Any, HubError | None]:
         env = None
@@ -214,13 +215,15 @@ class StreamFlowRunner:
                 return msg, env, None, None
             if self.idempotency is not None:
                 key = business_key(self.flow, env)
-                await self.keys_in_flight.claim(key)  # released by _worker after the settle
-                env.idem_key = key
-                if await self.idempotency.is_done(self.flow.name, key):
+                held = await self.keys_in_flight.claim(key)  # released by _worker after the settle
+                if held:
+                    env.idem_key = key
+                if not held or await self.idempotency.is_done(self.flow.name, key):
                     self.log.info("duplicate_skipped", msg_id=env.msg_id, idempotency_key=key,
                                   correlation_id=env.correlation_id)
                     self.stats.skipped += 1
-                    self.keys_in_flight.release(key)
+                    if held:
+                        self.keys_in_flight.release(key, done=True)
                     return msg, None, None, None
             if not await self.pipeline.run(env):
                 return msg, env, None, None
@@ -246,9 +249,10 @@ class StreamFlowRunner:
         finally:
             self._slots.release()
 
-    async def _settle(self, msg: Any, env: Any, futures: Any, err: HubError | None) -> None:
+    async def _settle(self, msg: Any, env: Any, futures: Any, err: HubError | None) -> bool:
         """Ack only what is done and confirmed (and its effect recorded); the rest goes to the
-        failure policy. `futures` are done (or cancelled) by now."""
+        failure policy. `futures` are done (or cancelled) by now. True when an effect was marked done."""
+        marked = False
         try:
             if err is None and futures:
                 err = _unconfirmed(futures, env)
@@ -265,9 +269,10 @@ class StreamFlowRunner:
                         conflict.step = "state"
                         self.log.info("state_conflict", msg_id=env.msg_id, error=str(conflict))
                         await msg.nak(delay=STATE_RETRY_DELAY)  # outputs are stored under stable ids
-                        return
+                        return False
                 if futures is not None and env is not None and env.idem_key is not None:
                     await self.idempotency.mark_done(self.flow.name, env.idem_key, env.msg_id)  # type: ignore[union-attr]
+                    marked = True
                 await msg.ack()
                 if self.waits is not None and env is not None:
                     await self.waits.forget(env)
@@ -285,6 +290,7 @@ class StreamFlowRunner:
             self.log.warning("settle_failed", error=repr(exc))
         finally:
             self.feed.release(msg)
+        return marked
 
 def _unconfirmed(futures: list[Any], env: Envelope) -> HubError | None:
     """Why an output was not stored, or None. A subject no stream captures cannot succeed by

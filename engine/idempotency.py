@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from collections import OrderedDict
 from typing import Any
 
 import structlog
@@ -45,22 +46,34 @@ def business_key(flow: Flow, env: Envelope) -> str:
 
 
 class InFlightKeys:
-    """The business keys a runner's workers are processing now. Check-then-mark is not atomic: two
-    copies of one change pulled together (concurrency > 1) would both find no mark and both call the
-    target. A second claim of a key waits until the first is released (after its settle)."""
+    """The business keys a runner's workers are processing now, and the last ones it finished.
+    Check-then-mark is not atomic: two copies of one change pulled together (concurrency > 1) would
+    both find no mark and both call the target. A second claim of a key waits until the first is
+    released (after its settle); a key this runner has just done is known without asking KV."""
 
-    def __init__(self) -> None:
+    def __init__(self, remember: int = 10_000) -> None:
         self._busy: dict[str, asyncio.Event] = {}
+        self._done: OrderedDict[str, None] = OrderedDict()
+        self._remember = remember
 
-    async def claim(self, key: str) -> None:
+    async def claim(self, key: str) -> bool:
+        """Hold `key`; False (nothing held) when this runner finished its effect moments ago."""
         while (busy := self._busy.get(key)) is not None:
             await busy.wait()
+        if key in self._done:
+            self._done.move_to_end(key)
+            return False
         self._busy[key] = asyncio.Event()
+        return True
 
-    def release(self, key: str) -> None:
+    def release(self, key: str, done: bool = False) -> None:
         busy = self._busy.pop(key, None)
         if busy is not None:
             busy.set()
+        if done:
+            self._done[key] = None
+            if len(self._done) > self._remember:
+                self._done.popitem(last=False)
 
 
 class IdempotencyStore:
@@ -70,7 +83,9 @@ class IdempotencyStore:
         self.kv: Any = None
 
     async def start(self) -> None:
-        self.kv = await bucket(self.js, BUCKET, self.keep)
+        # direct gets: a mark is read back by a redelivery (after ack_wait) or a replay, long after it
+        # was written; copies in flight at once in this runner are answered by InFlightKeys
+        self.kv = await bucket(self.js, BUCKET, self.keep, direct=True)
 
     @staticmethod
     def kv_key(flow: str, key: str) -> str:
