@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from email.parser import BytesHeaderParser
 from email.policy import compat32
 from typing import Any
@@ -24,7 +23,8 @@ import structlog
 from adapters.imap.config import ImapEndpointConfig, cleartext_risk, tls_context
 from adapters.imap.session import ConnectionLost, ImapRefused, ImapSession
 from engine.errors import ConfigError, PublishFailed
-from engine.ingress import Ingress, Landing
+from engine.ingress import Landing
+from engine.outage import ReconnectingIngress
 from engine.secrets import resolve_setting
 from engine.sources import ImapMailbox
 from engine.spec import Flow
@@ -49,11 +49,9 @@ def message_id_of(raw: bytes) -> str | None:
     return (header_value(value) or None) if value is not None else None
 
 
-class ImapIngress(Ingress):
+class ImapIngress(ReconnectingIngress):
     """Watches one folder of one mailbox for a flow; counters and `state` show what it did."""
 
-    BACKOFF_START = 0.5
-    BACKOFF_MAX = 30.0
     STOP_GRACE = 5.0  # stop() waits this long for the mail in hand and LOGOUT, then cancels
     FETCH_CHUNK = 16  # mails per UID FETCH: bounds memory (each may be up to 1 MB) and round trips
 
@@ -63,17 +61,13 @@ class ImapIngress(Ingress):
     def __init__(self, flow: Flow, spec: ImapMailbox, endpoint: ImapEndpointConfig, landing: Landing,
                  services: Any) -> None:
         super().__init__(flow, spec, endpoint, landing, services)
-        self.stored = self.duplicates = self.moved = self.reconnects = self.failed = 0
+        self.stored = self.duplicates = self.moved = self.failed = 0
         # states (self.state, engine/ingress.py): connecting, reading, idle, polling, retrying, down, stopped
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._password = ""
         self._tls: Any = None
         self._failing: set[int] = set()  # UIDs whose store failed: warned once each
-        self._served = False  # a session has worked before: the next one is a reconnect
-        self._outage_since: float | None = None
-        self.attempts = 0  # failed connection attempts in the current outage
-        self._backoff = self.BACKOFF_START
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -121,31 +115,20 @@ class ImapIngress(Ingress):
             if self._stop.is_set():
                 break
             self._set_state("down")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), self._backoff)
-            self._backoff = min(self._backoff * 2, self.BACKOFF_MAX)
-
-    def _where(self) -> str:
-        return f"{self.endpoint.host}:{self.endpoint.port}"
+            await self.outage.pause(self._stop)
 
     def _down(self, exc: BaseException, quiet: bool = False) -> None:
         """A failed connection or session: warn at the start of an outage only."""
-        self.attempts += 1
-        if self._outage_since is None:
-            self._outage_since = time.monotonic()
-            if not quiet:
-                log.warning("imap_unavailable", flow=self.flow.name, server=self._where(), error=_short(exc),
-                            retry=f"{self.BACKOFF_START:g}s doubling to {self.BACKOFF_MAX:g}s")
+        if self.outage.failed() and not quiet:
+            log.warning("imap_unavailable", flow=self.flow.name, server=self._where(), error=_short(exc),
+                        retry=self.outage.retry)
 
     def _up(self) -> None:
         """The folder is selected: the outage, if any, is over (counted only once the session works, so a
         server that accepts logins but fails SELECT still backs off)."""
-        if self._served:
-            self.reconnects += 1
-        if self._outage_since is not None:
-            log.info("imap_reconnected", flow=self.flow.name, server=self._where(), attempts=self.attempts,
-                        down_s=round(time.monotonic() - self._outage_since, 1))
-        self._served, self._outage_since, self.attempts, self._backoff = True, None, 0, self.BACKOFF_START
+        ended = self.outage.recovered()
+        if ended is not None:
+            log.info("imap_reconnected", flow=self.flow.name, server=self._where(), **ended)
         self._changed.set()
 
     async def _serve(self, session: ImapSession) -> None:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import time
 from typing import Any
 
 import aiomqtt
@@ -27,7 +26,8 @@ import structlog
 from adapters.imap.ingress import header_value
 from adapters.mqtt.config import MqttEndpointConfig, cleartext_risk, tls_context
 from engine.errors import ConfigError, PublishFailed
-from engine.ingress import Ingress, Landing
+from engine.ingress import Landing
+from engine.outage import ReconnectingIngress
 from engine.secrets import resolve_setting
 from engine.sources import MqttSubscription
 from engine.spec import Flow
@@ -53,11 +53,9 @@ def content_type(payload: bytes) -> str:
     return "application/json"
 
 
-class MqttIngress(Ingress):
+class MqttIngress(ReconnectingIngress):
     """Subscribes one flow to its topics; counters and `state` show what it did."""
 
-    BACKOFF_START = 0.5
-    BACKOFF_MAX = 30.0
     STOP_GRACE = 5.0  # stop() waits this long for the batch in hand, then cancels
     BATCH = 256       # messages already received are stored with one wait for all acks
 
@@ -67,7 +65,7 @@ class MqttIngress(Ingress):
     def __init__(self, flow: Flow, spec: MqttSubscription, endpoint: MqttEndpointConfig, landing: Landing,
                  services: Any) -> None:
         super().__init__(flow, spec, endpoint, landing, services)
-        self.received = self.stored = self.duplicates = self.acked = self.reconnects = self.failed = 0
+        self.received = self.stored = self.duplicates = self.acked = self.failed = 0
         # states (self.state, engine/ingress.py): connecting, waiting, storing, down, retrying, stopped
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -75,12 +73,8 @@ class MqttIngress(Ingress):
         self._tls: Any = None
         self.connected = False  # connected and subscribed
         self._in_hand = False   # a batch is being stored and acked: stop() lets it finish
-        self._served = False    # a session has worked before: the next one is a reconnect
-        self._outage_since: float | None = None
         self._store_failing = False
         self._refused: BaseException | None = None  # why the last SUBSCRIBE failed
-        self.attempts = 0       # failed connection attempts in the current outage
-        self._backoff = self.BACKOFF_START
         self._store_backoff = self.BACKOFF_START
 
     # --- lifecycle -----------------------------------------------------------------------------
@@ -151,10 +145,10 @@ class MqttIngress(Ingress):
             if self._stop.is_set():
                 break
             if wait is None:
-                wait, self._backoff = self._backoff, min(self._backoff * 2, self.BACKOFF_MAX)
                 self._set_state("down")
-            else:
-                self._set_state("retrying")
+                await self.outage.pause(self._stop)
+                continue
+            self._set_state("retrying")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), wait)
 
@@ -178,27 +172,18 @@ class MqttIngress(Ingress):
             return
         self._up()
 
-    def _where(self) -> str:
-        return f"{self.endpoint.host}:{self.endpoint.port}"
-
     def _down(self, exc: BaseException, quiet: bool = False) -> None:
         """A failed connection or session: warn at the start of an outage only."""
-        self.attempts += 1
-        if self._outage_since is None:
-            self._outage_since = time.monotonic()
-            if not quiet:
-                log.warning("mqtt_unavailable", flow=self.flow.name, broker=self._where(), error=_short(exc),
-                            retry=f"{self.BACKOFF_START:g}s doubling to {self.BACKOFF_MAX:g}s")
+        if self.outage.failed() and not quiet:
+            log.warning("mqtt_unavailable", flow=self.flow.name, broker=self._where(), error=_short(exc),
+                        retry=self.outage.retry)
         self._changed.set()
 
     def _up(self) -> None:
         """Connected and subscribed: the outage, if any, is over."""
-        if self._served:
-            self.reconnects += 1
-        if self._outage_since is not None:
-            log.info("mqtt_reconnected", flow=self.flow.name, broker=self._where(), attempts=self.attempts,
-                     down_s=round(time.monotonic() - self._outage_since, 1))
-        self._served, self._outage_since, self.attempts, self._backoff = True, None, 0, self.BACKOFF_START
+        ended = self.outage.recovered()
+        if ended is not None:
+            log.info("mqtt_reconnected", flow=self.flow.name, broker=self._where(), **ended)
         self.connected = True
         self._changed.set()
 

@@ -34,8 +34,9 @@ from adapters.sftp.reports import JETSTREAM_TROUBLE, FileReports, short, spec_pr
 from adapters.sftp.session import CONNECTION_TROUBLE, HostKeyRefused, LoginRefused, RemoteFile, SftpSession
 from adapters.sftp.transfer import HashingReader, SourceReadFailed, TransferMismatch, object_store, put_verified
 from engine.errors import ConfigError, PublishFailed
-from engine.ingress import Ingress, Landing
+from engine.ingress import Landing
 from engine.messages import encode
+from engine.outage import ReconnectingIngress
 from engine.sources import SftpDrop
 from engine.spec import Flow
 from engine.tasks import cancel_and_wait
@@ -44,11 +45,9 @@ log = structlog.get_logger("hub.sftp")
 REFUSED = (HostKeyRefused, LoginRefused)
 
 
-class SftpIngress(Ingress):
+class SftpIngress(ReconnectingIngress):
     """Watches one directory of one SFTP server for a flow; counters and `state` show what it did."""
 
-    BACKOFF_START = 0.5
-    BACKOFF_MAX = 30.0
     STOP_GRACE = 5.0  # stop() lets the file in hand finish this long, then cancels (it is fetched again)
 
     spec: SftpDrop
@@ -57,7 +56,7 @@ class SftpIngress(Ingress):
     def __init__(self, flow: Flow, spec: SftpDrop, endpoint: SftpEndpointConfig, landing: Landing,
                  services: Any) -> None:
         super().__init__(flow, spec, endpoint, landing, services)
-        self.fetched = self.bytes = self.quarantined = self.reconnects = self.duplicates = 0
+        self.fetched = self.bytes = self.quarantined = self.duplicates = 0
         # states (self.state, engine/ingress.py): connecting, listing, fetching, idle, down, refused, stopped
         self.last_error: str | None = None
         # tests and drills: awaited after the object put ("put") and after the landing ("stored")
@@ -71,11 +70,7 @@ class SftpIngress(Ingress):
         self._pool: ThreadPoolExecutor | None = None
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._served = False
         self._key_alerted = False  # an sftp_host_key alert is firing
-        self._outage_since: float | None = None
-        self._outage_kind: str | None = None
-        self._backoff = self.BACKOFF_START
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -142,23 +137,17 @@ class SftpIngress(Ingress):
             if self._stop.is_set():
                 break
             self._set_state("refused" if self.state == "refused" else "down")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), self._backoff)
-            self._backoff = min(self._backoff * 2, self.BACKOFF_MAX)
+            await self.outage.pause(self._stop)
 
     async def _down(self, exc: BaseException, refused: bool = False, quiet: bool = False) -> None:
         """A failed connection or session: report once per outage, and again only if its kind changes
         (a server that comes back with a new host key is refused, not merely down)."""
         self.last_error = short(exc)
-        kind = "refused" if refused else "unavailable"
         if refused:
             self.state = "refused"
-        if self._outage_since is None:
-            self._outage_since = time.monotonic()
-        elif kind == self._outage_kind:
+        if not self.outage.failed("refused" if refused else "unavailable"):
             return
-        self._outage_kind = kind
-        retry = f"{self.BACKOFF_START:g}s doubling to {self.BACKOFF_MAX:g}s"
+        retry = self.outage.retry
         if refused:
             log.error("sftp_refused", flow=self.flow.name, server=self._where(), error=str(exc), retry=retry)
             if isinstance(exc, HostKeyRefused) and not self._key_alerted:
@@ -169,19 +158,13 @@ class SftpIngress(Ingress):
                         retry=retry)
 
     async def _up(self) -> None:
-        if self._served:
-            self.reconnects += 1
-        if self._outage_since is not None:
-            log.info("sftp_reconnected", flow=self.flow.name, server=self._where(),
-                     down_s=round(time.monotonic() - self._outage_since, 1))
+        ended = self.outage.recovered()
+        if ended is not None:
+            log.info("sftp_reconnected", flow=self.flow.name, server=self._where(), **ended)
         if self._key_alerted:
             self._key_alerted = not await self.reports.alert("sftp_host_key", "resolved", server=self._where())
-        self._served, self._outage_since, self._outage_kind = True, None, None
-        self._backoff, self.last_error = self.BACKOFF_START, None
+        self.last_error = None
         self._changed.set()
-
-    def _where(self) -> str:
-        return f"{self.endpoint.host}:{self.endpoint.port}"
 
     # --- the drop directory --------------------------------------------------------------------
 
