@@ -7,6 +7,7 @@ import hashlib
 import io
 import json
 import os
+import threading
 import time
 import tracemalloc
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -187,20 +188,45 @@ async def test_pdfs_are_fetched_once_with_the_checksum_of_the_file(
     assert ingress.bytes == sum(p.stat().st_size for p in paths)
 
 
+class OverBound:
+    """Watches tracemalloc from a thread: the first time Python holds more than `bound` bytes, it notes
+    which source files hold the most, so a failure says where the memory was (once seen, cause unknown:
+    peak 51 MiB in one of ~16 runs of the suite under double load)."""
+
+    def __init__(self, bound: int) -> None:
+        self.bound, self.where = bound, ""
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def __enter__(self) -> "OverBound":
+        tracemalloc.start()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join()
+        tracemalloc.stop()
+
+    def _watch(self) -> None:
+        while not self._done.wait(0.002) and not self.where:
+            if tracemalloc.get_traced_memory()[0] > self.bound:
+                top = tracemalloc.take_snapshot().statistics("filename")[:5]
+                self.where = "; ".join(f"{s.traceback[0].filename}: {s.size / 2**20:.1f} MiB" for s in top)
+
+
 async def test_a_50_mb_pdf_is_streamed_without_holding_it_in_memory(
         js: Any, server: SftpServer, gen: PdfGenerator, make_ingress: MakeIngress) -> None:
     """Python's peak allocation while a 50 MiB PDF goes into the Object Store stays a fraction of its size."""
     path = gen.drop_pdf("BIG-50", mb=50)
-    tracemalloc.start()
-    try:
+    with OverBound(12 * 1024 * 1024) as watch:
         ingress = await make_ingress(server)
         await ingress.wait_for(lambda i: i.fetched == 1, timeout=20)
         _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
     [record] = await landed(js, ingress)
     assert record["sha256"] == sha(path) and record["size"] > 50 * 1024 * 1024
-    assert peak < 12 * 1024 * 1024, f"peak {peak / 2**20:.1f} MiB"  # measured ~5 MiB, the in-process server included
+    # measured ~5 MiB, the in-process SFTP server included
+    assert peak < watch.bound, f"peak {peak / 2**20:.1f} MiB; over the bound first in: {watch.where}"
 
 
 @pytest.mark.parametrize("crash_after", ["put", "stored"])
