@@ -160,13 +160,15 @@ class BelgianErpSimulator:
         idle = await imap.idle_start(timeout=self.idle_seconds)
         push = asyncio.ensure_future(imap.wait_server_push(timeout=self.idle_seconds + 5))
         dropped = asyncio.ensure_future(lost.wait())
-        await asyncio.wait({push, dropped}, return_when=asyncio.FIRST_COMPLETED)
-        for waiter in (push, dropped):
-            waiter.cancel()
-        if lost.is_set():
-            raise ConnectionError("IMAP connection lost")
-        imap.idle_done()
-        await asyncio.wait_for(idle, 5)
+        try:
+            await asyncio.wait({push, dropped}, return_when=asyncio.FIRST_COMPLETED)
+            if lost.is_set():
+                raise ConnectionError("IMAP connection lost")
+            imap.idle_done()
+            await asyncio.wait_for(idle, 5)
+        finally:  # also when the simulator stops mid-IDLE: no waiter outlives it
+            for task in (push, dropped, idle):
+                task.cancel()
 
     async def _drain(self, imap: aioimaplib.IMAP4) -> int:
         """Read every mail in INBOX and move it out; answers how many it moved. SELECT (a synchronous command in
