@@ -18,7 +18,7 @@ from nats.js.errors import NoStreamResponseError
 
 from engine.errors import HubError, NotYet, PublishFailed, RoutingError, classify
 from engine.failures import FailureHandler, FailureHistory
-from engine.idempotency import IdempotencyStore, InFlightKeys, applies_to, business_key
+from engine.idempotency import HeldElsewhere, IdempotencyStore, InFlightKeys, applies_to, business_key
 from engine.keyed_state import StateConflict, commit
 from engine.messages import REPLAY_FOR, Envelope, decode, opaque
 from engine.pipeline import Pipeline
@@ -66,6 +66,9 @@ class StreamFlowRunner:
         self.waits = WaitHandler(self.flow, js, self.failures) if pipeline.waits else None
         self.idempotency = idempotency if idempotency and applies_to(self.flow, pipeline.is_async) else None
         self.keys_in_flight = InFlightKeys()
+        # a claim older than this is a crashed holder's: past two ack_waits JetStream has long
+        # redelivered that message (its redelivery takes its own claim over at once)
+        self.claim_lease = 2 * self.flow.ack_wait
         self.concurrent = pipeline.is_async or self.idempotency is not None
         self.stats = FlowStats()
         self.log = log.bind(flow=self.flow.name)
@@ -203,6 +206,8 @@ class StreamFlowRunner:
                 done = await self._settle(msg, env, futures, err)
             finally:
                 if env is not None and env.idem_key is not None:
+                    if not done and env.idem_claim is not None:
+                        await self.idempotency.give_up(self.flow.name, env.idem_key, env.idem_claim)  # type: ignore[union-attr]
                     self.keys_in_flight.release(env.idem_key, done)
 
     async def _run_one(self, msg: Any) -> tuple[Any, Any, Any, HubError | None]:
@@ -218,7 +223,8 @@ class StreamFlowRunner:
                 held = await self.keys_in_flight.claim(key)  # released by _worker after the settle
                 if held:
                     env.idem_key = key
-                if not held or await self.idempotency.is_done(self.flow.name, key):
+                    env.idem_claim = await self._claim(env, key)
+                if not held or env.idem_claim is None:
                     self.log.info("duplicate_skipped", msg_id=env.msg_id, idempotency_key=key,
                                   correlation_id=env.correlation_id)
                     self.stats.skipped += 1
@@ -235,6 +241,19 @@ class StreamFlowRunner:
             return msg, env, futures, None
         except Exception as exc:
             return msg, env, None, classify(exc)
+
+    async def _claim(self, env: Envelope, key: str) -> int | None:
+        """This message's claim on its key (None: the effect is done). While another runner's copy, or
+        one that crashed, holds it, wait here (the feed keeps the message ours) until it ends."""
+        assert self.idempotency is not None
+        pause = 0.05
+        while True:
+            try:
+                return await self.idempotency.claim(self.flow.name, key, env.msg_id, self.claim_lease)
+            except HeldElsewhere as held:
+                self.log.info("idempotency_key_busy", msg_id=env.msg_id, idempotency_key=key, error=str(held))
+                await asyncio.sleep(min(pause, held.seconds_left))
+                pause = min(pause * 2, 1.0)
 
     async def _finalise(self, results: list[tuple[Any, Any, Any, HubError | None]]) -> None:
         """Pure flows: one wait for the whole batch's publish acks, then each message is settled."""

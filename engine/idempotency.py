@@ -1,17 +1,24 @@
 """Done-effect keys in a JetStream KV bucket, so a redelivery or a DLQ replay does not call a target
-twice (principle 2). Keys are recorded after the effect and its outputs are confirmed, right
-before the source message is acked. Within a runner, two messages with one key never run at once
-(InFlightKeys): the second waits for the first to settle, then finds its mark."""
+twice (principle 2), and two copies of one change never run at once.
+
+Before its effect a message claims its key (an atomic create: `claim <time> <msg id>`); after the
+effect and its outputs are confirmed, right before the source message is acked, the claim becomes
+the done mark. A failed attempt gives the claim up, so its retry or replay can claim again. A copy
+that meets another message's claim waits for it to end; a claim older than its lease (the holder
+crashed) or held by the same message (its redelivery) is taken over. Within a runner, copies wait
+for each other in memory first (InFlightKeys), without asking KV.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import time
 from collections import OrderedDict
 from typing import Any
 
 import structlog
-from nats.js.errors import KeyNotFoundError
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
 from engine.errors import RoutingError
 from engine.kv import bucket
@@ -22,6 +29,15 @@ from engine.subjects import placeholders
 log = structlog.get_logger("hub.idempotency")
 
 BUCKET = "hub_idempotency"
+CLAIM = b"claim "
+
+
+class HeldElsewhere(Exception):
+    """Another message (another runner, or one that crashed) holds a fresh claim on the key."""
+
+    def __init__(self, holder: str, seconds_left: float) -> None:
+        super().__init__(f"key claimed by message {holder} ({seconds_left:.1f} s of its lease left)")
+        self.holder, self.seconds_left = holder, seconds_left
 
 
 def applies_to(flow: Flow, has_calls: bool) -> bool:
@@ -83,20 +99,45 @@ class IdempotencyStore:
         self.kv: Any = None
 
     async def start(self) -> None:
-        # direct gets: a mark is read back by a redelivery (after ack_wait) or a replay, long after it
-        # was written; copies in flight at once in this runner are answered by InFlightKeys
-        self.kv = await bucket(self.js, BUCKET, self.keep, direct=True)
+        self.kv = await bucket(self.js, BUCKET, self.keep)  # leader reads: a claim is read right after it is written
 
     @staticmethod
     def kv_key(flow: str, key: str) -> str:
         return f"{flow}.{hashlib.blake2b(key.encode(), digest_size=16).hexdigest()}"
 
-    async def is_done(self, flow: str, key: str) -> bool:
+    async def claim(self, flow: str, key: str, msg_id: str, lease: float) -> int | None:
+        """Claim `key` for `msg_id`: its revision, or None when the effect is done (skip the message).
+        HeldElsewhere while another message's claim is younger than `lease`."""
+        k = self.kv_key(flow, key)
+        value = CLAIM + f"{time.time():.3f} {msg_id}".encode()
+        for _ in range(8):  # each turn loses a race to another claimant at most once
+            try:
+                return await self.kv.create(k, value)
+            except KeyWrongLastSequenceError:
+                pass
+            try:
+                entry = await self.kv.get(k)
+            except KeyNotFoundError:
+                continue  # given up (deleted) in between: create again
+            current = entry.value or b""
+            if not current.startswith(CLAIM):
+                return None  # the done mark
+            stamp, _, holder = current[len(CLAIM):].decode().partition(" ")
+            age = time.time() - float(stamp)
+            if holder != msg_id and age < lease:
+                raise HeldElsewhere(holder, lease - age)
+            try:  # the holder crashed (lease over), or this is its own redelivery: take it over
+                return await self.kv.update(k, value, last=entry.revision)
+            except KeyWrongLastSequenceError:
+                continue
+        raise HeldElsewhere("?", 1.0)  # contended beyond reason: wait and try again
+
+    async def give_up(self, flow: str, key: str, revision: int) -> None:
+        """The attempt did not complete its effect: free the key for its retry, replay or copy."""
         try:
-            await self.kv.get(self.kv_key(flow, key))
-            return True
-        except KeyNotFoundError:
-            return False
+            await self.kv.delete(self.kv_key(flow, key), last=revision)
+        except Exception as exc:  # taken over, or the connection is gone: the lease frees it
+            log.info("idempotency_claim_kept", flow=flow, key=key, error=repr(exc))
 
     async def mark_done(self, flow: str, key: str, msg_id: str) -> None:
         try:

@@ -109,6 +109,7 @@ class PdfGenerator:
         self.url = self.jobs_url = ""
         self._seq = itertools.count(1)
         self._failures: list[int] = []
+        self.answer_delay = 0.0  # set_answer_delay
         self._tasks: set[asyncio.Task[None]] = set()
         self._done = asyncio.Condition()
         self._runner: web.AppRunner | None = None
@@ -141,13 +142,17 @@ class PdfGenerator:
         """Pad every PDF from now on to about `mb` MiB (0: normal, a few KiB)."""
         self.large_mb = max(0.0, mb)
 
+    def set_answer_delay(self, seconds: float) -> None:
+        """A slow render API: job requests are answered (and their jobs created) this long after they arrive."""
+        self.answer_delay = max(0.0, seconds)
+
     def fail_next(self, n: int = 1, status: int = 503) -> None:
         """The next `n` job requests answer `status` with a JSON error and render nothing."""
         self._failures.extend([status] * n)
 
     def reset(self) -> None:
         """As constructed again (between tests): its delay and size, no failures, pending jobs cancelled, no records."""
-        (self.delay, self.large_mb), self._failures = self._defaults, []
+        (self.delay, self.large_mb), self._failures, self.answer_delay = self._defaults, [], 0.0
         for task in self._tasks:
             task.cancel()  # a write already in its thread still lands, unrecorded
         self.jobs.clear()
@@ -183,6 +188,8 @@ class PdfGenerator:
     # --- HTTP --------------------------------------------------------------------------------
 
     async def _create(self, request: web.Request) -> web.Response:
+        if self.answer_delay:
+            await asyncio.sleep(self.answer_delay)
         if self._failures:
             status = self._failures.pop(0)
             return web.json_response({"error": "UNAVAILABLE", "message": "render farm busy"}, status=status)

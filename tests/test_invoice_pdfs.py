@@ -61,8 +61,9 @@ def js(broker_js: Any) -> Any:
     return broker_js
 
 
-def project(tmp: Path, generator: PdfGenerator, drop: SftpServer) -> Project:
-    """The shipped flows (polling every 0.2 s) with a config of the test's own, pointing at the simulators."""
+def project(tmp: Path, generator: PdfGenerator, drop: SftpServer, flow_changes: dict[str, str] | None = None) -> Project:
+    """The shipped flows (polling every 0.2 s, and `flow_changes` made to their text) with a config of
+    the test's own, pointing at the simulators."""
     known_hosts = drop.write_known_hosts(tmp / "pdf_known_hosts")
     config = f"""
         streams:
@@ -86,11 +87,14 @@ def project(tmp: Path, generator: PdfGenerator, drop: SftpServer) -> Project:
             timeout: 5s
         """
     texts = [(ROOT / "flows" / f"{name}.yaml").read_text().replace("poll: 5s", "poll: 0.2s") for name in FLOWS]
+    for old, new in (flow_changes or {}).items():
+        texts = [text.replace(old, new) for text in texts]
     return project_from(tmp, config, *texts)
 
 
-async def hub_for(tmp: Path, generator: PdfGenerator, drop: SftpServer, broker: EmbeddedNats) -> Hub:
-    hub = Hub(project(tmp, generator, drop), servers=[broker.url])
+async def hub_for(tmp: Path, generator: PdfGenerator, drop: SftpServer, broker: EmbeddedNats,
+                  flow_changes: dict[str, str] | None = None) -> Hub:
+    hub = Hub(project(tmp, generator, drop, flow_changes), servers=[broker.url])
     await hub.start()
     return hub
 
@@ -186,6 +190,34 @@ async def test_two_copies_of_one_change_pulled_together_render_once(
         await hub.stop()
     assert len(generator.jobs) == 1 and len(requested.messages) == 1
     assert hub.runners["invoice-pdf-request"].stats.skipped == 1
+
+
+async def test_copies_of_changes_spread_over_two_runners_render_once_each(
+        tmp_path: Path, broker: EmbeddedNats, js: Any, generator: PdfGenerator, drop: SftpServer) -> None:
+    """Two copies each of eight changes, one after the other, to two runners taking one message at a
+    time: the second copy goes to the other runner while the first is being rendered, meets its
+    claim, waits and is skipped; each change is rendered once."""
+    generator.set_answer_delay(0.3)  # the render API answers slowly: the copies overlap
+    one_at_a_time = {"limits: {concurrency: 8}": "limits: {concurrency: 1, batch: 1, max_in_flight: 1}"}
+    hubs = []
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        hubs.append(await hub_for(tmp_path / name, generator, drop, broker, one_at_a_time))
+    consumer = (await js.consumer_info("ERP", "invoice-pdf-request")).config
+    consumer.max_ack_pending = 2  # one message at each runner: a copy cannot wait behind its twin in one
+    await js.add_consumer("ERP", consumer)
+    try:
+        for n in range(20, 28):
+            await updated(js, invoice(n))
+            await updated(js, invoice(n))
+        await wait_until(lambda: settled(js, "ERP", "invoice-pdf-request"), timeout=30)
+        await generator.wait_rendered(8)
+    finally:
+        for hub in hubs:
+            await hub.stop()
+    runs = [hub.runners["invoice-pdf-request"].stats for hub in hubs]
+    assert sorted(job.invoice_id for job in generator.jobs.values()) == [f"DE-INV-{n:06d}" for n in range(20, 28)]
+    assert sum(r.skipped for r in runs) == 8 and all(r.acked + r.skipped for r in runs)
 
 
 async def test_an_invoice_the_generator_refuses_is_dead_lettered_with_its_answer(
