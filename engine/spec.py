@@ -172,9 +172,9 @@ class Idempotency(_Strict):
     """A flow's effects happen once per key: a redelivery or a DLQ replay of a message whose effect
     is done is skipped and logged. On by default for flows with steps that do I/O (`call`, `state`,
     `until`, `pull`); a flow whose state function is idempotent itself may turn it off (two KV
-    round trips a message). Within a runner two messages with one key never run at once: the second
-    waits for the first to settle, then finds its mark (two runners pulling copies at the same
-    moment may still both run)."""
+    round trips a message). Two messages with one key never run at once, in one runner or across
+    runners: the second waits for the first to settle, then finds its mark (a runner that died
+    holding a key frees it after two ack_waits; its own redelivery takes it at once)."""
 
     key: str | None = Field(
         None, description="Business key template from the payload; default: the message's "
