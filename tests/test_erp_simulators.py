@@ -145,17 +145,19 @@ async def test_switch_completes_after_the_delay_and_resubmit_is_idempotent(count
     sim = sims[country]
     before = len(sim.switches)
 
-    ref, status, _ = switch_of(country, await adapter.call(op(country, "submit"),
-                                                           submit_payload(country, f"K-{country}-1", 3), ctx()))
-    assert status == "PENDING" and ref
-    again, status2, _ = switch_of(country, await adapter.call(op(country, "submit"),
-                                                              submit_payload(country, f"K-{country}-1", 3), ctx()))
-    assert (again, status2) == (ref, "PENDING")
-    assert len(sim.switches) == before + 1  # the same key made no second switch
-
-    t0 = asyncio.get_running_loop().time()
-    assert await poll_until_done(adapter, country, ref) == ("COMPLETED", None)
-    assert asyncio.get_running_loop().time() - t0 < 1.0
+    sim.switch_delay = 3600  # pending for as long as this part takes, however slow the run
+    try:
+        ref, status, _ = switch_of(country, await adapter.call(op(country, "submit"),
+                                                               submit_payload(country, f"K-{country}-1", 3), ctx()))
+        assert status == "PENDING" and ref
+        again, status2, _ = switch_of(country, await adapter.call(op(country, "submit"),
+                                                                  submit_payload(country, f"K-{country}-1", 3), ctx()))
+        assert (again, status2) == (ref, "PENDING")
+        assert len(sim.switches) == before + 1  # the same key made no second switch
+        sim.switch_delay = 0  # its delay is over
+        assert await poll_until_done(adapter, country, ref) == ("COMPLETED", None)
+    finally:
+        sim.switch_delay = DELAY
 
     # a new contract version is a new request key: a new switch
     other, _, _ = switch_of(country, await adapter.call(op(country, "submit"),
@@ -409,7 +411,7 @@ async def test_status_calls_are_counted_per_reference_and_parallel_polls_are_see
 
     for _ in range(3):
         await status(refs[0])
-    sim.set_latency(0.1)
+    sim.set_latency(0.5)  # long enough for the two calls to overlap on a loaded machine
     await asyncio.gather(status(refs[0]), status(refs[1]))  # two switches at once: fine
     assert sim.status_calls == {refs[0]: 4, refs[1]: 1}
     assert sim.max_parallel_status == 1

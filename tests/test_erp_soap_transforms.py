@@ -113,18 +113,21 @@ def major(amount: Decimal) -> str:
 @pytest.mark.parametrize("code", CODES)
 async def test_switch_is_pending_then_completed_and_a_resubmit_gets_the_same_ref(code, sims, adapters):
     sim = sims[code.lower()]
-    req = contract(code, f"TX-{code}-1")
-    pending = await submit(adapters, code, req)
-    assert pending["status"] == "PENDING" and pending["erp_ref"] and pending["reason"] is None
-    assert "erp_request" not in pending and "erp_answer" not in pending
-    assert {k: pending[k] for k in req} == req  # the request's own fields ride along
+    sim.switch_delay = 3600  # pending until the ERP is told to complete it, however slow this run is
+    try:
+        req = contract(code, f"TX-{code}-1")
+        pending = await submit(adapters, code, req)
+        assert pending["status"] == "PENDING" and pending["erp_ref"] and pending["reason"] is None
+        assert "erp_request" not in pending and "erp_answer" not in pending
+        assert {k: pending[k] for k in req} == req  # the request's own fields ride along
 
-    again = await submit(adapters, code, req)  # a redelivery or DLQ replay
-    assert again["erp_ref"] == pending["erp_ref"]
-    assert (await poll(adapters, code, pending))["status"] == "PENDING"
-
-    await asyncio.sleep(DELAY)  # the simulator completes a switch DELAY after its submission
-    done = await poll(adapters, code, pending)
+        again = await submit(adapters, code, req)  # a redelivery or DLQ replay
+        assert again["erp_ref"] == pending["erp_ref"]
+        assert (await poll(adapters, code, pending))["status"] == "PENDING"
+        sim.switch_delay = 0  # the ERP completes the switch
+        done = await poll(adapters, code, pending)
+    finally:
+        sim.switch_delay = DELAY
     assert (done["status"], done["reason"], done["erp_ref"]) == ("COMPLETED", None, pending["erp_ref"])
     assert sim.max_parallel_status == 1
 
