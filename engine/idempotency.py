@@ -62,10 +62,10 @@ def business_key(flow: Flow, env: Envelope) -> str:
 
 
 class InFlightKeys:
-    """The business keys a runner's workers are processing now, and the last ones it finished.
-    Check-then-mark is not atomic: two copies of one change pulled together (concurrency > 1) would
-    both find no mark and both call the target. A second claim of a key waits until the first is
-    released (after its settle); a key this runner has just done is known without asking KV."""
+    """The business keys a runner's workers are processing now, and the last ones it finished. The
+    KV claim keeps copies apart across runners; within one, a second copy waits here until the first
+    is released (after its settle) instead of polling KV, and a key this runner has just done is
+    known without a KV round trip."""
 
     def __init__(self, remember: int = 10_000) -> None:
         self._busy: dict[str, asyncio.Event] = {}
