@@ -9,7 +9,7 @@ from typing import Any, ClassVar, Literal
 import nats.errors
 from pydantic import Field
 
-from adapters.base import Adapter, CallContext, EndpointConfig
+from engine.adapter import Adapter, CallContext, EndpointConfig
 from engine.durations import Duration
 from engine.errors import PublishFailed, RoutingError, TargetRejected, TargetTimeout, TargetUnavailable
 from engine.messages import CE_CORRELATION, MSG_ID, encode

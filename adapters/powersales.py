@@ -34,7 +34,7 @@ from typing import Any, Callable
 import aiohttp
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from adapters.base import Adapter, CallContext, EndpointConfig
+from engine.adapter import Adapter, CallContext, EndpointConfig
 from adapters.http import http_url, parse_retry_after, snippet
 from engine.durations import Duration
 from engine.errors import (BusinessError, SlotsBusy, RoutingError, TargetRejected, TargetServerError, TargetTimeout,

@@ -24,7 +24,7 @@ import time  # noqa: E402
 import nats  # noqa: E402
 
 from dlq.cli import run as dlq_run  # noqa: E402
-from dlq.record import build_headers  # noqa: E402
+from engine.dead_letter import build_headers  # noqa: E402
 from engine.config import HubConfig, StreamConfig  # noqa: E402
 from engine.embedded_nats import EmbeddedNats  # noqa: E402
 from engine.errors import ValidationFailed  # noqa: E402

@@ -31,7 +31,7 @@ import uuid  # noqa: E402
 import aiohttp  # noqa: E402
 import nats  # noqa: E402
 
-from adapters.base import CallContext, Services  # noqa: E402
+from engine.adapter import CallContext, Services  # noqa: E402
 from adapters.soap import SoapAdapter  # noqa: E402
 from engine import logs  # noqa: E402
 from engine.embedded_nats import EmbeddedNats  # noqa: E402

@@ -29,7 +29,7 @@ import aiohttp  # noqa: E402
 from nats.js.api import AckPolicy, ConsumerConfig, StreamConfig  # noqa: E402
 
 from adapters.http import HttpAdapter, HttpEndpointConfig  # noqa: E402
-from adapters.base import Services  # noqa: E402
+from engine.adapter import Services  # noqa: E402
 from engine import logs  # noqa: E402
 from engine.embedded_nats import EmbeddedNats  # noqa: E402
 from engine.executor import StreamFlowRunner  # noqa: E402

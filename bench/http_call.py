@@ -28,7 +28,7 @@ import aiohttp  # noqa: E402
 import httpx  # noqa: E402
 from httpx_aiohttp import AiohttpTransport  # noqa: E402
 
-from adapters.base import CallContext, Services  # noqa: E402
+from engine.adapter import CallContext, Services  # noqa: E402
 from adapters.http import HttpAdapter, HttpEndpointConfig  # noqa: E402
 
 READING = {"meter_id": "DE-000123", "value": 1234.5, "unit": "kWh", "read_at": "2025-01-01T00:00:00Z"}

@@ -39,7 +39,7 @@ import orjson  # noqa: E402
 from aiohttp import web  # noqa: E402
 from nats.js.api import StreamConfig  # noqa: E402
 
-from adapters.base import Services  # noqa: E402
+from engine.adapter import Services  # noqa: E402
 from adapters.webhook import WebhookIngress  # noqa: E402
 from engine import logs  # noqa: E402
 from engine.config import HubConfig  # noqa: E402

@@ -19,7 +19,7 @@ from typing import Any, AsyncIterator, Callable, Iterable
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import APIError, NotFoundError
 
-from dlq import record as rec
+from engine import dead_letter as rec
 from engine.messages import CE_ID, IDEMPOTENCY_KEY, MSG_ID, REPLAY_FOR, REPLAY_OF
 from engine.ratelimit import RateLimiter
 

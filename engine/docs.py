@@ -12,7 +12,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from engine.config import HubConfig
-from engine.registry import load_builtin_adapters
+from engine.registry import load_adapters
 from engine.breaker import BreakerSettings
 from engine.spec import (STEP_KINDS, _STEP_MODELS, Alerts, CallSpec, Fallback, Flow, Idempotency, Limits, OnError,
                          PublishSpec, PullSpec, RequestSource, ScheduleSource, ScheduleSpec, StreamSource, UntilSpec)
@@ -53,7 +53,7 @@ def reference() -> str:
     for kind, model in _STEP_MODELS.items():
         out += [f"- `{kind}`: {(model.__doc__ or '').strip()}"]
     out += ["", "## Endpoints (config `endpoints:`)", ""]
-    for name, adapter in sorted(load_builtin_adapters().items()):
+    for name, adapter in sorted(load_adapters().items()):
         out += [f"### adapter: {name}", "", (adapter.__doc__ or "").strip().split("\n\n")[0], "",
                 *_fields_table(adapter.Config), ""]
     out += ["## Config file", "", *_fields_table(HubConfig), ""]

@@ -3,6 +3,30 @@
 Adapters translate protocol failures (HTTP status, SOAP fault, SMTP code, SFTP error) into these
 classes; retry, breaker and dead-letter policies look only at them. Transient means "the same
 message may succeed later"; permanent means "it cannot succeed as it is".
+
+    HubError
+    ├── TransientError             wait and try again (in-process retry, then delayed redelivery)
+    │   ├── TargetTimeout
+    │   ├── TargetUnavailable
+    │   ├── TargetServerError
+    │   ├── Throttled
+    │   │   └── SlotsBusy
+    │   ├── CircuitOpen
+    │   ├── PublishFailed
+    │   └── BrokerUnavailable      NATS restarting, electing a leader, unreachable: an outage
+    ├── PermanentError             the dead-letter queue
+    │   ├── UnparseablePayload     the message's own payload
+    │   ├── UnparseableAnswer      the target's answer (not the message's fault, not retried blindly)
+    │   ├── ValidationFailed
+    │   ├── TargetRejected
+    │   ├── BusinessError
+    │   ├── TransformFailed
+    │   ├── MaxDeliveriesExceeded
+    │   ├── RoutingError
+    │   ├── DeadlineExceeded
+    │   └── OutcomeUnknown         a non-idempotent call may or may not have taken effect
+    ├── NotYet                     an `until` condition, not a failure
+    └── ConfigError
 """
 
 from __future__ import annotations
@@ -66,6 +90,11 @@ class PublishFailed(TransientError):
     """JetStream did not confirm a publish (timeout, no stream leader)."""
 
 
+class BrokerUnavailable(TransientError):
+    """NATS, JetStream, a KV bucket or the Object Store did not answer: the server is restarting,
+    electing a leader or unreachable. An outage of the hub's own broker, never the message's fault."""
+
+
 # --- permanent: will not succeed as it is ------------------------------------------------------
 
 
@@ -74,7 +103,12 @@ class PermanentError(HubError):
 
 
 class UnparseablePayload(PermanentError):
-    """The payload is not JSON (or not the format the flow expects)."""
+    """The message's payload is not JSON (or not the format the flow expects)."""
+
+
+class UnparseableAnswer(PermanentError):
+    """The target answered something the hub cannot read (broken or hostile XML, not the agreed format),
+    whatever its status code. The message itself may be fine; ops look at the target."""
 
 
 class ValidationFailed(PermanentError):
@@ -107,6 +141,11 @@ class RoutingError(PermanentError):
 
 class DeadlineExceeded(PermanentError):
     """An `until` wait outlived its give_up age: what it waited for never happened."""
+
+
+class OutcomeUnknown(PermanentError):
+    """A non-idempotent call failed after the request may have reached the target (a timeout, a reset
+    after sending) and nothing could verify whether it took effect: not resent blindly, ops reconcile."""
 
 
 # --- not an error: an outcome ------------------------------------------------------------------

@@ -19,7 +19,7 @@ from typing import Any
 import structlog
 from nats.js.errors import KeyNotFoundError
 
-from dlq.record import build_headers, dlq_subject
+from engine.dead_letter import build_headers, dlq_subject
 from engine.errors import CircuitOpen, HubError
 from engine.kv import bucket
 from engine.messages import message_id, now_iso

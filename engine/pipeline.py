@@ -14,7 +14,7 @@ from typing import Any, Callable
 import jmespath
 from pydantic import BaseModel, ValidationError
 
-from adapters.base import Adapter, CallContext
+from engine.adapter import Adapter, CallContext
 from engine.errors import HubError, NotYet, RoutingError, SlotsBusy, TransformFailed, ValidationFailed, classify
 from engine.messages import Envelope, encode, output_headers
 from engine.nats_client import encode_headers

@@ -1,13 +1,21 @@
-"""Adapter registry: a name in YAML (`adapter: http`) to the class that implements it."""
+"""Adapter registry: a name in YAML (`adapter: http`) to the class that implements it.
+
+The engine owns the contract (engine/adapter.py) and never imports an adapter: adapter packages are
+plugins, found through the `plu_hub.adapters` entry point group (pyproject.toml) and registered when
+imported. A new protocol joins by shipping a package with such an entry point.
+"""
 
 from __future__ import annotations
 
+import importlib
+from importlib.metadata import entry_points
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from adapters.base import Adapter
+    from engine.adapter import Adapter
 
 ADAPTERS: dict[str, type["Adapter"]] = {}
+ENTRY_POINT_GROUP = "plu_hub.adapters"
 
 
 def register(cls: type["Adapter"]) -> type["Adapter"]:
@@ -18,8 +26,11 @@ def register(cls: type["Adapter"]) -> type["Adapter"]:
     return cls
 
 
-def load_builtin_adapters() -> dict[str, type["Adapter"]]:
-    """Import the adapters package (registration happens on import) and return the registry."""
-    import adapters  # noqa: F401
-
+def load_adapters() -> dict[str, type["Adapter"]]:
+    """Import every adapter plugin (registration happens on import) and return the registry."""
+    for module in sorted({ep.value.split(":")[0] for ep in entry_points(group=ENTRY_POINT_GROUP)}):
+        importlib.import_module(module)
+    if not ADAPTERS:
+        raise RuntimeError(f"no adapters found in entry point group {ENTRY_POINT_GROUP!r}: install the project "
+                           "(`make setup`, or pip install -e .)")
     return ADAPTERS

@@ -9,7 +9,7 @@ from typing import Any
 
 import structlog
 
-from adapters.base import Adapter, Services
+from engine.adapter import Adapter, Services
 from engine.executor import StreamFlowRunner
 from engine.failures import FailureHistory
 from engine.idempotency import IdempotencyStore
@@ -20,7 +20,7 @@ from engine.fallback import FallbackCache
 from engine.connection import URL_FILE, connect_options
 from engine.nats_client import connect
 from engine.pipeline import Pipeline
-from engine.registry import load_builtin_adapters
+from engine.registry import load_adapters
 from engine.ingress import ingress_for
 from engine.schedule import Scheduler
 from engine.service import RequestFlowRunner
@@ -108,7 +108,7 @@ class Hub:
         """Start the endpoints the loaded flows call (not every endpoint in config: an unused one's
         secrets need not be there, nor its server reachable)."""
         services = Services(nc=self.nc, js=self.js)
-        registry = load_builtin_adapters()
+        registry = load_adapters()
         used = used_endpoints(self.project)
         for name, cfg in self.project.endpoints.items():
             if name not in used:

@@ -20,10 +20,10 @@ import jmespath
 import jmespath.exceptions
 from pydantic import BaseModel, ValidationError
 
-from adapters.base import EndpointConfig
+from engine.adapter import EndpointConfig
 from engine.config import HubConfig
 from engine.errors import ConfigError
-from engine.registry import load_builtin_adapters
+from engine.registry import load_adapters
 from engine.sources import INGRESS_STREAM, INGRESS_SUBJECT_PREFIX, SCHEDULE_STREAM, SCHEDULE_SUBJECT_PREFIX
 from engine.spec import (CallStep, FilterStep, Flow, PublishStep, PullStep,
                          ReplyStep, StateStep, TransformStep, UntilStep, ValidateStep)
@@ -123,7 +123,7 @@ def load_config(path: Path | None) -> tuple[HubConfig, dict[str, EndpointConfig]
         config = HubConfig.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(describe(path, lines, exc)) from None
-    adapters = load_builtin_adapters()
+    adapters = load_adapters()
     endpoints: dict[str, EndpointConfig] = {}
     for name, raw in config.endpoints.items():
         loc: Loc = ("endpoints", name)
@@ -287,7 +287,7 @@ def check_endpoint(template: str, operation: str | None, loc: Loc, project: Proj
         bad(loc + ("endpoint",), f"unknown endpoint {template!r}; config has: {', '.join(sorted(names)) or 'none'}")
     for name in found:
         endpoint = project.endpoints[name]
-        adapter_cls = load_builtin_adapters()[endpoint.adapter]
+        adapter_cls = load_adapters()[endpoint.adapter]
         why = adapter_cls(name, endpoint, None).check_operation(operation)  # type: ignore[arg-type]
         if why:
             bad(loc + ("operation",), f"endpoint {name}: {why}")

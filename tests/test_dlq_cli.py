@@ -16,7 +16,7 @@ import pytest
 
 from dlq import store
 from dlq.cli import register, run
-from dlq.record import build_headers
+from engine.dead_letter import build_headers
 from engine.errors import TargetRejected, ValidationFailed
 from engine.streams import ensure_streams
 from tests.helpers import StreamReader, project_from, started_hub, wait_until
@@ -47,7 +47,7 @@ class Env:
 
     async def put(self, payload: object, *, ce_id: str, err: Exception | None = None,
                   headers: dict | None = None, flow: str | None = None) -> int:
-        """A DLQ record as a flow writes it (dlq.record.build_headers); returns its DLQ sequence."""
+        """A DLQ record as a flow writes it (engine.dead_letter.build_headers); returns its DLQ sequence."""
         flow = flow or self.u
         original = {"ce-id": ce_id, "Nats-Msg-Id": ce_id, "content-type": "application/json", **(headers or {})}
         err = err or ValidationFailed("ContractSigned: sites[0].postcode: too short", step="schema")

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from adapters.base import CallContext, Services
+from engine.adapter import CallContext, Services
 from adapters.soap import SoapAdapter, SoapEndpointConfig
 from engine.validation import resolve_transform
 from sandbox.erp import COUNTRIES, DIALECTS, ErpSimulator

@@ -9,7 +9,7 @@ from email.utils import formatdate
 import pytest
 import pytest_asyncio
 
-from adapters.base import CallContext, Services
+from engine.adapter import CallContext, Services
 from adapters.http import HttpAdapter, HttpEndpointConfig, parse_retry_after
 from engine.errors import (
     ConfigError,

@@ -15,9 +15,9 @@ import aiohttp
 import pytest
 import pytest_asyncio
 
-from adapters.base import CallContext, Services
+from engine.adapter import CallContext, Services
 from adapters.http import HttpAdapter, HttpEndpointConfig
-from dlq.record import summary
+from engine.dead_letter import summary
 from engine.errors import RoutingError, TargetRejected
 from engine.kv import bucket
 from engine.messages import Envelope

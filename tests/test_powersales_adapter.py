@@ -11,7 +11,7 @@ import pytest
 import pytest_asyncio
 from aiohttp import web
 
-from adapters.base import CallContext, Services
+from engine.adapter import CallContext, Services
 from adapters.powersales import PowerSalesAdapter, PowerSalesConfig, comma, iso_utc, number
 from engine.errors import (BusinessError, RoutingError, TargetRejected, TargetServerError, TargetTimeout,
                            TargetUnavailable, Throttled, UnparseablePayload, ValidationFailed)

@@ -20,7 +20,7 @@ import pytest_asyncio
 import structlog.testing
 from pydantic import ValidationError
 
-from adapters.base import CallContext
+from engine.adapter import CallContext
 from adapters.sftp import RemoteFile, SftpAdapter, SftpEndpointConfig, SftpIngress
 from engine.config import HubConfig
 from engine.errors import ConfigError, RoutingError

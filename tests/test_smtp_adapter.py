@@ -15,7 +15,7 @@ import aioimaplib
 import pytest
 import pytest_asyncio
 
-from adapters.base import CallContext
+from engine.adapter import CallContext
 from adapters.smtp import SmtpAdapter, SmtpEndpointConfig, reply_error
 from engine.errors import (TargetRejected, TargetServerError, TargetTimeout, TargetUnavailable, Throttled,
                            ValidationFailed)

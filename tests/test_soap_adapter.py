@@ -11,7 +11,7 @@ import pytest_asyncio
 import structlog
 from structlog.testing import LogCapture
 
-from adapters.base import CallContext, Services
+from engine.adapter import CallContext, Services
 from adapters.soap import (BusinessErrorRule, SoapAdapter, SoapEndpointConfig, business_error, clear_wsdl_cache,
                            redact)
 from engine.errors import (BusinessError, ConfigError, RoutingError, TargetRejected, TargetServerError,

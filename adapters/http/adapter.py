@@ -12,7 +12,7 @@ import orjson
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 from yarl import URL
 
-from adapters.base import Adapter, CallContext, EndpointConfig
+from engine.adapter import Adapter, CallContext, EndpointConfig
 from adapters.http.auth import Auth, AuthConfig, build_auth
 from adapters.http.wire import URL_KEY, http_url, query, snippet, status_error, template_fields, text_of
 from engine.durations import Duration

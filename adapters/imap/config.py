@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from adapters.base import EndpointConfig, SourceOnlyAdapter
+from engine.adapter import EndpointConfig, SourceOnlyAdapter
 from adapters.smtp.config import is_loopback
 from engine.breaker import BreakerSettings
 from engine.durations import Duration

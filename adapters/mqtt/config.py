@@ -11,7 +11,7 @@ import ssl
 
 from pydantic import Field
 
-from adapters.base import EndpointConfig, SourceOnlyAdapter
+from engine.adapter import EndpointConfig, SourceOnlyAdapter
 from adapters.smtp.config import is_loopback
 from engine.breaker import BreakerSettings
 from engine.durations import Duration

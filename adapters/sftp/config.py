@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import Field, model_validator
 
-from adapters.base import EndpointConfig, SourceOnlyAdapter
+from engine.adapter import EndpointConfig, SourceOnlyAdapter
 from engine.breaker import BreakerSettings
 from engine.durations import Duration
 from engine.errors import ConfigError

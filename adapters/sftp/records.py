@@ -1,7 +1,7 @@
 """What an sftp source stores about a file: the landing record (the claim check the flow reads) and,
 for a file it will not take, the quarantine record it dead-letters directly.
 
-Quarantine goes straight to `dlq.<flow>` (stream DLQ) with the headers of dlq/record.py rather than
+Quarantine goes straight to `dlq.<flow>` (stream DLQ) with the headers of engine/dead_letter.py rather than
 through the flow: the flow never sees a file it cannot use, `runner.py dlq list --flow <flow>` shows
 it at once with the reason as error text (ValidationFailed for a name, UnparseablePayload for content),
 and the file's bytes are kept in the Object Store under `quarantine/<name>`, because the server's
@@ -18,7 +18,7 @@ from typing import Any
 
 from adapters.sftp.session import RemoteFile
 from adapters.sftp.transfer import Stored
-from dlq.record import build_headers, dlq_subject
+from engine.dead_letter import build_headers, dlq_subject
 from engine.errors import HubError, UnparseablePayload, ValidationFailed
 from engine.messages import MSG_ID, derived_id, encode, event_headers
 from engine.sources import INGRESS_STREAM

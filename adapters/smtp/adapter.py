@@ -17,7 +17,7 @@ from typing import Any
 import aiosmtplib
 import structlog
 
-from adapters.base import Adapter, CallContext, EndpointConfig
+from engine.adapter import Adapter, CallContext, EndpointConfig
 from adapters.smtp.compose import build_message, envelope_address, message_domain, parse_payload, wire_bytes
 from adapters.smtp.config import SmtpEndpointConfig, is_loopback
 from adapters.smtp.replies import send_error

@@ -14,7 +14,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from adapters.base import EndpointConfig
+from engine.adapter import EndpointConfig
 from engine.durations import Duration
 from engine.secrets import SecretRef
 

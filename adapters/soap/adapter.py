@@ -12,7 +12,7 @@ from zeep import AsyncClient, Settings
 from zeep.helpers import serialize_object
 from zeep.proxy import AsyncServiceProxy
 
-from adapters.base import Adapter, CallContext, EndpointConfig
+from engine.adapter import Adapter, CallContext, EndpointConfig
 from adapters.http import snippet
 from adapters.soap.config import SoapEndpointConfig
 from adapters.soap.faults import business_error, call_error, http_error

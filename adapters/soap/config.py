@@ -9,7 +9,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from adapters.base import EndpointConfig
+from engine.adapter import EndpointConfig
 from engine.durations import Duration
 from engine.secrets import SecretRef
 
