@@ -12,7 +12,7 @@ import pytest
 from sandbox.mail.compose import client_reply, system_mail
 from schemas.be_flatfile import (BeAccepted, BeAccountLinked, BeFileHeader, BeFlatFile, BeRejected, BeSwitchCompleted,
                                  FlatFileError, attachment_name, decode, encode, subject_tag)
-from transforms.be_erp import (UnmatchedReply, account_mail, apply_reply, open_request, parse_reply, request_status,
+from transforms.be_erp import (NotBelgianReply, UnmatchedReply, account_mail, apply_reply, open_request, parse_reply, request_status,
                                switch_mail, switch_requested)
 from transforms.contracts import to_switch_request
 
@@ -111,15 +111,16 @@ def test_a_mail_client_reply_without_threading_is_matched_by_its_token():
 
 
 def test_a_reply_to_no_pending_request_and_a_mail_without_a_file_are_refused_for_quarantine():
-    """Unknown token → UnmatchedReply; no attachment → UnparseablePayload; a broken file → FlatFileError."""
+    """Unknown token → UnmatchedReply; no file → NotBelgianReply (an UnparseablePayload); a broken file →
+    FlatFileError naming the mail part."""
     payload = switch_mail(to_switch_request(CONTRACT))
     _, request = request_mail(payload)
     reply = parse_reply(reply_bytes(request, "CSW-UNKNOWN", BeAccepted(ref_seq=1, ref_type="CSW", ref_key="K")))
     with pytest.raises(UnmatchedReply, match="CSW-UNKNOWN"):
         apply_reply({"state": None, "message": reply})
     bare = email.message_from_string("From: x@y\nSubject: hello\nMessage-ID: <a@b>\n\nno file here\n")
-    with pytest.raises(Exception, match="no flat-file attachment"):
+    with pytest.raises(NotBelgianReply, match="has no flat file: expected a part whose decoded bytes start with 'HDR'"):
         parse_reply(bare.as_bytes())
     broken = system_mail("x@y", "h@p", "re", "t", b"HDR garbage\r\n", "PLU_RSP_x.txt")
-    with pytest.raises(FlatFileError):
+    with pytest.raises(FlatFileError, match=r"part 2 \(text/plain, attachment 'PLU_RSP_x.txt'\): line 1"):
         parse_reply(broken.as_bytes())
