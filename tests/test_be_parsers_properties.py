@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import base64
 
+import orjson
+
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
@@ -13,7 +15,7 @@ from engine.errors import PermanentError
 from sandbox.mail.wire import b64, encoded_word, entity, multipart, quoted_printable, rfc2231
 from schemas.be_flatfile import BeAccepted, BeFileHeader, BeFlatFile, BeRejected, FlatFileError, decode, encode
 from tests.mail_corpus.build import load, request, shapes
-from transforms.be_erp import apply_reply, open_request, parse_reply
+from transforms.be_erp import apply_reply, open_request, parse_reply, undeliverable_alerts
 from transforms.be_erp.tnef import SIGNATURE_BYTES, TnefError, tnef_attachments
 
 CORPUS = [load(s.name) for s in shapes()]
@@ -22,19 +24,25 @@ SETTINGS = settings(max_examples=250, deadline=None, suppress_health_check=[Heal
 
 
 def outcome_of(raw: bytes) -> str:
-    """parse_reply then apply_reply, as the flow runs them; the error must be permanent and say something."""
+    """parse_reply then apply_reply and the alerts, as the flow runs them: every output serialises as the flow
+    publishes it (orjson), every error is permanent and says something in valid UTF-8."""
     try:
         message = parse_reply(raw)
     except PermanentError as exc:
         assert str(exc).strip(), f"{type(exc).__name__} without a message"
+        str(exc).encode("utf-8")
         return type(exc).__name__
     assert message["kind"] in ("reply", "bounce") and isinstance(message["token"], str) and message["token"]
+    orjson.dumps(message)
     state = open_request({"state": None, "message": PAYLOAD})["state"]
     try:
-        apply_reply({"state": state if message["token"] == PAYLOAD["token"] else None, "message": message})
+        step = apply_reply({"state": state if message["token"] == PAYLOAD["token"] else None, "message": message})
     except PermanentError as exc:
         assert str(exc).strip()
+        str(exc).encode("utf-8")
         return type(exc).__name__
+    orjson.dumps(step)
+    orjson.dumps(undeliverable_alerts(step["payload"]))
     return message["kind"]
 
 
@@ -43,6 +51,9 @@ def outcome_of(raw: bytes) -> str:
 @example(b"")
 @example(b"Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\n")
 @example(b"Content-Type: message/rfc822\r\n\r\n" * 60 + b"HDR")
+@example(b"Subject: caf\xe9\r\nContent-Type: multipart/report; report-type=delivery-status; boundary=b\r\n\r\n--b\r\n"
+         b"Content-Type: message/delivery-status\r\n\r\nX: y\r\n\r\nFinal-Recipient: rfc822; \xe9@x\r\nAction: failed\r\n"
+         b"\r\n--b\r\nContent-Type: text/rfc822-headers\r\n\r\nMessage-ID: <CSW-1@hub.plu.example>\r\n\r\n--b--\r\n")
 def test_any_bytes_give_a_result_or_a_permanent_error(raw: bytes):
     """Arbitrary bytes as a mail."""
     outcome_of(raw)

@@ -24,7 +24,7 @@ from typing import Any
 
 from schemas.be_flatfile import token_in_subject
 from transforms.be_erp.mail import MAIL_DOMAIN
-from transforms.be_erp.mime import header
+from transforms.be_erp.mime import clean, header
 
 _OUR_MSGID = re.compile(r"<([A-Za-z0-9._-]{1,40})@" + re.escape(MAIL_DOMAIN) + r">")
 _TOKEN_HEADER = re.compile(r"^X-PLU-Token:[ \t]*([A-Za-z0-9._-]{1,40})[ \t]*$", re.IGNORECASE | re.MULTILINE)
@@ -121,7 +121,7 @@ def _original_headers(part: Message) -> dict[str, str]:
     else:
         data = part.get_payload(decode=True)
         text = data.decode("utf-8", "replace") if isinstance(data, bytes) else str(payload or "")
-        inner = email.message_from_string(text.lstrip("\r\n"), policy=email.policy.default)
+        inner = email.message_from_string(text.lstrip("\r\n"), policy=email.policy.compat32)
     return {name: header(inner, name) for name in ("Message-ID", "Subject", "X-PLU-Token", "To", "Date")}
 
 
@@ -135,7 +135,7 @@ def _qsbmf(body: str) -> dict[str, Any]:
         if not recipient and paragraph.startswith("<"):
             first, _, rest = paragraph.partition("\n")
             recipient, reason = first.strip().rstrip(":").strip("<>"), " ".join(rest.split())
-    original = email.message_from_string(original_text, policy=email.policy.default)
+    original = email.message_from_string(original_text, policy=email.policy.compat32)
     status = _STATUS.search(reason)
     return _report("failed", recipient, status.group(1) if status else "5.0.0", reason, "", None,
                    {name: header(original, name) for name in ("Message-ID", "Subject", "X-PLU-Token", "To", "Date")},
@@ -159,10 +159,11 @@ def _quoting_text(text: str) -> dict[str, Any]:
 def _report(action: str, recipient: str, status: str, diagnostic: str, mta: str, when: str | None,
             original: dict[str, str], shape: str) -> dict[str, Any]:
     token = _token_of(original)
-    return {"action": action, "recipient": recipient[:TEXT_LIMIT], "status": status[:20],
-            "diagnostic": diagnostic[:TEXT_LIMIT] or f"status {status or 'unknown'}", "reporting_mta": mta[:TEXT_LIMIT],
-            "at": (when or None) and when[:60], "original_message_id": original.get("Message-ID", "")[:TEXT_LIMIT],
-            "original_subject": original.get("Subject", "")[:TEXT_LIMIT], "token": token, "shape": shape}
+    return {"action": clean(action), "recipient": clean(recipient)[:TEXT_LIMIT], "status": clean(status)[:20],
+            "diagnostic": clean(diagnostic)[:TEXT_LIMIT] or f"status {clean(status) or 'unknown'}",
+            "reporting_mta": clean(mta)[:TEXT_LIMIT], "at": clean(when)[:60] if when else None,
+            "original_message_id": clean(original.get("Message-ID", ""))[:TEXT_LIMIT],
+            "original_subject": clean(original.get("Subject", ""))[:TEXT_LIMIT], "token": token, "shape": shape}
 
 
 def _token_of(original: dict[str, str]) -> str | None:

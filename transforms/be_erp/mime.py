@@ -4,10 +4,13 @@ Readers of the Belgian flat file go by content (docs/belgian-flat-file.md), so t
 wherever clients put them: attachment or inline, named or not, nested in multipart/*, inside a forwarded
 message/rfc822, base64, quoted-printable or 8bit, and inside Outlook's TNEF winmail.dat.
 
-File names: the stdlib parser with `policy.default` decodes RFC 2231 names, continuations included
-(Thunderbird's `filename*0*=`), and RFC 2047 encoded words inside quotes (Gmail web, old Outlook, Apple
-Mail), which `compat32`'s `get_filename()` leaves encoded. An encoded word *without* quotes is dropped by
-`policy.default` (the name comes back None); that one is decoded here from the raw header.
+File names: RFC 2231 (Thunderbird's `filename*0*=` continuations, Apple Mail's `filename*=utf-8''...`) is
+decoded by the stdlib's get_filename(); RFC 2047 encoded words in a name (Gmail web, old Outlook, Apple
+Mail), which get_filename() leaves encoded under compat32, are decoded here with email.header, quoted or
+not. `policy.default` does the first two right too but drops an unquoted encoded word (None), and its
+header objects cost ~20x compat32's strings: parsing with it made the reader 0.05x of a bare stdlib parse
+(bench/mail_parse.py), so the mail is parsed with compat32 and names are decoded explicitly
+(tests/test_be_mail_corpus.py checks we agree with policy.default wherever it gives a name).
 
 Hostile mail: the parser and header access are guarded (any failure is an UnparseablePayload naming it),
 the walk is iterative with a depth and a part limit, and nothing here trusts a declared length.
@@ -18,6 +21,7 @@ from __future__ import annotations
 import email
 import email.header
 import email.policy
+import email.utils
 from dataclasses import dataclass, field
 from email.message import Message
 from typing import Any
@@ -57,13 +61,13 @@ class Part:
 
 
 def parse_mail(raw: Any) -> Message:
-    """Raw MIME bytes as a Message (policy.default); anything else, or a parser failure, is UnparseablePayload."""
+    """Raw MIME bytes as a Message (compat32); anything else, or a parser failure, is UnparseablePayload."""
     if isinstance(raw, str):
         raw = raw.encode("utf-8", "surrogateescape")
     if not isinstance(raw, (bytes, bytearray)):
         raise UnparseablePayload(f"expected a raw mail (bytes), got {type(raw).__name__}")
     try:
-        return email.message_from_bytes(bytes(raw), policy=email.policy.default)
+        return email.message_from_bytes(bytes(raw), policy=email.policy.compat32)
     except RecursionError:
         raise UnparseablePayload("the mail's MIME structure is nested too deep to read") from None
     except Exception as exc:  # the stdlib parser on hostile input: say so, never crash the step
@@ -71,15 +75,24 @@ def parse_mail(raw: Any) -> Message:
 
 
 def header(msg: Message, name: str) -> str:
-    """A header's decoded text ('' when absent); the raw text when policy.default cannot parse it."""
+    """A header's text, RFC 2047 words decoded, whitespace folded ('' when absent)."""
     try:
         value = msg.get(name)
-        return "" if value is None else " ".join(str(value).split())
     except Exception:
-        for key, raw in msg.raw_items():
-            if key.lower() == name.lower():
-                return " ".join(str(raw).split())
         return ""
+    if value is None:
+        return ""
+    text = str(value)
+    return clean(" ".join((_decode_words(text) if "=?" in text else text).split()))
+
+
+def clean(text: str) -> str:
+    """Valid Unicode for JSON and logs: raw 8-bit header bytes (kept as surrogates by the parser) become U+FFFD."""
+    try:
+        data = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        data = text.encode("utf-8", "replace")
+    return data.decode("utf-8", "replace")
 
 
 def leaves(msg: Message) -> list[Part]:
@@ -136,7 +149,8 @@ def _leaf(node: Message, number: str) -> Part:
         charset = node.get_content_charset()
     except Exception:
         charset = None
-    return Part(number, _content_type(node), disposition, filename_of(node), data, charset)
+    return Part(number, clean(_content_type(node)), clean(disposition) if disposition else None, filename_of(node),
+                data, clean(charset) if charset else None)
 
 
 def _content_type(node: Message) -> str:
@@ -147,33 +161,27 @@ def _content_type(node: Message) -> str:
 
 
 def filename_of(node: Message) -> str | None:
-    """The part's file name, decoded (RFC 2231 and RFC 2047, quoted or not); None when it has none."""
+    """The part's file name, decoded (RFC 2231, and RFC 2047 quoted or not); None when it has none."""
     try:
-        name = node.get_filename()
+        name = node.get_filename() or node.get_param("name")
     except Exception:
-        name = None
-    if name:
-        return _printable(str(name))
-    for header_name, param in (("content-disposition", "filename"), ("content-type", "name")):
-        raw = next((str(v) for k, v in node.raw_items() if k.lower() == header_name), None)
-        if raw and "=?" in raw:
-            legacy = email.message_from_string(f"Content-Type: text/plain; {raw.split(';', 1)[-1]}\n\n",
-                                               policy=email.policy.compat32)
-            value = legacy.get_param(param)
-            if isinstance(value, str) and value:
-                return _printable(_decode_words(value))
-    return None
+        return None
+    if isinstance(name, tuple):  # an RFC 2231 `name*` the stdlib hands back undecoded
+        name = email.utils.collapse_rfc2231_value(name)
+    if not isinstance(name, str) or not name:
+        return None
+    return _printable(_decode_words(name) if "=?" in name else name)
 
 
 def _decode_words(value: str) -> str:
     try:
         return str(email.header.make_header(email.header.decode_header(value)))
-    except Exception:
+    except Exception:  # an unknown charset, broken base64: show it as it came
         return value
 
 
 def _printable(name: str) -> str:
-    return "".join(c if c.isprintable() else "?" for c in name)[:200]
+    return "".join(c if c.isprintable() else "?" for c in clean(name))[:200]
 
 
 def _tnef_parts(part: Part) -> list[Part]:
