@@ -332,3 +332,22 @@ async def test_a_bounce_of_a_mail_we_did_not_send_and_an_echoed_request_are_dead
     reasons = {r.headers["Hub-Dlq-Error-Class"]: r.headers["Hub-Dlq-Error"] for r in records}
     assert "for a mail the hub did not send" in reasons["UnknownBounce"]
     assert "carries only our own request" in reasons["NotBelgianReply"]
+
+
+async def test_the_demo_section_on_real_mail_passes_and_puts_the_erp_back(tmp_path: Path, broker, js, mail, parties):
+    """sandbox/demo_mail.section_mail: an Outlook reply with our request first completes the switch, a bounce
+    fails the next one and alerts ops; every check passes and the ERP's mailbox takes mail again after."""
+    import types
+
+    from sandbox.demo_mail import section_mail
+
+    hub_user, erp = parties
+    hub = await hub_for(tmp_path, broker)
+    results: list[tuple[bool, str]] = []
+    try:
+        await section_mail(js._nc, js, types.SimpleNamespace(mail=mail, be_erp=erp), lambda ok, text: results.append(
+            (ok, text)), timeout=20)
+    finally:
+        await hub.stop()
+    assert len(results) == 3 and all(ok for ok, _ in results), results
+    assert erp.address.lower() not in mail.smtp._handler.bounces and erp.behaviour.client is None

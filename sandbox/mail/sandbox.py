@@ -95,6 +95,10 @@ class MailSandbox:
         refuses it: a Postfix-style RFC 3464 report in the sender's INBOX (RET full or hdrs)."""
         self.smtp.bounce(address, reply, ret)
 
+    def deliver_again(self, address: str) -> None:
+        """Undo `bounce`: mail for a local `address` is delivered again."""
+        self.smtp.deliver_again(address)
+
     async def stop_imap(self) -> None:
         """Close the IMAP listener and drop its clients (each gets `* BYE`); SMTP and the store go on."""
         await self.imap.stop()

@@ -115,6 +115,10 @@ class SmtpServer:
         """Accept mail for `address`, then bounce it to its sender with `reply` (RET=full or hdrs)."""
         self._handler.bounces[address.lower()] = (reply, ret)
 
+    def deliver_again(self, address: str) -> None:
+        """Stop bouncing mail for `address` (a local user gets mail again)."""
+        self._handler.bounces.pop(address.lower(), None)
+
     async def start(self) -> None:
         if self._server is None:
             loop = asyncio.get_running_loop()
