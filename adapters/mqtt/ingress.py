@@ -1,9 +1,9 @@
 """The `mqtt:` flow source: every QoS 1 message is stored in JetStream, then acknowledged (PUBACK).
 
 Principle 1 in MQTT form. The hub connects as MQTT 3.1.1 with its stable client id and
-clean_session=False (both sandbox brokers, amqtt and mosquitto, speak 3.1.1; amqtt has no MQTT 5), so
-the broker keeps the subscriptions and queues what is published while the hub is away (3.1.1 cannot
-say the source's `session_expiry`: the broker's own setting rules, mosquitto's
+clean_session=False (what every broker speaks; tested against Mosquitto and nats-server's MQTT
+listener), so the broker keeps the subscriptions and queues what is published while the hub is away
+(3.1.1 cannot say the source's `session_expiry`: the broker's own setting rules, mosquitto's
 `persistent_client_expiration`, by default never). paho's manual acks are on: a PUBACK goes out
 only after `Landing.store_many()` returned with the server's confirmation. A store that fails is not acknowledged and the ingress drops the connection (after a
 backoff) so the broker sends it again on the reconnect; what was stored but not acknowledged (a crash
@@ -124,7 +124,7 @@ class MqttIngress(ReconnectingIngress):
             try:
                 async with self._client() as client:
                     # SUBSCRIBE while serving: a broker may hold our SUBACK until the session's backlog
-                    # is PUBACKed (amqtt does), and those PUBACKs wait for the stores
+                    # is PUBACKed, and those PUBACKs wait for the stores
                     subscribing = asyncio.create_task(self._subscribe(client))
                     try:
                         if not await self._serve(client):  # a store failed: drop the session so it is redelivered
@@ -153,7 +153,7 @@ class MqttIngress(ReconnectingIngress):
                 await asyncio.wait_for(self._stop.wait(), wait)
 
     async def _subscribe(self, client: aiomqtt.Client) -> None:
-        """Subscribe on every connect (a broker that lost the session, amqtt after a restart, needs it;
+        """Subscribe on every connect (a broker that lost the session, e.g. one without persistence, needs it;
         for one that kept it, the same subscription is replaced and nothing queued is lost). A refusal
         or a timeout ends the connection, so the loop backs off and tries again."""
         self._refused = None
