@@ -120,3 +120,19 @@ async def mqtt_broker(request: pytest.FixtureRequest):
         require_server("mosquitto")
     async with MqttBroker(backend=request.param) as server:
         yield server
+
+
+IMAP_SERVERS = ["pymap", "dovecot"]  # the project's mail sandbox (pymap) and Debian's Dovecot
+
+
+@pytest.fixture(scope="module", params=IMAP_SERVERS)
+async def imap_server(request: pytest.FixtureRequest):
+    """An IMAP server for a test module, once per server kind: both offer inject, messages, add_user,
+    stop_imap/start_imap, imap_port, ca_file; tests add a user of their own."""
+    if request.param == "dovecot":
+        require_server("dovecot")
+        from sandbox.dovecot import DovecotServer as Server
+    else:
+        from sandbox.mail import MailSandbox as Server
+    async with Server(users={"hub@plu.example": "imap-test-pw"}) as server:
+        yield server
