@@ -12,6 +12,7 @@ import hashlib
 import io
 import json
 import os
+import posixpath
 import threading
 import time
 import tracemalloc
@@ -482,3 +483,71 @@ async def test_a_file_near_its_deadline_raises_one_alert_however_often_it_fails(
     assert (body["alert"], body["file"], body["state"]) == ("sftp_deadline", server.remote(path.name), "firing")
     assert 23 * 3600 - 5 < body["age"] < 23 * 3600 + 60 and 3500 < body["deleted_in"] < 3605
     assert "not stored" in body["error"] and len(alerts.messages) == 1 and ingress.deadline_alerts == 1
+
+
+# --- names as servers really list them -----------------------------------------------------------
+
+def drop_bytes_named(server: Any, name: bytes, content: bytes) -> bytes:
+    """A file whose name is raw bytes (any but / and NUL, as POSIX file systems allow); answers its path
+    as SFTP clients see it."""
+    with open(os.fsencode(server.root) + b"/" + name, "wb") as fh:
+        fh.write(content)
+    return posixpath.join(os.fsencode(server.directory), name)
+
+
+async def test_a_name_that_is_not_utf8_is_quarantined_by_its_bytes_and_the_drop_goes_on(
+        js: Any, server: Any, gen: PdfGenerator, make_ingress: MakeIngress, alerts: StreamReader,
+        unique: str) -> None:
+    """A file named with a byte that is not UTF-8 is quarantined with its bytes and an alert, once; the PDFs
+    beside it land and the ingress keeps its one session (it blocked the whole drop before)."""
+    bad = drop_bytes_named(server, b"INV-DE-INV-000700-20250101120000-\xff\xfe.pdf", b"%PDF-1.4 latin-1 named\n")
+    good = [gen.drop_pdf("DE-INV-000701"), gen.drop_pdf("DE-INV-000702")]
+    dead = await StreamReader.open(js, f"dlq.sftp-{unique}")
+    try:
+        ingress = await make_ingress(server)
+        await ingress.wait_for(lambda i: i.fetched == 2 and i.quarantined == 1)
+        await ingress.wait_for(lambda i: i.state == "listing")
+        await ingress.wait_for(lambda i: i.state == "idle")
+        [record] = await dead.wait_for(1)
+        [alert] = await alerts.wait_for(1)
+    finally:
+        await dead.sub.unsubscribe()
+    body = json.loads(record.data)
+    assert bytes.fromhex(body["path_bytes_hex"]) == bad
+    assert "not valid UTF-8" in record.headers["Hub-Quarantine"] and "\\xff\\xfe" in body["file_name"]
+    assert await object_bytes(js, body["bucket"], body["object"]) == b"%PDF-1.4 latin-1 named\n"
+    notice = json.loads(alert.data)
+    assert (notice["alert"], notice["path_bytes_hex"]) == ("sftp_quarantined", body["path_bytes_hex"])
+    assert sorted(r["file_name"] for r in await landed(js, ingress)) == sorted(p.name for p in good)
+    assert len(server.logins) == 1 and ingress.reconnects == 0 and len(dead.messages) == 1
+
+
+async def test_full_width_digits_do_not_pass_a_digit_pattern(
+        js: Any, server: Any, gen: PdfGenerator, make_ingress: MakeIngress, unique: str) -> None:
+    """`\\d{14}` in the pattern means ASCII digits: a name with full-width digits (valid UTF-8) is quarantined."""
+    odd = server.root / "INV-DE-INV-000710-\uff12\uff10\uff12\uff15\uff10\uff11\uff10\uff11\uff11\uff12\uff10\uff10\uff10\uff10.pdf"
+    odd.write_bytes(b"%PDF-1.4 full-width\n")
+    good = gen.drop_pdf("DE-INV-000711")
+    ingress = await make_ingress(server)
+    await ingress.wait_for(lambda i: i.fetched == 1 and i.quarantined == 1)
+    [record] = await landed(js, ingress)
+    assert record["file_name"] == good.name
+
+
+class SlowlyBackingOff(SftpIngress):
+    """The production doubling from a shorter start, so several attempts fit in a test."""
+
+    BACKOFF_START = 0.05
+    BACKOFF_MAX = 0.4
+
+
+async def test_a_session_that_fails_after_login_does_not_reset_the_backoff(
+        server: Any, make_ingress: MakeIngress, tmp_path: Path) -> None:
+    """A server that accepts the login but cannot list the drop is one outage: attempts add up, the wait
+    doubles and one warning is logged (a reset after each login made it 1.5 logins a second, for ever)."""
+    with structlog.testing.capture_logs() as logs:
+        ingress = await make_ingress(server, directory=server.directory + "/missing", cls=SlowlyBackingOff)
+        await ingress.wait_for(lambda i: i.attempts >= 4, timeout=10)
+    assert [e["event"] for e in logs if e["log_level"] == "warning"] == ["sftp_unavailable"]
+    assert "does not exist" in (ingress.last_error or "") and ingress.reconnects == 0
+    assert ingress.outage._backoff == SlowlyBackingOff.BACKOFF_MAX  # 0.05, 0.1, 0.2, 0.4: doubled, not reset
