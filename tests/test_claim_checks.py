@@ -19,7 +19,7 @@ from typing import Any
 import nats
 import pytest
 
-from engine.claim_check import CLAIM, CLAIM_SHA, CLAIM_SIZE, ClaimChecks, fits, max_payload
+from engine.claim_check import CLAIM_SHA, CLAIM_SIZE, ClaimChecks, fits, max_payload
 from engine.config import HubConfig
 from engine.ingress import Landing
 from engine.spec import Flow
