@@ -63,9 +63,28 @@ def text_of(resp: aiohttp.ClientResponse, body: bytes) -> str:
 
 
 def snippet(text: str, limit: int = SNIPPET) -> str:
-    """The start of a body for error texts, one line, at most `limit` characters."""
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    """The start of a body for error texts, one line, at most about `limit` characters (see `bounded`)."""
+    return bounded(" ".join(text.split()), limit)
+
+
+_TRAIL = " \t\n;,|"  # separators left dangling at a cut
+_BREAKS = frozenset(" \t\n<>;,|()[]{}\"'")  # not "=": a `key=value` pair stays whole
+
+
+def bounded(text: str, limit: int) -> str:
+    """`text` when it fits in `limit` characters; else its start, cut where a word or markup ends (never
+    inside an identifier such as a transaction id) and told how much is left out. Only a single word
+    longer than most of `limit` is cut inside itself."""
+    if len(text) <= limit:
+        return text
+    cut = max(limit - 1, 1)
+    floor = cut // 4
+    at = cut
+    while at > floor and not (text[at - 1] in _BREAKS or text[at] in _BREAKS):
+        at -= 1
+    if at <= floor:
+        at = cut
+    return f"{text[:at].rstrip(_TRAIL)}… (+{len(text) - at} chars)"
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:

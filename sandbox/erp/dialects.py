@@ -6,10 +6,10 @@ the inner XML of its answer. The generic behaviour (state, delays, idempotency, 
 
 | country | SOAP | naming | security | refusals | paging (invoices and payments) |
 |---------|------|--------|----------|----------|--------------------------------|
-| de | 1.1 | PascalCase, SAP-like | WS-Security UsernameToken | Return rows Type E in a 200 | PageToken |
-| fr | 1.2 | lowerCamel French | none | soap:Sender fault | page number |
+| de | 1.1 | PascalCase, SAP IS-U like | WS-Security UsernameToken | SAP RETURN table (BAPIRET2) E rows in a 200 | PageToken |
+| fr | 1.2 | lowerCamel French | none | soap:Sender fault, Subcode = the code | page number |
 | it | 1.1 | snake_case Italian | none | soap:Client fault, coded detail | offset/limite + totale |
-| pt | 1.2 | PascalCase Portuguese, Cabecalho/Dados | none | soap:Sender fault | keyset cursor |
+| pt | 1.2 | PascalCase Portuguese, Cabecalho/Dados | none | soap:Sender fault, Subcode = the code | keyset cursor |
 | uk | 1.1 | PascalCase, *Request/*Response, pence | none; HTML 503 when over capacity | soap:Client fault | PageNumber/TotalPages |
 """
 
@@ -27,13 +27,35 @@ __all__ = ["COUNTRIES", "DIALECTS", "Dialect", "Op", "e"]
 
 # --- DE ---------------------------------------------------------------------------------------
 
-def _de_return(rows: list[tuple[str, str, str, str]]) -> str:
-    return "".join(f"<Return>{e('Type', t)}{e('Id', i)}{e('Number', n)}{e('Message', m)}</Return>"
-                   for t, i, n, m in rows)
+# SAP answers every RFC/BAPI call with a RETURN table of BAPIRET2 rows (one per message): TYPE S, I, W
+# are success, information, warning; E and A are refusals. Every field is sent, empty ones as <X/>.
+_BAPIRET2 = ("TYPE", "ID", "NUMBER", "MESSAGE", "LOG_NO", "LOG_MSG_NO", "MESSAGE_V1", "MESSAGE_V2", "MESSAGE_V3",
+             "MESSAGE_V4", "PARAMETER", "ROW", "FIELD", "SYSTEM")
+_DE_NUMBERS = {"MISSING": "010", "BLOCKED": "042", "NOT_FOUND": "044", "UNKNOWN_TARIFF": "051"}
+
+
+def _bapiret2(kind: str, number: str, message: str, *variables: str, parameter: str = "") -> str:
+    values = {"TYPE": kind, "ID": "ZISU", "NUMBER": number, "MESSAGE": message, "LOG_MSG_NO": "000000",
+              "ROW": "0", "PARAMETER": parameter, "SYSTEM": "ISUCLNT100",
+              **{f"MESSAGE_V{i}": v for i, v in enumerate(variables, 1)}}
+    return "<item>" + "".join(f"<{f}>{escape(values[f])}</{f}>" if values.get(f) else f"<{f}/>"
+                              for f in _BAPIRET2) + "</item>"
+
+
+def _de_return(*items: str) -> str:
+    return "<RETURN>" + "".join(items) + "</RETURN>"
 
 
 def _de_ok(message: str) -> str:
-    return _de_return([("S", "ZISU", "000", message)])
+    return _de_return(_bapiret2("S", "000", message))
+
+
+def _de_refusal(code: str, message: str) -> str:
+    """A refusal as SAP sends it: the cause, and for a switch refused outright the follow-up row."""
+    rows = [_bapiret2("E", _DE_NUMBERS.get(code, "099"), message, parameter="CONTRACT" if code == "BLOCKED" else "")]
+    if code == "BLOCKED":
+        rows.append(_bapiret2("E", "001", "Wechselbeleg wurde nicht angelegt"))
+    return _de_return(*rows)
 
 
 def _de_changed_list(b: etree._Element, d: Dialect) -> dict[str, Any]:
@@ -46,7 +68,7 @@ def _de_next_page(r: dict[str, Any]) -> str:
 
 
 DE = Dialect(
-    country="de", ns="urn:plu:sandbox:erp:de:isu:v1", soap=11, wsdl="de.wsdl", ws_security=True, return_table=True,
+    country="de", ns="urn:plu:sandbox:erp:de:isu:v1", soap=11, wsdl="de.wsdl", ws_security=True, refusal_rows=_de_refusal,
     account_key=lambda n: f"{1000000 + n:010d}", switch_ref=lambda n: f"SW{4500000000 + n}",
     messages={"blocked": "Vertrag {contract} ist für Tarifwechsel gesperrt",
               "not_found": "Wechselbeleg {ref} existiert nicht",
