@@ -276,9 +276,17 @@ def check_flow(lf: LoadedFlow, project: Project) -> list[str]:
             check_published(pull.publish, loc + ("pull", "publish"), config, bad)
             for key in ("request", "page"):
                 try:
-                    resolve_transform(getattr(pull, key))
+                    func = resolve_transform(getattr(pull, key))
                 except LookupError as exc:
                     bad(loc + ("pull", key), str(exc))
+                    continue
+                tick_model = getattr(func, "tick_model", None)  # the request transform says what a tick holds
+                if key == "request" and tick_model is not None and flow.is_scheduled:
+                    for i, entry in enumerate(flow.source.each):  # type: ignore[union-attr]
+                        try:
+                            tick_model.model_validate(entry)
+                        except ValidationError as exc:
+                            problems.extend(describe(file, lines, exc, ("source", "each", i)))
             try:
                 datetime.fromisoformat(pull.start.replace("Z", "+00:00"))
             except ValueError:
