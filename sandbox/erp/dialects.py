@@ -20,43 +20,13 @@ from xml.sax.saxutils import escape
 
 from lxml import etree
 
+from sandbox.erp.sap import de_ok as _de_ok, de_refusal as _de_refusal
 from sandbox.erp.wire import Dialect, Op, Parse, e
 
 __all__ = ["COUNTRIES", "DIALECTS", "Dialect", "Op", "e"]
 
 
 # --- DE ---------------------------------------------------------------------------------------
-
-# SAP answers every RFC/BAPI call with a RETURN table of BAPIRET2 rows (one per message): TYPE S, I, W
-# are success, information, warning; E and A are refusals. Every field is sent, empty ones as <X/>.
-_BAPIRET2 = ("TYPE", "ID", "NUMBER", "MESSAGE", "LOG_NO", "LOG_MSG_NO", "MESSAGE_V1", "MESSAGE_V2", "MESSAGE_V3",
-             "MESSAGE_V4", "PARAMETER", "ROW", "FIELD", "SYSTEM")
-_DE_NUMBERS = {"MISSING": "010", "BLOCKED": "042", "NOT_FOUND": "044", "UNKNOWN_TARIFF": "051"}
-
-
-def _bapiret2(kind: str, number: str, message: str, *variables: str, parameter: str = "") -> str:
-    values = {"TYPE": kind, "ID": "ZISU", "NUMBER": number, "MESSAGE": message, "LOG_MSG_NO": "000000",
-              "ROW": "0", "PARAMETER": parameter, "SYSTEM": "ISUCLNT100",
-              **{f"MESSAGE_V{i}": v for i, v in enumerate(variables, 1)}}
-    return "<item>" + "".join(f"<{f}>{escape(values[f])}</{f}>" if values.get(f) else f"<{f}/>"
-                              for f in _BAPIRET2) + "</item>"
-
-
-def _de_return(*items: str) -> str:
-    return "<RETURN>" + "".join(items) + "</RETURN>"
-
-
-def _de_ok(message: str) -> str:
-    return _de_return(_bapiret2("S", "000", message))
-
-
-def _de_refusal(code: str, message: str) -> str:
-    """A refusal as SAP sends it: the cause, and for a switch refused outright the follow-up row."""
-    rows = [_bapiret2("E", _DE_NUMBERS.get(code, "099"), message, parameter="CONTRACT" if code == "BLOCKED" else "")]
-    if code == "BLOCKED":
-        rows.append(_bapiret2("E", "001", "Wechselbeleg wurde nicht angelegt"))
-    return _de_return(*rows)
-
 
 def _de_changed_list(b: etree._Element, d: Dialect) -> dict[str, Any]:
     return {"since": d.text(b, "ChangedSince"), "size": d.integer(b, "MaxRows", 100),
