@@ -441,3 +441,25 @@ async def test_wrong_oauth2_client_secret_is_a_permanent_rejection(sims, monkeyp
         assert err.value.status == 401 and "oauth2 token" in str(err.value)
     finally:
         await a.close()
+
+
+# --- vendors by config ------------------------------------------------------------------------------
+
+def test_validate_checks_every_vendor_entry_with_file_and_line(tmp_path):
+    """A format that does not exist and a zone that is not IANA are errors at the entry's line, before a run."""
+    from engine.errors import ConfigError
+
+    bad = flow_text(**{"format: meter_espi.ESPI, zone: Europe/Paris": "format: meter_espi.GREEN, zone: Paris"})
+    with pytest.raises(ConfigError) as err:
+        project_from(tmp_path, CONFIG, bad)
+    issues = [i for i in err.value.issues if "source.each[4]" in i]
+    assert len(issues) == 2 and all(":18: source.each[4]." in i for i in issues), err.value.issues
+    assert "transforms.meter_espi has ESPI" in issues[0] and "unknown time zone 'Paris'" in issues[1]
+
+
+def test_a_tick_without_its_entrys_format_says_how_to_trigger_it():
+    """A hand-made tick naming only the vendor is refused with the command that carries the entry along."""
+    with pytest.raises(ValueError, match="--only vendor=<name>"):
+        meter_pulls.request({"vendor": "vendor1", "since": START, "cursor": None, "page_size": 10})
+    body = meter_pulls.request({**ENTRIES["vendor3"], "since": START, "cursor": None, "page_size": 10})
+    assert body == {"since": 1740787200, "until": 1743462000, "offset": 0, "limit": 10}  # 1 April, London
