@@ -445,9 +445,12 @@ async def test_wrong_oauth2_client_secret_is_a_permanent_rejection(sims, monkeyp
 
 # --- vendors by config ------------------------------------------------------------------------------
 
-def test_validate_checks_every_vendor_entry_with_file_and_line(tmp_path):
+def test_validate_checks_every_vendor_entry_with_file_and_line(tmp_path, monkeypatch):
     """A format that does not exist and a zone that is not IANA are errors at the entry's line, before a run."""
     from engine.errors import ConfigError
+
+    for n in range(1, 6):  # the endpoints' URLs, which no simulator set for this test alone
+        monkeypatch.setenv(f"METER_VENDOR{n}_URL", f"http://127.0.0.1:9/{n}")
 
     bad = flow_text(**{"format: meter_espi.ESPI, zone: Europe/Paris": "format: meter_espi.GREEN, zone: Paris"})
     with pytest.raises(ConfigError) as err:
