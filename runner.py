@@ -23,6 +23,7 @@ examples:
   runner.py run                              run all flows on the embedded nats-server
   runner.py run --nats nats://10.0.0.5:4222  run against an existing NATS (cluster: repeat --nats)
   runner.py demo                             start broker + sandbox, drive a scenario, report
+  runner.py demo --at 2027-03-28T01:30:00Z   the same scenario as of another instant (a DST night)
   runner.py dlq list --flow contract-switch-request     what failed, and why
   runner.py dlq edit 42 --set country=DE     fix a dead letter, validate it, replay it
   runner.py trigger erp-invoices-nightly     run a scheduled flow now
@@ -32,6 +33,15 @@ examples:
 
 exit codes: 0 ok, 1 the work failed (demo outcome, runtime error), 2 invalid configuration or usage.
 """
+
+
+def _instant(text: str):  # noqa: ANN202  (argparse type: a usage error, exit 2, names the form)
+    from engine.clock import parse_instant
+
+    try:
+        return parse_instant(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _project_args(p: argparse.ArgumentParser) -> None:
@@ -64,6 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
                        "short scenario, print what happened per flow; exit 0 only if every expected "
                        "outcome occurred.")
     p.add_argument("--keep-data", action="store_true", help="keep the demo's JetStream store afterwards")
+    p.add_argument("--at", type=_instant, metavar="INSTANT",
+                   help="run the scenario as of this ISO 8601 instant with its offset, e.g. 2027-03-28T01:30:00Z "
+                   "or 2028-02-29T12:00:00+01:00 (default: now); the hub, the sandbox platforms and the CLI "
+                   "take their dates from it, and it runs on at the real rate")
 
     from adapters.sftp.cli import register as register_pdf
     from dlq.cli import register as register_dlq
@@ -144,9 +158,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from engine.clock import SYSTEM, ShiftedClock
     from sandbox.demo import run_demo
 
-    return asyncio.run(run_demo(ROOT, keep_data=args.keep_data))
+    clock = ShiftedClock(args.at) if args.at is not None else SYSTEM
+    return asyncio.run(run_demo(ROOT, keep_data=args.keep_data, clock=clock))
 
 
 def cmd_trigger(args: argparse.Namespace) -> int:

@@ -20,6 +20,7 @@ from dlq import commands, store
 from dlq.edit import check_edit, cmd_edit
 from dlq.exits import FAILED, USAGE, Stop
 from dlq.selection import DONE, check_selector
+from engine.clock import SYSTEM, Clock
 
 ROOT = Path(__file__).resolve().parents[1]
 CONNECT_TIMEOUT = 15.0
@@ -28,12 +29,13 @@ CONNECT_TIMEOUT = 15.0
 # --- argument types ----------------------------------------------------------------------------
 
 
-def when(text: str) -> datetime:
-    """`2h` / `30m` / `7d` ago, or an ISO time (UTC unless it names an offset)."""
+def when(text: str) -> datetime | timedelta:
+    """`2h` / `30m` / `7d` ago (a timedelta, read against the CLI's clock by `run`), or an ISO time
+    (UTC unless it names an offset)."""
     from engine.durations import parse_duration
 
     try:
-        return datetime.now(timezone.utc) - timedelta(seconds=parse_duration(text))
+        return timedelta(seconds=parse_duration(text))
     except ValueError:
         pass
     try:
@@ -215,12 +217,23 @@ def main(args: argparse.Namespace) -> int:
         return FAILED
 
 
-async def run(args: argparse.Namespace) -> int:
+def _at(value: datetime | timedelta | None, now: datetime) -> datetime | None:
+    """A `--since`/`--until` value as a time: a duration counts back from `now`."""
+    return now - value if isinstance(value, timedelta) else value
+
+
+async def run(args: argparse.Namespace, clock: Clock = SYSTEM) -> int:
+    """One dlq command. `clock` is the CLI's: "2h ago" and record ages are read on it, against each
+    record's own failure time (written on the failing runner's clock), never nats-server's."""
     from engine.connection import ops_connection
     from engine.errors import ConfigError
     from engine.validation import load_config
 
     handler = HANDLERS[args.dlq_command]
+    args.now = clock.now()
+    for name in ("since", "until"):
+        if hasattr(args, name):
+            setattr(args, name, _at(getattr(args, name), args.now))
     try:
         try:
             config, _ = load_config(args.config)

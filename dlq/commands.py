@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from datetime import datetime
 from typing import Any, Callable
 
 from dlq import store
@@ -16,12 +17,17 @@ from dlq.store import Record
 PROGRESS_FROM = 5  # records; fewer replay without a progress line
 
 
+def _now(args: argparse.Namespace) -> datetime | None:
+    """The CLI's clock reading (dlq/cli.py `run` sets it): record ages are counted to it."""
+    return getattr(args, "now", None)
+
+
 async def cmd_list(args: argparse.Namespace, js: Any, stream: str) -> int:
     records = await matching(js, stream, args)
     if args.json:
-        print(as_json([r.as_dict() for r in records]))
+        print(as_json([r.as_dict(_now(args)) for r in records]))
     else:
-        print_table(records)
+        print_table(records, _now(args))
     more = " (--limit reached; more may match)" if args.limit and len(records) >= args.limit else ""
     print(f"{len(records)} record(s) in {stream}{described(args)}{more}", file=sys.stderr)
     return OK
@@ -30,14 +36,14 @@ async def cmd_list(args: argparse.Namespace, js: Any, stream: str) -> int:
 async def cmd_show(args: argparse.Namespace, js: Any, stream: str) -> int:
     r = await one(js, stream, args.seq)
     if args.json:
-        print(as_json(r.as_dict()))
+        print(as_json(r.as_dict(_now(args))))
     else:
-        print_record(r, stream)
+        print_record(r, stream, _now(args))
     return OK
 
 
 async def cmd_stats(args: argparse.Namespace, js: Any, stream: str) -> int:
-    result = await store.stats(js, stream, flow=args.flow)
+    result = await store.stats(js, stream, flow=args.flow, now=_now(args))
     if args.json:
         print(as_json(result))
         return OK
@@ -56,7 +62,7 @@ def previewed(args: argparse.Namespace, records: list[Record], missing: list[int
     if not records:
         print(f"no records match{described(args)}: nothing {DONE[verb]}", file=sys.stderr)
     else:
-        print_table(records)
+        print_table(records, _now(args))
         print(f"would {verb} {len(records)} record(s){to}; run again without --dry-run to do it", file=sys.stderr)
     return NOT_FOUND if missing else OK
 

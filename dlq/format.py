@@ -7,10 +7,11 @@ import json
 import shutil
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 
 from dlq.store import Record
+from engine.clock import SYSTEM
 
 
 def fmt_age(seconds: float) -> str:
@@ -34,8 +35,9 @@ def payload_text(encoding: str, payload: Any) -> str:
     return json.dumps(payload, ensure_ascii=False, indent=2) if encoding == "json" else str(payload)
 
 
-def print_table(records: list[Record]) -> None:
-    now = datetime.now(timezone.utc)
+def print_table(records: list[Record], now: datetime | None = None) -> None:
+    """SEQ, AGE (to `now`, the CLI's clock; the system's by default), flow, class, attempts, error."""
+    now = now or SYSTEM.now()
     rows = [(str(r.seq), fmt_age(r.age(now)), r.flow, r.error_class or "?", str(r.summary.get("attempts", 0)), r.error)
             for r in records]
     table(("SEQ", "AGE", "FLOW", "ERROR CLASS", "ATT", "ERROR"), rows, right={0, 4})
@@ -58,13 +60,14 @@ def table(headers: tuple[str, ...], rows: list[tuple[str, ...]], right: set[int]
         print(line(row))
 
 
-def print_record(r: Record, stream: str) -> None:
+def print_record(r: Record, stream: str, now: datetime | None = None) -> None:
     """One record for a person: failure facts, failure history, headers, payload."""
     s = r.summary
+    stored = f"; stored {r.stored.isoformat(timespec='seconds')} by the server" if r.stored else ""
     transient = r.headers.get("Hub-Dlq-Transient")
     facts = [
         ("record", f"{r.seq} in {stream} ({r.subject}), dead-lettered {r.time.isoformat(timespec='seconds')} "
-                   f"({fmt_age(r.age())} ago)"),
+                   f"({fmt_age(r.age(now))} ago{stored})"),
         ("flow", r.flow), ("step", s.get("step") or "-"),
         ("error class", f"{r.error_class}" + (f" ({'transient' if transient == 'true' else 'permanent'})" if transient else "")),
         ("error", r.error), ("attempts", s.get("attempts")),

@@ -3,6 +3,11 @@
 Records are read through one ephemeral consumer (not one `get_msg` per record), up to the stream's
 last sequence when the read began: a consistent snapshot while flows keep failing. A replay is
 confirmed by the original stream before its record is deleted, so nothing is lost in between.
+
+Times: a record's `time` is its last failure (`Hub-Dlq-Last-Failure`, written on the failing runner's
+clock); `--since`/`--until` and ages compare it with the CLI's clock. nats-server's stored time
+(`stored`) is shown, never subtracted from a runner's clock: the two clocks may differ (a skewed host, a
+faked clock), and a record's age must not depend on that.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import APIError, NotFoundError
 
 from engine import dead_letter as rec
+from engine.clock import SYSTEM
 from engine.messages import CE_ID, IDEMPOTENCY_KEY, MSG_ID, REPLAY_FOR, REPLAY_OF
 from engine.ratelimit import RateLimiter
 
@@ -50,17 +56,20 @@ class ReplayRefused(ValueError):
 class Record:
     seq: int
     subject: str
-    time: datetime
+    time: datetime  # dead-lettered: the last failure on the runner's clock (the stored time if unknown)
     data: bytes
     headers: dict[str, str]
     summary: dict[str, Any] = field(default_factory=dict)
     stream: str = "DLQ"  # the DLQ stream holding it
+    stored: datetime | None = None  # nats-server's time of the store (its clock: shown, not compared)
 
     @classmethod
-    def of(cls, stream: str, seq: int, subject: str, time: datetime, data: bytes | None,
+    def of(cls, stream: str, seq: int, subject: str, stored: datetime, data: bytes | None,
            headers: dict[str, Any] | None) -> "Record":
         hdrs = {k: str(v) for k, v in (headers or {}).items()}
-        return cls(seq, subject, time, data or b"", hdrs, rec.summary(hdrs), stream)
+        summary = rec.summary(hdrs)
+        failed = _aware(summary.get("last_failure")) or _aware(summary.get("first_failure")) or stored
+        return cls(seq, subject, failed, data or b"", hdrs, summary, stream, stored)
 
     @property
     def flow(self) -> str:
@@ -75,7 +84,8 @@ class Record:
         return self.summary.get("error") or ""
 
     def age(self, now: datetime | None = None) -> float:
-        return ((now or datetime.now(timezone.utc)) - self.time).total_seconds()
+        """Seconds since it was dead-lettered, on the caller's clock (`now`; the system's by default)."""
+        return ((now or SYSTEM.now()) - self.time).total_seconds()
 
     def payload(self) -> tuple[str, Any]:
         """('json', value), ('text', str) or ('base64', str): the payload in its most readable form."""
@@ -88,10 +98,12 @@ class Record:
         except ValueError:
             return "text", text
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self, now: datetime | None = None) -> dict[str, Any]:
         encoding, payload = self.payload()
+        stored = self.stored.isoformat(timespec="milliseconds") if self.stored else None
         return {"seq": self.seq, "dlq_subject": self.subject,
-                "time": self.time.isoformat(timespec="milliseconds"), "age_s": round(self.age(), 3),
+                "time": self.time.isoformat(timespec="milliseconds"), "age_s": round(self.age(now), 3),
+                "stored": stored,
                 **self.summary, "headers": self.headers, "payload_encoding": encoding, "payload": payload}
 
 
@@ -108,6 +120,8 @@ class Selection:
     def matches(self, r: Record) -> bool:
         if self.error_class and r.error_class.lower() != self.error_class.lower():
             return False
+        if self.since and r.time < self.since:
+            return False
         if self.until and r.time > self.until:
             return False
         if self.text:
@@ -117,9 +131,9 @@ class Selection:
         return True
 
 
-async def _scan(js: Any, stream: str, subject: str, *, since: datetime | None = None,
-                headers_only: bool = False) -> AsyncIterator[Record]:
-    """Every record on `subject` (from `since`) up to the stream's last sequence at the start."""
+async def _scan(js: Any, stream: str, subject: str, *, headers_only: bool = False) -> AsyncIterator[Record]:
+    """Every record on `subject` up to the stream's last sequence at the start. (Not from a start time:
+    that would be the server's clock against the caller's; times are filtered on the records' own.)"""
     try:
         info = await js.stream_info(stream)
     except NotFoundError:
@@ -128,9 +142,7 @@ async def _scan(js: Any, stream: str, subject: str, *, since: datetime | None = 
     if not info.state.messages:
         return
     config = ConsumerConfig(ack_policy=AckPolicy.NONE, mem_storage=True, num_replicas=1, inactive_threshold=60.0,
-                            headers_only=headers_only or None,
-                            deliver_policy=DeliverPolicy.BY_START_TIME if since else DeliverPolicy.ALL,
-                            opt_start_time=since)
+                            headers_only=headers_only or None, deliver_policy=DeliverPolicy.ALL)
     sub = await js.pull_subscribe(subject, stream=stream, config=config)
     try:
         pending = (await sub.consumer_info()).num_pending or 0
@@ -162,15 +174,14 @@ def flow_subject(flow: str | None) -> str:
 async def list_records(js: Any, stream: str, *, flow: str | None = None, error_class: str | None = None,
                        text: str | None = None, since: datetime | None = None, until: datetime | None = None,
                        limit: int | None = None, headers_only: bool = False) -> list[Record]:
-    """Records matching every given filter, oldest first; `limit` stops the read early."""
+    """Records matching every given filter, in DLQ order; `limit` stops the read early. `since` and
+    `until` are read against each record's own failure time (see the module docstring)."""
     sel = Selection(flow, error_class, text, since, until)
     out: list[Record] = []
     if limit is not None and limit <= 0:
         return out
-    async with aclosing(_scan(js, stream, flow_subject(flow), since=since, headers_only=headers_only)) as records:
+    async with aclosing(_scan(js, stream, flow_subject(flow), headers_only=headers_only)) as records:
         async for r in records:
-            if until is not None and r.time > until:
-                break  # stream time only grows with the sequence
             if sel.matches(r):
                 out.append(r)
                 if limit is not None and len(out) >= limit:
@@ -193,6 +204,17 @@ async def get_record(js: Any, stream: str, seq: int) -> Record:
     data = base64.b64decode(m.get("data") or "")
     time = datetime.fromisoformat(_trim_nanos(m["time"]))
     return Record.of(stream, m["seq"], m["subject"], time, data, parse_headers(raw))
+
+
+def _aware(text: str | None) -> datetime | None:
+    """A header's ISO time as an aware datetime (UTC when it names no offset); None when absent or bad."""
+    if not text:
+        return None
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
 
 def parse_headers(block: bytes) -> dict[str, str]:
@@ -330,9 +352,10 @@ async def delete(js: Any, stream: str, seqs: Iterable[int], *, erase: bool = Fal
     return deleted, failed
 
 
-async def stats(js: Any, stream: str, *, flow: str | None = None) -> dict[str, Any]:
-    """Counts per flow and error class, and the oldest record per flow (read headers only)."""
-    now = datetime.now(timezone.utc)
+async def stats(js: Any, stream: str, *, flow: str | None = None, now: datetime | None = None) -> dict[str, Any]:
+    """Counts per flow and error class, and the oldest record per flow (read headers only); ages on the
+    caller's clock (`now`) against the records' own failure times."""
+    now = now or SYSTEM.now()
     flows: dict[str, dict[str, Any]] = {}
     total = 0
     async with aclosing(_scan(js, stream, flow_subject(flow), headers_only=True)) as records:

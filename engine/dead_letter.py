@@ -28,9 +28,12 @@ def dlq_subject(flow: str) -> str:
 
 def build_headers(original: dict[str, str] | None, *, flow: str, err: HubError, attempts: int,
                   subject: str, stream: str, sequence: int, consumer: str,
-                  first_failure: datetime | None, history: list[dict[str, Any]] | None = None) -> dict[str, str]:
-    """Original headers (with its Nats-Msg-Id kept aside) plus the failure facts."""
-    now = datetime.now(timezone.utc)
+                  first_failure: datetime | None, history: list[dict[str, Any]] | None = None,
+                  now: datetime | None = None) -> dict[str, str]:
+    """Original headers (with its Nats-Msg-Id kept aside) plus the failure facts. `now` is the failing
+    runner's clock (`engine.clock`): the first and last failure times are what `dlq list --since` and
+    the record ages read, on that clock, never nats-server's stored time."""
+    now = now or datetime.now(timezone.utc)
     headers = {k: v for k, v in (original or {}).items() if k != MSG_ID}
     if original and MSG_ID in original:
         headers[ORIG_MSG_ID] = original[MSG_ID]

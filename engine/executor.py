@@ -64,8 +64,9 @@ class StreamFlowRunner:
         self.concurrency = limits.concurrency
         self.limiter = RateLimiter(limits.rate) if limits.rate else None
         pipeline.guard.limiter = self.limiter  # in-process retries of a call take a token too
-        self.failures = FailureHandler(self.flow, js, stream, publish_timeout, history, breaker_wait)
-        self.waits = WaitHandler(self.flow, js, self.failures) if pipeline.waits else None
+        self.failures = FailureHandler(self.flow, js, stream, publish_timeout, history, breaker_wait,
+                                       clock=pipeline.clock)
+        self.waits = WaitHandler(self.flow, js, self.failures, pipeline.clock) if pipeline.waits else None
         self.idempotency = idempotency if idempotency and applies_to(self.flow, pipeline.is_async) else None
         self.keys_in_flight = InFlightKeys()
         # a claim older than this is a crashed holder's: past two ack_waits JetStream has long

@@ -19,10 +19,11 @@ from typing import Any
 import structlog
 from nats.js.errors import KeyNotFoundError
 
+from engine.clock import SYSTEM, Clock
 from engine.dead_letter import build_headers, dlq_subject
 from engine.errors import CircuitOpen, HubError
 from engine.kv import bucket
-from engine.messages import message_id, now_iso
+from engine.messages import message_id
 from engine.spec import Flow
 
 log = structlog.get_logger("hub.failures")
@@ -72,8 +73,9 @@ class FailureHistory:
 
 class FailureHandler:
     def __init__(self, flow: Flow, js: Any, stream: str, publish_timeout: float,
-                 history: FailureHistory | None = None, breaker_wait: Any = None) -> None:
+                 history: FailureHistory | None = None, breaker_wait: Any = None, clock: Clock = SYSTEM) -> None:
         self.flow = flow
+        self.clock = clock  # failure times (history `at`, the record's first/last failure) are read on it
         self.js = js
         self.stream = stream
         self.publish_timeout = publish_timeout
@@ -109,8 +111,9 @@ class FailureHandler:
             return
         key = FailureHistory.key(self.flow.name, meta.stream, seq)
         history = await self.history.load(key) if self.history and delivered > 1 else []
-        history.append({"at": now_iso(), "delivery": delivered, "step": err.step, "error_class": err.error_class,
-                        "error": str(err)[:500], "transient": err.transient})
+        history.append({"at": self.clock.now().isoformat(timespec="milliseconds"), "delivery": delivered,
+                        "step": err.step, "error_class": err.error_class, "error": str(err)[:500],
+                        "transient": err.transient})
         failures = len(history)
         if err.transient and failures <= len(self.schedule):
             base = self.schedule[failures - 1] * (1 + random.uniform(-1, 1) * self.flow.on_error.jitter)
@@ -157,6 +160,6 @@ class FailureHandler:
         first = datetime.fromisoformat(history[0]["at"]) if history else None
         record_headers = build_headers(
             headers, flow=self.flow.name, err=err, attempts=attempts, subject=subject, stream=self.stream,
-            sequence=seq, consumer=self.flow.name, first_failure=first, history=history)
+            sequence=seq, consumer=self.flow.name, first_failure=first, history=history, now=self.clock.now())
         await self.js.publish(dlq_subject(self.flow.name), data, headers=record_headers,
                               timeout=self.publish_timeout)

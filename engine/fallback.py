@@ -4,6 +4,9 @@ stale while the target is down — a website keeps answering when Power Sales do
 A fresh answer (`fresh`) is served from a copy in this runner when it has one that is still fresh:
 the KV round trip was most of a warm lookup's cost. The copy is never wrong, only possibly not the
 newest: another runner may have stored a newer answer, which is asked for once ours is not fresh.
+
+Freshness is an answer's `cached_at` (written on the storing runner's `Clock`) against this runner's
+clock: runner clocks only, so `fresh: 15m` means fifteen minutes of the hub's time, settable by tests.
 """
 
 from __future__ import annotations
@@ -13,15 +16,15 @@ import copy
 import hashlib
 import json
 from collections import OrderedDict
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any, Awaitable, Callable
 
 import structlog
 from nats.js.errors import KeyNotFoundError
 
+from engine.clock import SYSTEM, Clock
 from engine.errors import HubError, RoutingError, TransientError
 from engine.kv import bucket
-from engine.messages import now_iso
 from engine.spec import Fallback
 from engine.subjects import render
 
@@ -33,8 +36,9 @@ LOCAL_ENTRIES = 50_000  # answers kept in the runner (least recently used go fir
 
 
 class FallbackCache:
-    def __init__(self, js: Any) -> None:
+    def __init__(self, js: Any, clock: Clock = SYSTEM) -> None:
         self.js = js
+        self.clock = clock
         self.kv: Any = None
         self._local: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._running: dict[str, asyncio.Future[Any]] = {}  # key -> the call in flight for it
@@ -87,7 +91,7 @@ class FallbackCache:
 
     async def remember(self, endpoint: str, spec: Fallback, payload: Any, answer: Any) -> None:
         try:
-            key, cached = self._key(endpoint, spec, payload), {"answer": answer, "cached_at": now_iso()}
+            key, cached = self._key(endpoint, spec, payload), {"answer": answer, "cached_at": self._stamp()}
             await self.kv.put(key, json.dumps(cached).encode())
             self._keep(key, cached)
         except HubError:
@@ -103,18 +107,24 @@ class FallbackCache:
         cached = self._local.get(key)
         if cached is not None:
             self._local.move_to_end(key)
-        if cached is None or not _younger(cached, spec.fresh):
+        if cached is None or not self._younger(cached, spec.fresh):
             try:
                 entry = await self.kv.get(key)
             except KeyNotFoundError:
                 return None
             self._keep(key, json.loads(entry.value))
             cached = self._local[key]
-            if not _younger(cached, spec.fresh):
+            if not self._younger(cached, spec.fresh):
                 return None
         answer = json.loads(cached["text"])
         marks = {"stale": False, "cached": True, "cached_at": cached["cached_at"]}
         return {**answer, **marks} if isinstance(answer, dict) else {"answer": answer, **marks}
+
+    def _stamp(self) -> str:
+        return self.clock.now().isoformat(timespec="milliseconds")
+
+    def _younger(self, cached: dict[str, Any], seconds: float) -> bool:
+        return (self.clock.now() - datetime.fromisoformat(cached["cached_at"])).total_seconds() < seconds
 
     async def stale_answer(self, endpoint: str, spec: Fallback, payload: Any, error: HubError) -> Any:
         """The last answer marked stale, or the original error when there is none."""
@@ -129,7 +139,3 @@ class FallbackCache:
         if isinstance(answer, dict):
             return {**answer, "stale": True, "cached_at": cached["cached_at"]}
         return {"answer": answer, "stale": True, "cached_at": cached["cached_at"]}
-
-
-def _younger(cached: dict[str, Any], seconds: float) -> bool:
-    return (datetime.now(timezone.utc) - datetime.fromisoformat(cached["cached_at"])).total_seconds() < seconds

@@ -11,9 +11,10 @@ import argparse
 import asyncio
 import json
 import sys
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+
+from engine.clock import SYSTEM, Clock
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -103,7 +104,8 @@ async def _with_js(args: argparse.Namespace, config: Any, body: Any) -> int:
         return _fail(f"cannot reach NATS: {exc}", 1)
 
 
-def cmd_trigger(args: argparse.Namespace, project: Any) -> int:
+def cmd_trigger(args: argparse.Namespace, project: Any, clock: Clock = SYSTEM) -> int:
+    """Store ticks now; a pull run takes `manual:<clock now>` as its "now" (engine/paged_pull.py)."""
     from engine.schedule import publish_ticks, tick_subject
 
     flow = next((lf.flow for lf in project.flows if lf.flow.name == args.flow), None)
@@ -116,7 +118,7 @@ def cmd_trigger(args: argparse.Namespace, project: Any) -> int:
         return _fail(entries)
 
     async def body(js: Any) -> int:
-        label = "manual:" + datetime.now(timezone.utc).isoformat(timespec="seconds")
+        label = "manual:" + clock.now().isoformat(timespec="seconds")
         ids = await publish_ticks(js, flow, label, manual=True, payloads=entries)
         for entry, msg_id in zip(entries, ids):
             print(f"stored tick {msg_id} on {tick_subject(flow.name)}: {json.dumps(entry)}")
@@ -125,12 +127,13 @@ def cmd_trigger(args: argparse.Namespace, project: Any) -> int:
     return asyncio.run(_with_js(args, project.config, body))
 
 
-def cmd_pending(args: argparse.Namespace, config: Any) -> int:
+def cmd_pending(args: argparse.Namespace, config: Any, clock: Clock = SYSTEM) -> int:
+    """Pending waits; OVERDUE is a record's deadline (a runner's clock) against `clock` (this CLI's)."""
     from engine.waiting import pending_records
 
     async def body(js: Any) -> int:
         records = await pending_records(js, args.flow)
-        now = datetime.now(timezone.utc).isoformat()
+        now = clock.now().isoformat()
         if args.overdue:
             records = [r for r in records if r.get("deadline_at") and r["deadline_at"] < now]
         if args.json:

@@ -10,7 +10,9 @@ With `retention` (how far back the endpoint keeps items), a new run whose `since
 the endpoint's window starts at the edge (now - retention) instead of being refused: the lost span
 is raised once as alert `retention` (not for a first run) and kept in the run, so its reconciliation record shows the
 `gap`. "now" is the tick's slot time (header Hub-Scheduled-For: the slot's ISO time, or
-`manual:<ISO>` for a trigger), else the wall clock, so a run's edge is the same after a redelivery.
+`manual:<ISO>` for a trigger), else the hub's `Clock` (the pipeline's), so a run's edge is the same
+after a redelivery. The run's `started_at`/`finished_at` and its items' `ce-time` are read on that clock
+too; `retention` is elapsed time (88d is 88 × 24 h, whatever DST does in between).
 """
 
 from __future__ import annotations
@@ -25,10 +27,11 @@ import structlog
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
 from engine.alerts import publish_alert
+from engine.clock import SYSTEM, Clock
 from engine.errors import HubError, PermanentError, PublishFailed, RoutingError, TransformFailed, TransientError
 from engine.kv import bucket
 from engine.messages import (CE_CORRELATION, CE_ID, CE_SOURCE, CE_SPEC, CE_TIME, CE_TYPE, MSG_ID, Envelope,
-                             derived_id, encode, now_iso)
+                             derived_id, encode)
 from engine.nats_client import finish_headers, shared_header_lines
 from engine.schedule import FIRED_AT, SCHEDULED_FOR, next_slot
 from engine.spec import PullSpec
@@ -53,14 +56,14 @@ def _when(value: str) -> datetime:
     return datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
-def run_now(env: Envelope) -> datetime:
+def run_now(env: Envelope, clock: Clock = SYSTEM) -> datetime:
     """The run's "now": the tick's slot time when its Hub-Scheduled-For label is an ISO time (a
-    scheduled slot, or `manual:<ISO>` from `runner.py trigger`), else the wall clock. A slot fired
+    scheduled slot, or `manual:<ISO>` from `runner.py trigger`), else `clock`'s now. A slot fired
     late (a catch-up after downtime) runs at the time it was fired: the vendor's window has moved."""
     headers = env.headers or {}
     moment = _aware_or_none(headers.get(SCHEDULED_FOR, "").removeprefix("manual:"))
     if moment is None:
-        return datetime.now(timezone.utc)
+        return clock.now()
     fired = _aware_or_none(headers.get(FIRED_AT, ""))
     return max(moment, fired) if fired is not None else moment
 
@@ -98,6 +101,10 @@ class PagedPull:
         self.page = resolve_transform(spec.page)
         self.kv: Any = None
         self.publish_timeout = pipeline.publish_timeout
+        self.clock: Clock = getattr(pipeline, "clock", SYSTEM)  # the hub's: run "now", stamps
+
+    def _stamp(self) -> str:
+        return self.clock.now().isoformat(timespec="milliseconds")
 
     # --- checkpoint --------------------------------------------------------------------------
 
@@ -142,7 +149,8 @@ class PagedPull:
         # failed is raised by the redelivery (alerts are at least once, like the reconciliation one)
         await self._next_run_risk(env, summary)
         if summary["matched"] is False:
-            await publish_alert(self.js, self.flow, "reconciliation", "firing", checkpoint=checkpoint,
+            await publish_alert(self.js, self.flow, "reconciliation", "firing", clock=self.clock,
+                                checkpoint=checkpoint,
                                 run_id=summary["run_id"], erp_total=summary["erp_total"], items=summary["items"])
         env.payload = {**payload, **summary}
         env.raw = None
@@ -156,7 +164,7 @@ class PagedPull:
             since, gap = self._retention_edge(env, state.get("watermark", spec.start))
             run = {"run_id": env.msg_id, "since": since, "cursor": None, "pages": 0,
                    "items": 0, "published": 0, "duplicates": 0, "high_water": None, "erp_total": None,
-                   "started_at": now_iso()}
+                   "started_at": self._stamp()}
             if gap is not None:
                 run["gap"] = {**gap, "first_run": "watermark" not in state, "alerted": False}
         else:
@@ -167,7 +175,8 @@ class PagedPull:
         # after the claim: a run that lost the race says nothing. A first run lost nothing a run had
         # taken before (its `start`, or the tick's own `from`, is a choice): the log and the gap say it.
         if gap is not None and not gap["alerted"] and not gap["first_run"]:
-            await publish_alert(self.js, self.flow, "retention", "firing", checkpoint=state["checkpoint"],
+            await publish_alert(self.js, self.flow, "retention", "firing", clock=self.clock,
+                                checkpoint=state["checkpoint"],
                                 run_id=run["run_id"], since=gap["from"], edge=gap["until"],
                                 **_span(_aware(gap["from"]), _aware(gap["until"])))
             gap["alerted"] = True
@@ -210,7 +219,7 @@ class PagedPull:
                    "since": run["since"], "until": run["high_water"] or run["since"], "pages": run["pages"],
                    "items": run["items"], "published": run["published"], "duplicates": run["duplicates"],
                    "erp_total": total, "matched": None if total is None else total == run["items"],
-                   "resumed": resumed, "started_at": run["started_at"], "finished_at": now_iso()}
+                   "resumed": resumed, "started_at": run["started_at"], "finished_at": self._stamp()}
         if run.get("gap") is not None:
             summary["gap"] = {"from": run["gap"]["from"], "until": run["gap"]["until"]}
         return summary, revision
@@ -230,7 +239,7 @@ class PagedPull:
         the gap {from, until} that leaves (None when since is inside the window)."""
         if self.spec.retention is None:
             return since, None
-        edge = run_now(env) - timedelta(seconds=self.spec.retention)
+        edge = run_now(env, self.clock) - timedelta(seconds=self.spec.retention)
         if _aware(since) >= edge:
             return since, None
         edge_iso = edge.isoformat()
@@ -243,11 +252,12 @@ class PagedPull:
         flow = self.pipeline.flow
         if self.spec.retention is None or not getattr(flow, "is_scheduled", False):
             return
-        nxt = next_slot(flow.source.schedule, run_now(env))
+        nxt = next_slot(flow.source.schedule, run_now(env, self.clock))
         edge = nxt - timedelta(seconds=self.spec.retention)
         watermark = _aware(summary["until"])
         if watermark < edge:
-            await publish_alert(self.js, self.flow, "retention_risk", "firing", checkpoint=summary["checkpoint"],
+            await publish_alert(self.js, self.flow, "retention_risk", "firing", clock=self.clock,
+                                checkpoint=summary["checkpoint"],
                                 run_id=summary["run_id"], watermark=summary["until"], next_run=nxt.isoformat(),
                                 edge=edge.isoformat(), **_span(watermark, edge))
 
@@ -277,7 +287,7 @@ class PagedPull:
         spec = self.spec
         futures = []
         fixed: dict[str, str] = {}  # subject -> its CloudEvents header lines, checked once
-        when = now_iso()
+        when = self._stamp()
         publish = self.js.publish_async
         for item in items:
             try:

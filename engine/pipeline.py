@@ -19,6 +19,7 @@ from engine.errors import HubError, NotYet, RoutingError, SlotsBusy, TransformFa
 from engine.messages import Envelope, encode, output_headers
 from engine.nats_client import encode_headers
 from engine.breaker import Breaker
+from engine.clock import SYSTEM, Clock
 from engine.fallback import FallbackCache
 from engine.resilience import CallGuard
 from engine.spec import (CallStep, FilterStep, Flow, PublishSpec, PublishStep, PullStep, ReplyStep, StateStep,
@@ -159,11 +160,12 @@ class Pipeline:
 
     def __init__(self, flow: Flow, adapters: dict[str, Adapter], guard: CallGuard | None = None,
                  breakers: dict[str, Breaker] | None = None, fallback: FallbackCache | None = None,
-                 js: Any = None, publish_timeout: float = 10.0) -> None:
+                 js: Any = None, publish_timeout: float = 10.0, clock: Clock = SYSTEM) -> None:
         from engine.keyed_state import KeyedState
         from engine.paged_pull import PagedPull
 
         self.flow = flow
+        self.clock = clock  # the hub's: pull runs, waits and failure times read it (engine/clock.py)
         self.publish_timeout = publish_timeout
         self._refresh: dict[str, Any] = {}  # call label -> compiled `refresh_when`
         self.steps: list[tuple[str, SyncStep | None, Any]] = []

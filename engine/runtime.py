@@ -16,6 +16,7 @@ from engine.idempotency import IdempotencyStore
 from engine.advisories import MaxDeliveriesWatcher
 from engine.alerts import AlertWatcher
 from engine.breaker import BreakerBoard
+from engine.clock import SYSTEM, Clock
 from engine.fallback import FallbackCache
 from engine.connection import URL_FILE, connect_options
 from engine.nats_client import connect
@@ -46,8 +47,9 @@ class Hub:
     """One runner process. Nothing here assumes it is alone: durables and queue groups are shared."""
 
     def __init__(self, project: Project, *, servers: list[str] | None = None,
-                 data_dir: str | Path | None = None) -> None:
+                 data_dir: str | Path | None = None, clock: Clock = SYSTEM) -> None:
         self.project = project
+        self.clock = clock  # schedules, waits, pulls, alerts, fallbacks, dead letters decide on it
         self.servers = servers if servers is not None else list(project.config.nats.urls)
         self.data_dir = data_dir
         self.embedded: Any = None  # engine.embedded_nats.EmbeddedNats when we started the broker
@@ -99,7 +101,7 @@ class Hub:
         await self.history.start()
         self.breakers = BreakerBoard(self.js)
         await self.breakers.start()
-        self.fallback = FallbackCache(self.js)
+        self.fallback = FallbackCache(self.js, self.clock)
         await self.fallback.start()
         self.endpoint_breakers = {name: self.breakers.breaker(name, cfg.circuit_breaker)
                                   for name, cfg in self.project.endpoints.items() if cfg.circuit_breaker is not None}
@@ -123,7 +125,7 @@ class Hub:
         for lf in self.project.flows:
             flow = lf.flow
             pipeline = Pipeline(flow, self.adapters, breakers=breakers, fallback=self.fallback, js=self.js,
-                                publish_timeout=ncfg.publish_timeout)
+                                publish_timeout=ncfg.publish_timeout, clock=self.clock)
             if flow.is_request:
                 runner: StreamFlowRunner | RequestFlowRunner = RequestFlowRunner(
                     pipeline, self.nc, self.js, ncfg.publish_timeout)
@@ -137,7 +139,7 @@ class Hub:
             await runner.start()
             self.runners[flow.name] = runner
             if flow.is_scheduled:
-                scheduler = Scheduler(flow, self.js, ncfg.publish_timeout)
+                scheduler = Scheduler(flow, self.js, ncfg.publish_timeout, self.clock)
                 await scheduler.start()
                 self.schedulers[flow.name] = scheduler
             if flow.ingress is not None:
@@ -148,7 +150,7 @@ class Hub:
         self.max_deliveries = MaxDeliveriesWatcher(self.js, handlers, self.history)
         await self.max_deliveries.start()
         streams = [r for r in self.runners.values() if isinstance(r, StreamFlowRunner)]
-        self.alerts = AlertWatcher(self.nc, self.js, streams, self.project.config.dlq.stream)
+        self.alerts = AlertWatcher(self.nc, self.js, streams, self.project.config.dlq.stream, self.clock)
         await self.alerts.start()
 
     async def stop(self, timeout: float = 10.0) -> None:

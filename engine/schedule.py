@@ -18,8 +18,10 @@ import structlog
 from croniter import croniter
 from nats.js.errors import KeyNotFoundError
 
+from engine.clock import SYSTEM, Clock
 from engine.kv import bucket
 from engine.messages import derived_id, encode, event_headers
+from engine.months import gap_end, wall_instants
 from engine.spec import SCHEDULE_SUBJECT_PREFIX, Flow, ScheduleSource, ScheduleSpec
 from engine.tasks import cancel_and_wait
 
@@ -44,21 +46,63 @@ def check_schedule(cron: str | None, tz: str) -> str | None:
     return None
 
 
+SLACK = timedelta(hours=3)  # more than any zone's clock change: how far wall time and UTC order may differ
+SEARCH_LIMIT = 2000         # slots looked at per question (an every-minute cron needs ~360)
+
+
+def is_fixed_time(cron: str) -> bool:
+    """A cron at a particular time of day (no `*` in its minute or hour field). As Vixie cron does,
+    such a job runs once when its time falls in the autumn's repeated hour (at the first, summer-time
+    copy) and at the moment the clocks jump when its time falls in the spring gap; a job with `*` in
+    its minute or hour runs at the wall times that occur (twice in the repeated hour, none in the gap)."""
+    minute, hour = cron.split()[:2]
+    return "*" not in minute and "*" not in hour
+
+
+def _instants(naive: datetime, tz: ZoneInfo, fixed: bool) -> list[datetime]:
+    """The instants (UTC) a cron's local wall time `naive` fires at, by the rule of `is_fixed_time`."""
+    instants = wall_instants(naive, tz)
+    if fixed:
+        return instants[:1] if instants else [gap_end(naive, tz)]
+    return instants
+
+
 def latest_slot(spec: ScheduleSpec, now: datetime) -> datetime:
-    """The most recent scheduled moment at or before `now` (UTC)."""
+    """The most recent scheduled moment at or before `now` (UTC). An `every` interval counts from the
+    epoch in UTC (elapsed time: DST does not move it); a cron is read in its time zone."""
     if spec.every is not None:
         epoch = now.timestamp()
         return datetime.fromtimestamp(epoch - epoch % spec.every, timezone.utc)
-    local = now.astimezone(ZoneInfo(spec.timezone))
-    return croniter(spec.cron, local + timedelta(seconds=1)).get_prev(datetime).astimezone(timezone.utc)
+    tz, fixed, best = ZoneInfo(spec.timezone), is_fixed_time(spec.cron), None
+    walk = croniter(spec.cron, now.astimezone(tz).replace(tzinfo=None) + SLACK)
+    for _ in range(SEARCH_LIMIT):
+        naive = walk.get_prev(datetime)
+        if best is not None and naive.replace(tzinfo=tz).astimezone(timezone.utc) + SLACK < best:
+            return best
+        for moment in _instants(naive, tz, fixed):
+            if moment <= now and (best is None or moment > best):
+                best = moment
+    if best is None:
+        raise ValueError(f"cron {spec.cron!r}: no slot found before {now.isoformat()}")
+    return best
 
 
 def next_slot(spec: ScheduleSpec, now: datetime) -> datetime:
-    """The first scheduled moment after `now` (UTC)."""
+    """The first scheduled moment after `now` (UTC), by the same rules as `latest_slot`."""
     if spec.every is not None:
         return latest_slot(spec, now) + timedelta(seconds=spec.every)
-    local = now.astimezone(ZoneInfo(spec.timezone))
-    return croniter(spec.cron, local).get_next(datetime).astimezone(timezone.utc)
+    tz, fixed, best = ZoneInfo(spec.timezone), is_fixed_time(spec.cron), None
+    walk = croniter(spec.cron, now.astimezone(tz).replace(tzinfo=None) - SLACK)
+    for _ in range(SEARCH_LIMIT):
+        naive = walk.get_next(datetime)
+        if best is not None and naive.replace(tzinfo=tz).astimezone(timezone.utc) - SLACK > best:
+            return best
+        for moment in _instants(naive, tz, fixed):
+            if moment > now and (best is None or moment < best):
+                best = moment
+    if best is None:
+        raise ValueError(f"cron {spec.cron!r}: no slot found after {now.isoformat()}")
+    return best
 
 
 def tick_subject(flow: str) -> str:
@@ -89,9 +133,10 @@ async def publish_ticks(js: Any, flow: Flow, label: str, *, manual: bool = False
 class Scheduler:
     """Fires the ticks of one scheduled flow at its slots, for as long as the runner runs."""
 
-    def __init__(self, flow: Flow, js: Any, publish_timeout: float) -> None:
+    def __init__(self, flow: Flow, js: Any, publish_timeout: float, clock: Clock = SYSTEM) -> None:
         assert isinstance(flow.source, ScheduleSource)
         self.flow = flow
+        self.clock = clock  # slots are read on it: a test or `demo --at` sets it
         self.source: ScheduleSource = flow.source
         self.js = js
         self.publish_timeout = publish_timeout
@@ -120,13 +165,13 @@ class Scheduler:
     async def _fire(self, slot: datetime) -> None:
         label = slot.isoformat()
         await publish_ticks(self.js, self.flow, label, timeout=self.publish_timeout,
-                            fired_at=datetime.now(timezone.utc))
+                            fired_at=self.clock.now())
         await self.kv.put(self.flow.name, label.encode())
         self.fired += 1
         self.log.info("schedule_fired", slot=label, ticks=len(self.source.each))
 
     async def _catch_up(self) -> None:
-        last, slot = await self._last_fired(), latest_slot(self.source.schedule, datetime.now(timezone.utc))
+        last, slot = await self._last_fired(), latest_slot(self.source.schedule, self.clock.now())
         if last is None:
             await self.kv.put(self.flow.name, slot.isoformat().encode())  # a new flow: nothing was missed
         elif last < slot and self.source.catch_up:
@@ -142,8 +187,8 @@ class Scheduler:
         if self._missed is not None:
             await self._fire_safely(self._missed)
         while True:
-            slot = next_slot(spec, datetime.now(timezone.utc))
-            await asyncio.sleep(max(0.0, (slot - datetime.now(timezone.utc)).total_seconds()))
+            slot = next_slot(spec, self.clock.now())
+            await self.clock.sleep_until(slot)
             await self._fire_safely(slot)
 
     async def _fire_safely(self, slot: datetime) -> None:

@@ -45,10 +45,13 @@ class RequestSource(_Strict):
 class ScheduleSpec(_Strict):
     """When a scheduled flow starts: a cron expression in a time zone, or a fixed interval."""
 
-    cron: str | None = Field(None, description="Five-field cron expression (minute hour day month weekday).",
+    cron: str | None = Field(None, description="Five-field cron expression (minute hour day month weekday), "
+                             "read in `timezone`. As in Vixie cron, a job at a fixed time runs once when that time "
+                             "happens twice (autumn: at the first, summer-time one) and at the jump when it does "
+                             "not happen (spring); a job with `*` in its minute or hour runs at the times that occur.",
                              examples=["30 1 * * *", "0 6 1 * *"])
-    every: Duration | None = Field(None, description="Fixed interval instead of cron, aligned to the epoch.",
-                                   examples=["15m", "1h"])
+    every: Duration | None = Field(None, description="Fixed interval instead of cron, aligned to the epoch in UTC "
+                                   "(elapsed time: DST does not move it).", examples=["15m", "1h"])
     timezone: str = Field("UTC", description="IANA time zone the cron expression is read in (DST-aware).",
                           examples=["Europe/Brussels"])
 

@@ -19,9 +19,10 @@ class UntilSpec(_Strict):
     every: list[Duration] = Field(min_length=1, description="Waits between checks; the last one repeats.",
                                   examples=[["30s", "2m", "10m", "30m", "1h"]])
     deadline: Duration | None = Field(None, description="Past this age an alert event `deadline` fires once "
-                                      "(and `resolved` when it ends); the wait goes on.", examples=["48h"])
+                                      "(and `resolved` when it ends); the wait goes on. Age: elapsed time on the "
+                                      "hub's clock since the first check found it not done.", examples=["48h"])
     give_up: Duration = Field(7 * 86400.0, description="Past this age the message goes to the DLQ "
-                              "(DeadlineExceeded), its last payload kept.", examples=["7d"])
+                              "(DeadlineExceeded), its last payload kept. Same age as `deadline`.", examples=["7d"])
     track: str | None = Field(None, description="Key of the pending record (`runner.py pending`), from the "
                               "payload; default: the message id.", examples=["{contract_id}:v{version}"])
 
@@ -69,7 +70,8 @@ class PullSpec(_Strict):
         "retention starts at that edge instead of being refused: alert `retention` names the lost span once and "
         "the reconciliation record carries `gap: {from, until}`; on a scheduled flow, alert `retention_risk` "
         "fires when the next slot's run would miss items. `now` is the tick's slot time (Hub-Scheduled-For) "
-        "when it is one, else the wall clock. Set it a little under the endpoint's own.", examples=["88d"])
+        "when it is one, else the hub's clock. Elapsed time (88d is 88 x 24 h): set it a little under the "
+        "endpoint's own, counting its shortest months and a DST hour.", examples=["88d"])
 
 
 class PullStep(_Strict):

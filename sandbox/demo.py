@@ -6,6 +6,11 @@ every valid contract reached its country's ERP once and its switch completed lat
 to none of them, broken messages sit in the DLQ with their reason, accounts got linked, the nightly
 invoice batch reconciled, every reading reached the CRM exactly once despite the CRM answering 503
 and then going down. Exit 0 only if all hold. Later issues add their systems here.
+
+The whole scenario runs as of one instant: `clock` (`runner.py demo --at 2027-03-28T01:30:00Z`, else the
+system clock) is the hub's clock (schedules, waits, pulls, alerts, dead letters), the meter platforms'
+and the dlq CLI's, and every date a section makes up comes from it. Each wait has its own budget
+(WAIT_BUDGET s): a slow machine slows one wait, it does not eat the next one's time.
 """
 
 from __future__ import annotations
@@ -16,17 +21,18 @@ import os
 import shutil
 import tempfile
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Callable
 
 import nats
 
 from engine import logs
+from engine.clock import SYSTEM, Clock
 from engine.messages import CE_CORRELATION, event_headers
 from engine.runtime import Hub
 from engine.validation import flow_files, load_project
-from sandbox import demo_erp, demo_meters, demo_more
+from sandbox import demo_erp, demo_erp_answers, demo_mail, demo_meters, demo_more
 from sandbox.http_sink import HttpSink
 
 COUNTRIES = ["DE", "FR", "IT", "PT", "UK", "BE"]
@@ -34,21 +40,21 @@ POSTCODES = {"DE": "10115", "FR": "75001", "IT": "20121", "PT": "1100-148", "UK"
 CITIES = {"DE": "Berlin", "FR": "Paris", "IT": "Milano", "PT": "Lisboa", "UK": "Edinburgh", "BE": "Liège"}
 FAILING = "C-IT-1002"      # its tariff is not in the Italian ERP's catalogue: the switch fails later
 READINGS = 20
-SECTION_DEADLINE = 90.0   # each section's own budget: a slow machine slows one section, not the next
+WAIT_BUDGET = 90.0   # each wait's own time (monotonic seconds): a slow wait does not fail the next check
 
 
-def contract(i: int, country: str) -> dict[str, Any]:
+def contract(i: int, country: str, today: str) -> dict[str, Any]:
     return {
         "contract_id": f"C-{country}-{1000 + i}", "version": 1, "account_id": f"A-{country}-{500 + i}",
-        "country": country, "tariff_code": "SOLAR-99" if country == "IT" else "GREEN-12", "signed_on": "2026-11-20",
+        "country": country, "tariff_code": "SOLAR-99" if country == "IT" else "GREEN-12", "signed_on": today,
         "key_customer": True,
         "sites": [{"site_id": f"S-{country}-{i}", "postcode": POSTCODES[country], "city": CITIES[country],
                    "meter_ids": [f"M-{country}-{i}-1"]}],
     }
 
 
-def reading(i: int) -> dict[str, Any]:
-    at = datetime(2026, 11, 1, tzinfo=timezone.utc) + timedelta(hours=i)
+def reading(i: int, since: datetime) -> dict[str, Any]:
+    at = since + timedelta(hours=i)
     return {"meter_id": f"M-DE-{i % 5}-1", "site_id": f"S-DE-{i % 5}", "register": "1.8.0",
             "read_at": at.isoformat(), "value": 1200.5 + i, "unit": "kWh", "quality": "actual",
             "source": "vendor1/pull"}
@@ -80,7 +86,12 @@ async def wait_until(predicate: Callable[[], bool], events: list[asyncio.Event],
     return True
 
 
-async def run_demo(root: Path, keep_data: bool = False) -> int:
+def within(budget: float = WAIT_BUDGET) -> float:
+    """A fresh deadline for one wait (time.monotonic)."""
+    return time.monotonic() + budget
+
+
+async def run_demo(root: Path, keep_data: bool = False, clock: Clock = SYSTEM) -> int:
     data_dir = root / ".hub" / "demo-nats" if keep_data else Path(tempfile.mkdtemp(prefix="hub-demo-"))
     log_path = root / ".hub" / "demo.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -89,13 +100,15 @@ async def run_demo(root: Path, keep_data: bool = False) -> int:
     started = time.monotonic()
     crm = await HttpSink().start()
     erps = await demo_erp.start_erps()
-    outside = await demo_more.Outside().start()
+    outside = await demo_more.Outside(clock).start()
     os.environ["CRM_BRIDGE_URL"] = crm.url
     crm.serve("/sites", demo_meters.site_directory(outside))  # the CRM's sites: which are businesses
     os.environ.setdefault("CRM_BRIDGE_TOKEN", "demo-token")
     project = load_project(root / "config" / "sandbox.yaml", flow_files(root / "flows"))
-    hub = Hub(project, data_dir=data_dir)
+    hub = Hub(project, data_dir=data_dir, clock=clock)
     print(f"PLU hub demo: {len(project.flows)} flows, logs in {log_path}")
+    print(f"  as of {clock.now().isoformat(timespec='seconds')}"
+          f"{'' if clock is SYSTEM else ' (runner.py demo --at: the hub, the platforms and the CLI run on it)'}")
     checks: list[tuple[bool, str]] = []
 
     def check(ok: bool, text: str) -> None:
@@ -104,7 +117,10 @@ async def run_demo(root: Path, keep_data: bool = False) -> int:
 
     try:
         await hub.start()
+        for scheduler in hub.schedulers.values():  # a slot inside the demo's minute must not add a run:
+            await scheduler.stop()                 # the sections trigger the scheduled flows themselves
         print(f"  embedded nats-server at {hub.servers[0]} (JetStream store {data_dir})")
+        print(f"  schedules paused ({', '.join(hub.schedulers)}): the demo triggers those runs as ops would")
         print(f"  sandbox CRM bridge (HTTP) at {crm.url}")
         print(f"  sandbox ERPs (SOAP): {', '.join(f'{c} {s.url}' for c, s in erps.items())}")
         print(outside.describe())
@@ -119,23 +135,24 @@ async def run_demo(root: Path, keep_data: bool = False) -> int:
                                    ("meter.reading.received", readings), ("meter.month.completed", totals),
                                    ("meter.reading.forecast", forecasts), ("crm.keycustomer.candidate", candidates)):
             await js.subscribe(subject, cb=collector.cb, ordered_consumer=True)
-        deadline = time.monotonic() + SECTION_DEADLINE
 
         print("\n  1. The CRM signs contracts in six countries, and sends two broken ones")
         sent_ids: dict[str, str] = {}
+        today = clock.now().date().isoformat()  # the CRM's date: signed today
+        read_since = clock.now().replace(minute=0, second=0, microsecond=0) - timedelta(days=3)  # section 8's
         for i, country in enumerate(COUNTRIES):
-            body = contract(i, country)
+            body = contract(i, country, today)
             h = event_headers("/crm/salesforce", "crm.contract.signed", correlation_id=f"corr-{body['contract_id']}")
             sent_ids[body["contract_id"]] = h[CE_CORRELATION]
             await js.publish("crm.contract.signed", json.dumps(body).encode(), headers=h)
-        bad = contract(99, "DE") | {"country": "XX"}
+        bad = contract(99, "DE", today) | {"country": "XX"}
         await js.publish("crm.contract.signed", json.dumps(bad).encode(),
                          headers=event_headers("/crm/salesforce", "crm.contract.signed"))
         await js.publish("crm.contract.signed", b"<contract>not json</contract>",
                          headers=event_headers("/crm/salesforce", "crm.contract.signed"))
-        ok_switch = await wait_until(lambda: len(switch.messages) >= 6, [switch.changed], deadline)
+        ok_switch = await wait_until(lambda: len(switch.messages) >= 6, [switch.changed], within())
         ours = lambda: [m for m in dlq.messages if m.subject == "dlq.contract-switch-request"]  # noqa: E731
-        ok_dlq = await wait_until(lambda: len(ours()) >= 2, [dlq.changed], deadline)
+        ok_dlq = await wait_until(lambda: len(ours()) >= 2, [dlq.changed], within())
         got = [json.loads(m.data) for m in switch.messages]
         countries = sorted(g["country"] for g in got)
         check(ok_switch and countries == sorted(COUNTRIES),
@@ -163,30 +180,30 @@ async def run_demo(root: Path, keep_data: bool = False) -> int:
         bad_seq = next(m.metadata.sequence.stream for m in ours()
                        if m.headers.get("Hub-Dlq-Error-Class") == "ValidationFailed")
         print("       $ runner.py dlq list --flow contract-switch-request")
-        await dlq_cli(cli("list", "--flow", "contract-switch-request"))
+        await dlq_cli(cli("list", "--flow", "contract-switch-request"), clock)
         print(f"       $ runner.py dlq edit {bad_seq} --set country=DE")
-        code = await dlq_cli(cli("edit", str(bad_seq), "--set", "country=DE"))
-        fixed = await wait_until(lambda: len(switch.messages) >= 7, [switch.changed], deadline)
+        code = await dlq_cli(cli("edit", str(bad_seq), "--set", "country=DE"), clock)
+        fixed = await wait_until(lambda: len(switch.messages) >= 7, [switch.changed], within())
         check(code == 0 and fixed and json.loads(switch.messages[-1].data)["contract_id"] == "C-DE-1099",
               "the fixed contract was validated, replayed, and reached the ERP side")
 
         expected = [f"C-{c}-{1000 + i}" for i, c in enumerate(COUNTRIES) if f"C-{c}-{1000 + i}" != FAILING]
         await demo_erp.section_switches(js, switched, failed, notices, erps, [*expected, "C-DE-1099"], FAILING,
-                                        check, wait_until, time.monotonic() + SECTION_DEADLINE)
+                                        check, wait_until, WAIT_BUDGET)
         await demo_more.section_belgium(switched, hub, outside, check)
-        await demo_erp.section_accounts(js, linked, erps, check, wait_until, time.monotonic() + SECTION_DEADLINE)
-        await demo_erp.section_nightly(js, hub, records, erps, check, wait_until, time.monotonic() + SECTION_DEADLINE)
+        await demo_mail.section_mail(nc, js, outside, check, WAIT_BUDGET)
+        await demo_erp.section_accounts(js, linked, erps, check, wait_until, WAIT_BUDGET)
+        await demo_erp.section_nightly(js, hub, records, erps, check, wait_until, WAIT_BUDGET)
         await demo_more.section_pdfs(pdfs, sum(len(e.invoices) for e in erps.values()), outside, hub.servers[0],
-                                     check, wait_until, time.monotonic() + SECTION_DEADLINE)
-        deadline = time.monotonic() + SECTION_DEADLINE
+                                     check, wait_until, WAIT_BUDGET)
 
         print("\n  8. A meter platform sends readings; the CRM bridge answers 503 twice at first")
         crm.fail_next(2, status=503, retry_after="0")
         for i in range(READINGS):
-            await js.publish("meter.reading.received", json.dumps(reading(i)).encode(),
+            await js.publish("meter.reading.received", json.dumps(reading(i, read_since)).encode(),
                              headers=event_headers("/meter/vendor1", "meter.reading.received", msg_id=f"r{i}"))
         try:
-            await crm.wait_for_effects(READINGS, timeout=max(0.1, deadline - time.monotonic()))
+            await crm.wait_for_effects(READINGS, timeout=WAIT_BUDGET)
         except TimeoutError:
             pass
         check(len(crm.applied) == READINGS and set(crm.applied.values()) == {1},
@@ -195,16 +212,15 @@ async def run_demo(root: Path, keep_data: bool = False) -> int:
         check(auth == {"Bearer " + os.environ["CRM_BRIDGE_TOKEN"]}, "the CRM token came from the environment, not YAML")
 
         print("\n  9. The CRM bridge goes down while 30 more readings arrive, then comes back")
-        deadline = time.monotonic() + SECTION_DEADLINE
         breaker = hub.breakers.breaker("crm_readings", project.endpoints["crm_readings"].circuit_breaker)
         opened = asyncio.Event()
         breaker.on_change(lambda state: opened.set() if state == "open" else None)
         crm.set_status(503)
         for i in range(READINGS, READINGS + 30):
-            await js.publish("meter.reading.received", json.dumps(reading(i)).encode(),
+            await js.publish("meter.reading.received", json.dumps(reading(i, read_since)).encode(),
                              headers=event_headers("/meter/vendor1", "meter.reading.received", msg_id=f"r{i}"))
         try:
-            await asyncio.wait_for(opened.wait(), max(0.1, deadline - time.monotonic()))
+            await asyncio.wait_for(opened.wait(), WAIT_BUDGET)
             await crm.wait_for(crm.count + 2, timeout=10)  # the outage outlasts a probe or two
         except TimeoutError:
             pass
@@ -213,11 +229,12 @@ async def run_demo(root: Path, keep_data: bool = False) -> int:
               "readings wait in JetStream")
         crm.recover()
         try:
-            await crm.wait_for_effects(READINGS + 30, timeout=max(0.1, deadline - time.monotonic()))
+            await crm.wait_for_effects(READINGS + 30, timeout=WAIT_BUDGET)
         except TimeoutError:
             pass
         meter = hub.runners["meter-reading-to-crm"]
-        while meter.stats.acked < READINGS + 30 and time.monotonic() < deadline:
+        acked_by = within()
+        while meter.stats.acked < READINGS + 30 and time.monotonic() < acked_by:
             await asyncio.sleep(0.05)  # the last acks follow the last answers by a moment
         meter_dlq = [m for m in dlq.messages if m.subject == "dlq.meter-reading-to-crm"]
         check(opened.is_set() and not meter_dlq, "the circuit opened and no reading went to the DLQ")
@@ -225,10 +242,11 @@ async def run_demo(root: Path, keep_data: bool = False) -> int:
               f"all {READINGS + 30} readings reached the CRM bridge exactly once after it came back")
 
         await demo_more.section_powersales(nc, outside, check)
-        await demo_meters.section_push(readings, hub, outside, check, wait_until, time.monotonic() + SECTION_DEADLINE)
-        await demo_meters.section_monthly_pull(js, records, hub, check, wait_until, time.monotonic() + SECTION_DEADLINE)
-        await demo_meters.section_meter_rules(js, readings, records, totals, forecasts, candidates, hub, check, wait_until,
-                                            time.monotonic() + SECTION_DEADLINE)
+        await demo_meters.section_push(readings, hub, outside, check, wait_until, WAIT_BUDGET, clock)
+        await demo_meters.section_monthly_pull(js, records, hub, check, wait_until, WAIT_BUDGET, clock)
+        await demo_meters.section_meter_rules(js, readings, records, totals, forecasts, candidates, hub, check,
+                                              wait_until, WAIT_BUDGET, clock)
+        await demo_erp_answers.section_erp_answers(js, dlq, root, check, wait_until, within())
 
         print()
         print(f"  {'flow':<26} {'deliveries':>10} {'done':>5} {'filtered':>8} {'duplicate':>9} "

@@ -2,7 +2,8 @@
 account links, and the nightly invoice batch run on demand.
 
 Each `section_*` plays the CRM (or ops), waits for what a user would see, and reports checks
-through the demo's `check` callback; sandbox/demo.py runs them in order.
+through the demo's `check` callback; sandbox/demo.py runs them in order. Each wait gets `budget`
+seconds of its own (a slow wait does not shorten the next one).
 """
 
 from __future__ import annotations
@@ -39,10 +40,10 @@ async def stop_erps(sims: dict[str, ErpSimulator]) -> None:
 
 
 async def section_switches(js: Any, switched: Any, failed: Any, notices: Any, sims: dict[str, ErpSimulator],
-                           expected: list[str], failing: str, check: Check, wait_until: Any, deadline: float) -> None:
+                           expected: list[str], failing: str, check: Check, wait_until: Any, budget: float) -> None:
     print(f"\n  3. The ERPs complete the switches {SWITCH_DELAY:.0f}s later; the hub polls, backing off")
     ok = await wait_until(lambda: len(switched.messages) + len(failed.messages) >= len(expected) + 1,
-                          [switched.changed, failed.changed], deadline)
+                          [switched.changed, failed.changed], time.monotonic() + budget)
     done = {json.loads(m.data)["contract_id"]: json.loads(m.data) for m in switched.messages}
     for cid in sorted(done):
         body = done[cid]
@@ -55,7 +56,7 @@ async def section_switches(js: Any, switched: Any, failed: Any, notices: Any, si
           "the unknown tariff came back as erp.contract.switch-failed with the ERP's reason:")
     if bad:
         print(f"          {bad[0]['country']}: {bad[0]['reason']}")
-    await wait_until(lambda: len(notices.messages) >= len(expected), [notices.changed], deadline)
+    await wait_until(lambda: len(notices.messages) >= len(expected), [notices.changed], time.monotonic() + budget)
     roles = sorted({r.get("region", "") for n in notices.messages for r in json.loads(n.data)["recipients"]} - {""})
     check(len(notices.messages) == len(expected) and bool(roles),
           f"notify.requested for each customer and the key account managers of {', '.join(roles)}")
@@ -63,14 +64,14 @@ async def section_switches(js: Any, switched: Any, failed: Any, notices: Any, si
 
 
 async def section_accounts(js: Any, linked: Any, sims: dict[str, ErpSimulator], check: Check, wait_until: Any,
-                           deadline: float) -> None:
+                           budget: float) -> None:
     print("\n  5. The CRM changes two accounts; the ERPs' own keys come back for the CRM")
     for country, name in (("DE", "Bäckerei Müller GmbH"), ("FR", "Boulangerie Lefèvre")):
         account = {"account_id": f"ACC-{country}-1", "country": country, "name": name, "kind": "business",
                    "street": "Hauptstraße 1", "postcode": "10115", "city": "Berlin", "email": "kam@example.org"}
         await js.publish("crm.account.changed", json.dumps(account).encode(),
                          headers=event_headers("/crm/salesforce", "crm.account.changed"))
-    ok = await wait_until(lambda: len(linked.messages) >= 2, [linked.changed], deadline)
+    ok = await wait_until(lambda: len(linked.messages) >= 2, [linked.changed], time.monotonic() + budget)
     for body in (json.loads(m.data) for m in linked.messages):
         print(f"       {body['country']}  {body['account_id']}  ->  ERP key {body['erp_account_key']}")
     check(ok and all(sims[b["country"]].accounts[b["account_id"]]["key"] == b["erp_account_key"]
@@ -79,13 +80,13 @@ async def section_accounts(js: Any, linked: Any, sims: dict[str, ErpSimulator], 
 
 
 async def section_nightly(js: Any, hub: Any, records: Any, sims: dict[str, ErpSimulator], check: Check,
-                          wait_until: Any, deadline: float) -> None:
+                          wait_until: Any, budget: float) -> None:
     print("\n  6. Ops run the nightly invoice batch now (it is scheduled for 01:30 Europe/Brussels)")
     print("       $ runner.py trigger erp-invoices-nightly")
     flow = next(lf.flow for lf in hub.project.flows if lf.flow.name == "erp-invoices-nightly")
     started = time.monotonic()
     await publish_ticks(js, flow, "demo", manual=True)
-    ok = await wait_until(lambda: len(records.messages) >= len(sims), [records.changed], deadline)
+    ok = await wait_until(lambda: len(records.messages) >= len(sims), [records.changed], time.monotonic() + budget)
     took = time.monotonic() - started
     print(f"       {'country':<8}{'pages':>6}{'invoices':>10}{'ERP total':>10}  matched")
     rows = sorted((json.loads(m.data) for m in records.messages), key=lambda r: r["country"])

@@ -46,7 +46,7 @@ async def _first(nc: Any, subject: str, contract_id: str | None, start: Any, tim
 
 async def section_mail(nc: Any, js: Any, outside: Any, check: Check, timeout: float = 30.0) -> None:
     """`outside`: demo_more.Outside (its `mail` sandbox and `be_erp` simulator)."""
-    print("\n  Mail as clients and mail servers really send it (Belgium)")
+    print("\n  4b. Belgium's mail as clients and mail servers really send it: an Outlook reply, a bounce")
     assert outside.mail is not None and outside.be_erp is not None
     erp, mail, normal = outside.be_erp, outside.mail, outside.be_erp.behaviour
 

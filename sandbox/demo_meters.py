@@ -3,6 +3,10 @@ agent's reading (section 11), the monthly pull from the four platforms (12), and
 readings: one per meter and time, month totals and forecasts, a key-customer candidate (13).
 
 The platforms, the MQTT broker and the webhook secrets are started by sandbox/demo_more.Outside.
+Every date comes from the demo's clock (`runner.py demo --at`): the pull takes each vendor's last whole
+local month before it, the pushes fall on that month's last local day in the pushing vendor's zone
+(so the pull brings copies of them to drop), and the cold store's three months end where the pull's
+month ends.
 """
 
 from __future__ import annotations
@@ -10,12 +14,35 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from datetime import datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
+from engine.clock import Clock
+from engine.months import add_months, previous_month
 from sandbox.demo_more import FIELD_TOKEN, VENDOR3_SECRET, Check, Outside
 from sandbox.mqtt_broker import VENDOR4_PASSWORD, VENDOR4_USER
+from transforms.meter_vendors import utc_text
 
 COLD_STORE_METER, COLD_STORE_SITE = "V3-COLD-0001", "INST-COLD-1"
+
+
+def vendor_zones(hub: Any) -> dict[str, ZoneInfo]:
+    """Each vendor's time zone (its days, its months), as the pulls flow's `each` entries declare it."""
+    flow = next(lf.flow for lf in hub.project.flows if lf.flow.name == "meter-vendor-pulls")
+    return {e["vendor"]: ZoneInfo(e["zone"]) for e in flow.source.each}
+
+
+def pulled_month(tz: ZoneInfo, now: datetime) -> tuple[datetime, datetime]:
+    """[start, end) of the month section 12 pulls from a vendor in `tz`: its last whole local month before `now`."""
+    return previous_month(now, tz)
+
+
+def pushed_day(tz: ZoneInfo, now: datetime) -> tuple[datetime, datetime]:
+    """[start, end) of the day section 11 pushes for a vendor in `tz`: the pulled month's last local day."""
+    _, end = pulled_month(tz, now)
+    last = (end.astimezone(tz) - timedelta(days=1)).date()
+    return datetime(last.year, last.month, last.day, tzinfo=tz).astimezone(end.tzinfo), end
 
 
 def site_directory(outside: Outside) -> dict[str, dict[str, Any]]:
@@ -29,19 +56,18 @@ def site_directory(outside: Outside) -> dict[str, dict[str, Any]]:
     return sites
 
 
-async def section_push(readings: Any, hub: Any, outside: Outside, check: Check, wait_until: Any,
-                       deadline: float) -> None:
+async def section_push(readings: Any, hub: Any, outside: Outside, check: Check, wait_until: Any, budget: float,
+                       clock: Clock) -> None:
     print("\n  11. Vendor 3 pushes signed readings, vendor 4 publishes on MQTT, a field agent sends one")
-    from datetime import datetime, timedelta, timezone
-
     import aiohttp
 
     from sandbox.meters import MqttPublisher, Vendor3Platform, Vendor4Platform, WebhookSender
 
     before = len(readings.messages)
     push, manual = hub.ingresses["meter-vendor3-push"], hub.ingresses["meter-manual-readings"]
-    day = datetime.now(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(days=2)
-    batch = Vendor3Platform(meters=10).records(day, day + timedelta(days=1))
+    now = clock.now()
+    day, day_end = pushed_day(vendor_zones(hub)["vendor3"], now)  # a London day inside the month section 12 pulls
+    batch = Vendor3Platform(meters=10, clock=clock.now).records(day, day_end)
     async with WebhookSender(push.url, VENDOR3_SECRET) as sender:
         sent = await sender.send(batch)
         forged = await sender.send(batch, bad_signature=True)
@@ -52,46 +78,44 @@ async def section_push(readings: Any, hub: Any, outside: Outside, check: Check, 
         async with http.post(manual.url, json=reading, headers={"Authorization": f"Bearer {FIELD_TOKEN}"}) as r:
             manual_status = r.status
     assert outside.mqtt is not None
-    pushed = Vendor4Platform(meters=5).records(day, day + timedelta(days=1))
+    pushed = Vendor4Platform(meters=5, clock=clock.now).records(*pushed_day(vendor_zones(hub)["vendor4"], now))  # a Lisbon day
     async with MqttPublisher(outside.mqtt.host, outside.mqtt.port, username=VENDOR4_USER,
                              password=VENDOR4_PASSWORD) as publisher:
         await publisher.publish_many(pushed)
+    print(f"       readings of {day.astimezone(Vendor3Platform.tz):%a %d %b %Y} (London) and the same day in Lisbon")
     print(f"       signed batch of {len(batch)}: {sent.status}; forged: {forged.status}; replayed: "
           f"{replayed.status}; manual reading: {manual_status}; {len(pushed)} published on MQTT (QoS 1)")
     want = len(batch) + 1 + len(pushed)
-    ok = await wait_until(lambda: len(readings.messages) >= before + want, [readings.changed], deadline)
+    ok = await wait_until(lambda: len(readings.messages) >= before + want, [readings.changed],
+                          time.monotonic() + budget)
     new = [json.loads(m.data) for m in readings.messages[before:]]
     sources = sorted({n["source"] for n in new})
-    check(ok and sent.status == 202 and manual_status == 202 and len(new) == want,
+    check(ok and sent.status == 202 and manual_status == 202 and len(new) == want and len(batch) and len(pushed),
           f"{len(new)} readings stored before they were acknowledged, canonical on meter.reading.received "
           f"({', '.join(sources)})")
     check(forged.status == 401 and replayed.status == 409, "a forged signature (401) and a replay (409) stored nothing")
 
 
-async def section_monthly_pull(js: Any, records: Any, hub: Any, check: Check, wait_until: Any,
-                               deadline: float) -> None:
+async def section_monthly_pull(js: Any, records: Any, hub: Any, check: Check, wait_until: Any, budget: float,
+                               clock: Clock) -> None:
     print("\n  12. Ops run the monthly meter pull now (scheduled for the 2nd, 03:00 Europe/Brussels)")
-    from datetime import datetime, timezone
-
-    from zoneinfo import ZoneInfo
-
     from engine.schedule import publish_ticks
 
-    now = datetime.now(timezone.utc)  # a first run: last month, from its first midnight in each vendor's zone
-    year, month = now.year - (now.month == 1), (now.month - 2) % 12 + 1
+    now = clock.now()  # a first run: each vendor's last whole month, from its first local midnight
     flow = next(lf.flow for lf in hub.project.flows if lf.flow.name == "meter-vendor-pulls")
     entries = list(flow.source.each)  # the vendors as the flow declares them: format and zone each
     vendors = [e["vendor"] for e in entries]
-    first = {e["vendor"]: datetime(year, month, 1, tzinfo=ZoneInfo(e["zone"])) for e in entries}
+    first = {v: pulled_month(tz, now)[0].astimezone(tz) for v, tz in vendor_zones(hub).items()}
+    months = sorted({f.isoformat() for f in first.values()})
     print(f"       $ runner.py trigger meter-vendor-pulls --only vendor=… --payload '{{\"from\": "
-          f"\"{year}-{month:02d}-01…\"}}'   (a first run: last month, inside the platforms' 3 months)")
+          f"\"{months[0]}…\"}}'   (a first run: last month, inside the platforms' 3 months)")
     before = len(records.messages)
     started = time.monotonic()
     await publish_ticks(js, flow, "demo", manual=True,
                         payloads=[{**e, "from": first[e["vendor"]].isoformat()} for e in entries])
     ours = lambda: [json.loads(m.data) for m in records.messages[before:]  # noqa: E731
                     if json.loads(m.data).get("flow") == "meter-vendor-pulls"]
-    ok = await wait_until(lambda: len(ours()) >= len(vendors), [records.changed], deadline)
+    ok = await wait_until(lambda: len(ours()) >= len(vendors), [records.changed], time.monotonic() + budget)
     took = time.monotonic() - started
     rows = sorted(ours(), key=lambda r: r["checkpoint"])
     print(f"       {'vendor':<10}{'pages':>6}{'readings':>10}{'vendor total':>14}  matched")
@@ -118,44 +142,51 @@ async def settled(js: Any, durables: tuple[str, ...], deadline: float) -> bool:
 
 
 async def section_meter_rules(js: Any, readings: Any, records: Any, totals: Any, forecasts: Any, candidates: Any,
-                              hub: Any, check: Check, wait_until: Any, deadline: float) -> None:
+                              hub: Any, check: Check, wait_until: Any, budget: float, clock: Clock) -> None:
     print("\n  13. The rules on the readings: one per meter and time, month totals, forecasts, key customers")
-    from datetime import datetime, timedelta, timezone
-    from zoneinfo import ZoneInfo
-
     from sandbox.meters import Vendor3Platform, WebhookSender
 
-    await settled(js, RULE_FLOWS, deadline)
+    await settled(js, RULE_FLOWS, time.monotonic() + budget)
     received = [json.loads(m.data) for m in readings.messages]
     pulled = [r for r in received if r["source"].endswith("/pull") and r.get("interval_start")]
     pushed = {(r["meter_id"], r["register"], r["read_at"]) for r in received if r["source"].endswith("/push")}
     pull_items = sum(r["items"] for r in map(lambda m: json.loads(m.data), records.messages)
                      if r.get("flow") == "meter-vendor-pulls")
     registers = {(r["meter_id"], r["register"]) for r in pulled}
-    ok = await wait_until(lambda: len(forecasts.messages) >= len(registers), [forecasts.changed], deadline)
+    ok = await wait_until(lambda: len(forecasts.messages) >= len(registers), [forecasts.changed],
+                          time.monotonic() + budget)
     keys = [(r["meter_id"], r["register"], r["read_at"]) for r in received]
     dropped = pull_items - len(pulled)
     check(len(keys) == len(set(keys)) and dropped == len(pushed) and dropped > 0,
           f"every reading once on meter.reading.received: the pull's {dropped} copies of the readings vendors 3 "
           "and 4 pushed in section 11 were dropped (KV per meter register, not the stream's 2-minute window)")
-    month = json.loads(totals.messages[0].data)["month"] if totals.messages else "?"
-    example = json.loads(forecasts.messages[0].data) if forecasts.messages else {}
-    total = next((json.loads(m.data) for m in totals.messages
-                  if json.loads(m.data)["meter_id"] == example.get("meter_id")
-                  and json.loads(m.data)["register"] == example.get("register")), {})
-    if example:
-        print(f"       e.g. {example['meter_id']} {example['register']}: {month} {total.get('total')} "
-              f"{example['unit']} -> forecast {example['value']} {example['unit']} until {example['read_at']}")
-    check(ok and len(forecasts.messages) == len(registers),
-          f"{len(totals.messages)} meter registers completed {month}; {len(forecasts.messages)} forecasts for the "
-          "next month on meter.reading.forecast")
+    month_totals = [json.loads(m.data) for m in totals.messages]
+    month_forecasts = [json.loads(m.data) for m in forecasts.messages]
+    expected_end = {}  # (meter, register) -> where its forecast must end: the next month's local end
+    zones = vendor_zones(hub)
+    for r in pulled:
+        vendor = r["source"].split("/")[0]
+        expected_end[(r["meter_id"], r["register"])] = utc_text(
+            add_months(pulled_month(zones[vendor], clock.now())[1], 1, zones[vendor]))
+    ends_right = all(expected_end.get((f["meter_id"], f["register"])) == f["read_at"] for f in month_forecasts)
+    months = ", ".join(sorted({t["month"] for t in month_totals})) or "?"
+    if month_forecasts:
+        example = month_forecasts[0]
+        total = next((t for t in month_totals if (t["meter_id"], t["register"]) == (example["meter_id"],
+                                                                                   example["register"])), {})
+        print(f"       e.g. {example['meter_id']} {example['register']}: {total.get('month')} {total.get('total')} "
+              f"{example['unit']} ({total.get('readings')} local days) -> forecast {example['value']} "
+              f"{example['unit']} until {example['read_at']} (the next month's end in {total.get('zone')})")
+    check(ok and len(month_totals) == len(registers) == len(month_forecasts) and ends_right,
+          f"{len(month_totals)} meter registers completed {months}; {len(month_forecasts)} forecasts for the "
+          "next month on meter.reading.forecast, each ending at that month's local end")
 
-    london, today = ZoneInfo("Europe/London"), datetime.now(timezone.utc)
-    end = datetime(today.year, today.month, 1, tzinfo=london)   # vendor 3's days are London days
-    back = end - timedelta(days=85)
-    start = datetime(back.year, back.month, 1, tzinfo=london)   # the first of the month three months back
+    london = Vendor3Platform.tz   # vendor 3's days are London days
+    end = pulled_month(vendor_zones(hub)["vendor3"], clock.now())[1]   # where the pull's month ends ...
+    start = add_months(end, -3, london)              # ... and the two months before it
     records = []
-    for record in Vendor3Platform(meters=8).records(start, end, meters=range(7, 8)):  # a business meter ...
+    cold = Vendor3Platform(meters=8, clock=clock.now)
+    for record in cold.records(start, end, meters=range(7, 8)):  # a business meter ...
         record = json.loads(json.dumps(record))
         record["device"] = {"id": COLD_STORE_METER, "installation": COLD_STORE_SITE}
         record["reading"]["value"] = record["reading"]["value"] * 3 // 2  # ... of a cold store: half as much again
@@ -164,9 +195,10 @@ async def section_meter_rules(js: Any, readings: Any, records: Any, totals: Any,
     async with WebhookSender(hub.ingresses["meter-vendor3-push"].url, VENDOR3_SECRET) as sender:
         sent = [await sender.send(records[i:i + 40]) for i in range(0, len(records), 40)]
     print(f"       vendor 3 pushes {len(records)} daily readings of a cold store ({COLD_STORE_SITE}), "
-          f"{start:%B} to {end - timedelta(days=1):%B}: {', '.join(sorted({str(d.status) for d in sent}))}")
-    ok = await wait_until(lambda: len(candidates.messages) > before, [candidates.changed], deadline)
-    ok = ok and await settled(js, RULE_FLOWS, deadline)
+          f"{start.astimezone(london):%B} to {(end - timedelta(days=1)).astimezone(london):%B %Y}: "
+          f"{', '.join(sorted({str(d.status) for d in sent}))}")
+    ok = await wait_until(lambda: len(candidates.messages) > before, [candidates.changed], time.monotonic() + budget)
+    ok = ok and await settled(js, RULE_FLOWS, time.monotonic() + budget)
     new = [json.loads(m.data) for m in candidates.messages[before:]]
     if new:
         months = ", ".join(f"{m} {kwh:,.0f} kWh" for m, kwh in new[0]["months"].items())

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from engine.clock import SYSTEM, Clock
 from sandbox.be_erp import BeErpBehaviour, BelgianErpSimulator
 from sandbox.mail import MailSandbox
 from sandbox.mqtt_broker import HUB_PASSWORD as MQTT_HUB_PASSWORD
@@ -38,7 +39,8 @@ LOOKUP = {"households": 3, "consumption": 4200, "postcode": "75001", "country": 
 class Outside:
     """The systems this module starts: the mail servers, the Belgian ERP, Power Sales."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Clock = SYSTEM) -> None:
+        self.clock = clock  # the meter platforms' "now" (their data windows and 3-month retention)
         self.mail: MailSandbox | None = None
         self.be_erp: BelgianErpSimulator | None = None
         self.powersales: PowerSalesSimulator | None = None
@@ -69,7 +71,7 @@ class Outside:
         from sandbox.meters import PLATFORMS
 
         for vendor, cls in PLATFORMS.items():  # the smart-meter platforms, 20 meters each (ESPI: 2, 96 readings a day)
-            self.platforms[vendor] = await cls(2 if vendor == "vendor5" else 20).start()
+            self.platforms[vendor] = await cls(2 if vendor == "vendor5" else 20, clock=self.clock.now).start()
             os.environ[f"METER_{vendor.upper()}_URL"] = self.platforms[vendor].url
         os.environ.update(METER_SECRETS)
         self.mqtt = await MqttBroker().start()
@@ -135,9 +137,10 @@ async def section_powersales(nc: Any, outside: Outside, check: Check) -> None:
 
 
 async def section_pdfs(available: Any, invoices: int, outside: Outside, nats_url: str, check: Check,
-                       wait_until: Any, deadline: float) -> None:
+                       wait_until: Any, budget: float) -> None:
     print("\n  7. Every invoice of the batch gets its PDF, rescued from the SFTP drop before it is deleted")
-    ok = await wait_until(lambda: len(available.messages) >= invoices, [available.changed], deadline)
+    ok = await wait_until(lambda: len(available.messages) >= invoices, [available.changed],
+                          time.monotonic() + budget)
     bodies = [json.loads(m.data) for m in available.messages]
     print(f"       {len(bodies)} PDFs rendered, fetched over SFTP into the Object Store (SHA-256 checked), "
           "announced on invoice.pdf.available")

@@ -26,6 +26,8 @@ class MeterReading(BaseModel):
     quality: Literal["actual", "estimated", "forecast"] = "actual"
     source: str = Field(pattern=r"^(manual|[a-z0-9_-]+/(pull|push|forecast))$",
                         description="Vendor and path: 'vendor1/pull', 'vendor3/push', 'manual', 'hub/forecast'.")
+    zone: str | None = Field(None, description="IANA time zone whose local days and months the reading counts in "
+                             "(its vendor's, from the pull's `each` entry or the push format); none: Europe/Brussels.")
 
     @model_validator(mode="after")
     def _interval_ends_after_it_starts(self) -> "MeterReading":

@@ -25,6 +25,7 @@ from engine.dead_letter import summary
 from engine.errors import RoutingError, TargetRejected
 from engine.kv import bucket
 from engine.messages import Envelope
+from engine.clock import ManualClock as HubClock
 from engine.paged_pull import BUCKET, checkpoint_key, run_now
 from engine.schedule import FIRED_AT, SCHEDULED_FOR, publish_ticks
 from sandbox.meters import (ManualClock, Vendor1Platform, Vendor2Platform, Vendor3Platform, Vendor4Platform,
@@ -337,7 +338,7 @@ async def test_a_cursor_that_never_ends_stops_at_max_pages_with_its_pages_kept(t
 
 def test_the_runs_now_is_the_ticks_slot_time_when_it_has_one():
     """A scheduled slot label or `manual:<ISO>` (runner.py trigger) is the run's now, or the time a
-    slot was fired when that is later (a catch-up); anything else, the wall clock."""
+    slot was fired when that is later (a catch-up); anything else, the hub's clock."""
     def env(label: str | None, fired: str | None = None) -> Envelope:
         headers = {} if label is None else {SCHEDULED_FOR: label}
         return Envelope({}, headers | ({FIRED_AT: fired} if fired else {}), "hub.schedule.x", "id", "id")
@@ -346,9 +347,9 @@ def test_the_runs_now_is_the_ticks_slot_time_when_it_has_one():
     catch_up = NOW + timedelta(days=18)  # the runners were down from the 2nd to the 20th
     assert run_now(env(NOW.isoformat(), catch_up.isoformat())) == catch_up
     assert run_now(env("manual:2025-04-02T03:00:00+02:00")) == NOW
-    before = datetime.now(UTC)
+    clock = HubClock(datetime(2028, 2, 29, 23, 30, tzinfo=UTC))
     for label in (None, "t", "2025-04-02T01:00:00"):  # no label, not a time, a time without offset
-        assert before <= run_now(env(label)) <= datetime.now(UTC)
+        assert run_now(env(label), clock) == clock.now()
 
 
 async def test_the_fifth_vendor_green_button_espi_is_pulled_by_the_same_flow(tmp_path, broker, js, sims):

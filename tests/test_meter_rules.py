@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import date, datetime, time, timedelta, timezone
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -24,19 +25,33 @@ UTC = timezone.utc
 FLOWS = ("meter-reading-dedupe", "meter-month-totals", "meter-reading-forecast", "meter-keycustomer-detect")
 
 
+# the vendors' zones as flows/meter-vendor-pulls.yaml declares them; readings carry theirs (schemas/meter.py `zone`)
+ZONES = {"vendor1": ZoneInfo("Europe/Berlin"), "vendor2": ZoneInfo("Europe/Rome"),
+         "vendor3": ZoneInfo("Europe/London"), "vendor4": ZoneInfo("Europe/Lisbon")}
+
+
 def day(meter: str, site: str, start: datetime, kwh: float, source: str = "vendor1/pull",
         quality: str = "actual", hours: int = 24) -> dict[str, Any]:
     end = start + timedelta(hours=hours)
-    return {"meter_id": meter, "site_id": site, "register": "1-0:1.8.0", "interval_start": rules.utc_text(start),
-            "read_at": rules.utc_text(end), "value": kwh, "unit": "kWh", "quality": quality, "source": source}
+    reading = {"meter_id": meter, "site_id": site, "register": "1-0:1.8.0", "interval_start": rules.utc_text(start),
+               "read_at": rules.utc_text(end), "value": kwh, "unit": "kWh", "quality": quality, "source": source}
+    if (tz := ZONES.get(source.split("/")[0])) is not None:
+        reading["zone"] = tz.key
+    return reading
 
 
-def month_days(meter: str, site: str, year: int, month: int, kwh: float, source: str = "vendor1/pull",
-               offset_hours: int = -1) -> list[dict[str, Any]]:
-    """One reading per local day (midnight at `offset_hours` from UTC, e.g. -1 for Berlin in winter)."""
-    first = datetime(year, month, 1, tzinfo=UTC) + timedelta(hours=offset_hours)
-    days = (datetime(year + month // 12, month % 12 + 1, 1) - datetime(year, month, 1)).days
-    return [day(meter, site, first + timedelta(days=d), kwh, source) for d in range(days)]
+def month_days(meter: str, site: str, year: int, month: int, kwh: float,
+               source: str = "vendor1/pull") -> list[dict[str, Any]]:
+    """One reading per local day of the vendor's zone (midnight to midnight: 23 or 25 hours on DST days)."""
+    tz = ZONES[source.split("/")[0]]
+    first = date(year, month, 1)
+    days = ((first + timedelta(days=32)).replace(day=1) - first).days
+    out = []
+    for d in range(days):
+        start = datetime.combine(first + timedelta(days=d), time(0), tz).astimezone(UTC)
+        end = datetime.combine(first + timedelta(days=d + 1), time(0), tz).astimezone(UTC)
+        out.append(day(meter, site, start, kwh, source, hours=round((end - start).total_seconds() / 3600)))
+    return out
 
 
 def apply(func: Any, messages: list[dict[str, Any]], state: Any = None) -> tuple[Any, list[Any]]:
@@ -79,8 +94,7 @@ def test_a_month_completes_when_its_days_are_covered_in_any_order_and_once() -> 
     """Berlin days of March 2025 (one of 23 hours) in shuffled order: the last one closes the month and
     answers its total; the same reading again answers the same total; a register read does not count."""
     readings = month_days("M1", "S1", 2025, 3, 10.0)
-    readings[29] = day("M1", "S1", datetime(2025, 3, 29, 23, tzinfo=UTC), 10.0, hours=23)  # 30 March: clocks go forward
-    readings[30] = day("M1", "S1", datetime(2025, 3, 30, 22, tzinfo=UTC), 10.0)
+    assert readings[29]["interval_start"] == "2025-03-29T23:00:00Z" and readings[29]["read_at"] == "2025-03-30T22:00:00Z"
     order = readings[5:] + readings[:5]
     state, out = apply(rules.month_progress, order[:-1] + [{**order[0], "interval_start": None}])
     assert out == []
@@ -88,7 +102,9 @@ def test_a_month_completes_when_its_days_are_covered_in_any_order_and_once() -> 
     assert len(out) == 2 and out[0] == out[1]
     assert out[0] | {"first_start": None} == {
         "meter_id": "M1", "site_id": "S1", "register": "1-0:1.8.0", "unit": "kWh", "month": "2025-03",
-        "total": 310.0, "readings": 31, "first_start": None, "last_end": "2025-03-31T22:00:00Z", "latest": True}
+        "total": 310.0, "readings": 31, "first_start": None, "last_end": "2025-03-31T22:00:00Z", "latest": True,
+        "zone": "Europe/Berlin", "month_start": "2025-02-28T23:00:00Z", "month_end": "2025-03-31T22:00:00Z",
+        "revision": 1, "corrected": False}
 
 
 def test_a_better_copy_replaces_the_first_in_the_months_total() -> None:
@@ -203,7 +219,9 @@ async def test_push_and_pull_collapse_and_the_rules_fire_on_a_crafted_history(
     assert april == [(m, kwh * 30) for m, kwh in per_day.items()]  # March's use per day, over April's 30 days
     for f in forecasts.payloads():  # a month completed while it was the newest forecasts the next one
         MeterReading.model_validate(f)
-        days = (datetime.fromisoformat(f["read_at"]) - datetime.fromisoformat(f["interval_start"])).days
+        london = ZONES["vendor3"]  # local days: March in London is 31 days of 743 hours, not 30 x 24 h
+        days = (datetime.fromisoformat(f["read_at"]).astimezone(london).date()
+                - datetime.fromisoformat(f["interval_start"]).astimezone(london).date()).days
         assert f["quality"] == "forecast" and f["value"] == per_day[f["meter_id"]] * days
     body = json.loads(candidate.data)
     assert body.pop("detected_by") in ("B1|2025-03", "B2|2025-03")  # whichever meter's March total came second

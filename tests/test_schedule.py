@@ -8,14 +8,16 @@ import json
 import subprocess
 import sys
 from collections import Counter
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from pathlib import Path
 
 import nats
 import pytest
 
+from engine.clock import ManualClock
 from engine.errors import ConfigError
 from engine.kv import bucket
+from engine.runtime import Hub
 from engine.schedule import BUCKET, FIRED_AT, SCHEDULED_FOR, latest_slot, next_slot
 from engine.spec import ScheduleSpec
 from tests.helpers import StreamReader, project_from, started_hub
@@ -72,20 +74,23 @@ async def test_two_runners_store_one_tick_per_slot_and_the_flow_runs_once_per_ti
 async def test_a_slot_missed_while_no_runner_was_up_runs_once_when_one_starts(
         tmp_path: Path, nats_url: str, js, unique: str):
     """The last fired slot is remembered: a runner starting after a missed slot runs it at once, and
-    a second runner starting later does not run it again."""
+    a second runner starting later does not run it again (on a clock set to the autumn DST night)."""
     project = project_from(tmp_path, config_for(unique), ticking_flow(unique, "{every: 1h}", "[{n: 1}]"))
     kv = await bucket(js, BUCKET)
-    two_hours_ago = latest_slot(ScheduleSpec(every="1h"), datetime.now(timezone.utc)) - timedelta(hours=2)
-    await kv.put(unique, two_hours_ago.isoformat().encode())
-    first = await started_hub(project, nats_url)
+    clock = ManualClock(datetime(2027, 10, 31, 1, 40, tzinfo=timezone.utc))
+    await kv.put(unique, "2027-10-30T23:00:00+00:00".encode())  # two slots before the latest, 01:00Z
+    first = Hub(project, servers=[nats_url], clock=clock)
+    await first.start()
     ran = await StreamReader.open(js, f"{unique}.ran.>")
     ticks = await StreamReader.open(js, f"hub.schedule.{unique}")
     try:
         await ran.wait_for(1)
         assert first.schedulers[unique].fired == 1
         [tick] = await ticks.wait_for(1)  # fired after its slot: a pull run takes the later time as its now
-        assert datetime.fromisoformat(tick.headers[FIRED_AT]) > datetime.fromisoformat(tick.headers[SCHEDULED_FOR])
-        second = await started_hub(project, nats_url)
+        assert (tick.headers[SCHEDULED_FOR], tick.headers[FIRED_AT]) == ("2027-10-31T01:00:00+00:00",
+                                                                         "2027-10-31T01:40:00+00:00")
+        second = Hub(project, servers=[nats_url], clock=clock)
+        await second.start()
         await second.stop()
         assert second.schedulers[unique].fired == 0
     finally:

@@ -161,7 +161,7 @@ async def test_the_manual_readings_path_takes_a_bearer_token_and_refuses_everyth
     [msg] = await out.wait_for(1)
     assert MeterReading.model_validate_json(msg.data).model_dump(by_alias=True, mode="json") == {
         "meter_id": "RADAR-1", "site_id": "SITE-1", "register": "1-0:1.8.0", "interval_start": None, "read_at": "2026-11-02T08:30:00Z",
-        "value": 1234.5, "unit": "kWh", "quality": "actual", "source": "manual"}
+        "value": 1234.5, "unit": "kWh", "quality": "actual", "source": "manual", "zone": None}
     assert ingress.refused == {"bad_token": 1, "missing_token": 1, "method": 1, "too_large": 1, "invalid_json": 1}
     await out.sub.unsubscribe()
 
@@ -220,7 +220,8 @@ async def test_the_same_reading_in_two_requests_is_one_message(hub: Hub, js: Any
 def test_a_pushed_reading_has_the_pulled_readings_identity() -> None:
     """Push and pull of one vendor-3 reading differ only in `source`, so the publish id collapses them."""
     record = records(7, 1)[0]
-    pushed, pulled = vendor3_message(record), vendor3_reading(record)
+    pushed = vendor3_message(record)
+    pulled = {**vendor3_reading(record), "zone": "Europe/London"}  # the pull stamps its `each` entry's zone
     assert {**pushed, "source": None} == {**pulled, "source": None}
     assert (pushed["source"], pulled["source"]) == ("vendor3/push", "vendor3/pull")
 

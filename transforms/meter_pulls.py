@@ -168,4 +168,5 @@ def page(ctx: dict[str, Any]) -> dict[str, Any]:
     cursor or None, and the platform's own count where it gives one."""
     t = tick(ctx)
     result = pull_format(t.format).page(ctx["answer"], t.vendor)
-    return {"items": result["items"], "next": result.get("next"), "total": result.get("total")}
+    items = [{**item, "zone": t.zone} for item in result["items"]]  # the months the rules count it in
+    return {"items": items, "next": result.get("next"), "total": result.get("total")}

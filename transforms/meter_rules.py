@@ -4,23 +4,29 @@ total once the month is covered, the next month's forecast, and key-customer det
 Each runs with `save: now` (the record is written before the outputs exist), so each is idempotent:
 the same message applied again after a crash changes nothing and answers the same output again (the
 publish ids then collapse the repeat). That is why they keep what they counted by identity (a reading
-by its time, a month total by meter and register) rather than adding into a running sum.
+by its time, a month total by meter, register and revision) rather than adding into a running sum.
 
-Months are UTC calendar months; an interval belongs to the month of its midpoint, so a vendor's local
-day (23:00Z to 23:00Z for Berlin) counts in the month whose day it is.
+Months are the meter's local calendar months (its vendor's time zone): an interval belongs to the
+month of its midpoint, so a vendor's local day (23:00Z to 23:00Z for Berlin) counts in the month whose
+day it is, and the month is complete once its intervals cover it from its first local midnight to the
+next month's (one hour less in March, one more in October, 29 days in a leap February).
 """
 
 from __future__ import annotations
 
-import calendar
-from datetime import timedelta
+from datetime import datetime, timedelta
+from functools import lru_cache
 from typing import Any
+from zoneinfo import ZoneInfo
 
+from engine.months import add_months, month_bounds, month_name
 from transforms.meter_vendors import parse_iso, utc_text
 
 QUALITY_RANK = {"forecast": 0, "estimated": 1, "actual": 2}
 DEDUPE_HORIZON = timedelta(days=100)    # longer than any platform keeps readings (3 months)
-COVERAGE_SLACK = 3600                   # a month in local days is an hour short or long across DST
+HOME_ZONE = ZoneInfo("Europe/Brussels")  # a meter whose vendor's zone is unknown keeps PLU's months
+UTC_ZONE = ZoneInfo("UTC")
+LONGEST_INTERVAL = timedelta(hours=25)  # a local day across the autumn change: how far a reading may reach
 MONTHS_KEPT = 3                         # per meter and register: enough to close one while the next starts
 KEY_CUSTOMER_KWH = 5000.0               # more than this in a month ...
 KEY_CUSTOMER_MONTHS = 3                 # ... in this many months ...
@@ -50,63 +56,152 @@ def first_sighting(ctx: dict[str, Any]) -> dict[str, Any]:
 
 # --- a month's total, once the month is covered ------------------------------------------------
 
-def month_of(reading: dict[str, Any]) -> tuple[str, float]:
-    """(`YYYY-MM` of the interval's midpoint, the interval's length in seconds)."""
+def zone_of(reading: dict[str, Any]) -> ZoneInfo:
+    """The meter's time zone, whose calendar months its totals follow: the reading's `zone` (its vendor's,
+    stamped by the pull from its `each` entry or by the push format), else HOME_ZONE."""
+    name = reading.get("zone")
+    return _zone(name) if name else HOME_ZONE
+
+
+@lru_cache(maxsize=64)
+def _zone(name: str) -> ZoneInfo:
+    return ZoneInfo(name)
+
+
+def month_of(reading: dict[str, Any], tz: ZoneInfo = UTC_ZONE) -> tuple[str, float]:
+    """(`YYYY-MM` of the interval's midpoint in `tz`, the interval's length in seconds)."""
     start, end = parse_iso(reading["interval_start"]), parse_iso(reading["read_at"])
-    middle = start + (end - start) / 2
-    return f"{middle.year:04d}-{middle.month:02d}", (end - start).total_seconds()
+    return month_name(start + (end - start) / 2, tz), (end - start).total_seconds()
 
 
-def month_seconds(month: str) -> int:
-    year, number = int(month[:4]), int(month[5:])
-    return calendar.monthrange(year, number)[1] * 86400
+def month_seconds(month: str, tz: ZoneInfo = UTC_ZONE) -> float:
+    """The month's length in `tz`: 31 days less an hour for March in Brussels, more an hour for October."""
+    start, end = month_bounds(month, tz)
+    return (end - start).total_seconds()
+
+
+def _covered(months: dict[str, Any], month: str, tz: ZoneInfo) -> bool:
+    """Whether the intervals kept for the meter register cover `month` from its first local midnight to
+    the next month's, without a hole (a reading straddling the edge counts for the part inside)."""
+    start, end = month_bounds(month, tz)
+    low, high = utc_text(start), utc_text(end + LONGEST_INTERVAL)
+    spans = []
+    for name, entry in months.items():
+        for at, (_, length, *_rest) in entry["values"].items():
+            if name != month and not low < at < high:  # a neighbour's reading far from this month's edges
+                continue
+            stop = parse_iso(at)
+            spans.append((max(stop - timedelta(seconds=length), start), min(stop, end)))
+    reached = start
+    for begin, stop in sorted(spans):
+        if begin > reached:
+            return False
+        reached = max(reached, stop)
+    return reached >= end
+
+
+def _parts(end: datetime, length: float, month: str, tz: ZoneInfo) -> dict[str, float]:
+    """Seconds of the interval ending at `end` inside its month and, when it straddles an edge, inside
+    the neighbouring month: what it adds to each month's filled time."""
+    start = end - timedelta(seconds=length)
+    first, last = month_bounds(month, tz)
+    parts = {month: (min(end, last) - max(start, first)).total_seconds()}
+    if start < first:
+        parts[month_name(start, tz)] = (first - start).total_seconds()
+    if end > last:
+        parts[month_name(end - timedelta(microseconds=1), tz)] = (end - last).total_seconds()
+    return parts
 
 
 def month_progress(ctx: dict[str, Any]) -> dict[str, Any]:
-    """Count an interval reading into its month (by read_at, so a better copy replaces the first); the
-    reading that completes the month's coverage answers the month's total (`meter.month.completed`),
-    and answers it again if it comes again. A better copy arriving after that corrects the record but
-    publishes no new total. Register reads (no interval) and forecasts do not count."""
+    """Count an interval reading into its local month (by read_at, so a better copy replaces the first).
+    A month is complete when its readings cover it to its local end (DST months included: 743 hours in
+    March, 745 in October); the reading that completes it answers the month's total on
+    `meter.month.completed`, and answers it again if it comes again (a crash repeat). A reading that
+    changes a completed month's total (a better copy, a late one) answers a corrected total: `revision`
+    counts up, `corrected` is true. Register reads (no interval) and forecasts do not count.
+
+    State: per month its readings {read_at: [value, seconds, quality]} and the last answer; `filled`
+    per month, the seconds its readings fill (kept as they come, so only a month that looks full is
+    checked for holes)."""
     reading, state = ctx["message"], ctx["state"] or {"months": {}}
     if not reading.get("interval_start") or reading.get("quality") == "forecast":
         return {"state": ctx["state"], "payload": None}
-    month, length = month_of(reading)
+    tz = zone_of(reading)
+    month, length = month_of(reading, tz)
     months = {k: dict(v) for k, v in state["months"].items()}
     if month not in months and months and month < min(months) and len(months) >= MONTHS_KEPT:
         return {"state": ctx["state"], "payload": None}   # older than what is kept: long closed
-    entry = months.setdefault(month, {"values": {}, "completed_by": None})
+    entry = months.setdefault(month, {"values": {}, "answer": None})
     values = dict(entry["values"])
-    values[reading["read_at"]] = [float(reading["value"]), length]
+    filled = dict(state.get("filled") or {})
+    at, value = reading["read_at"], [float(reading["value"]), length, reading.get("quality", "actual")]
+    before = values.get(at)
+    parts = _parts(parse_iso(at), length, month, tz)
+    if before is None or before[1] != length:
+        for name, seconds in parts.items():
+            filled[name] = filled.get(name, 0.0) + seconds
+        if before is not None:
+            for name, seconds in _parts(parse_iso(at), before[1], month, tz).items():
+                filled[name] = filled.get(name, 0.0) - seconds
+    values[at] = value
     entry["values"] = values
-    at = reading["read_at"]
-    if entry["completed_by"] is None and sum(v[1] for v in values.values()) >= month_seconds(month) - COVERAGE_SLACK:
-        entry["completed_by"] = at
     for old in sorted(months)[:-MONTHS_KEPT]:
         del months[old]
-    new_state = {"months": months, "unit": reading["unit"]}
-    if entry["completed_by"] != at:
-        return {"state": new_state, "payload": None}
-    total = sum(v[0] for v in values.values())
-    return {"state": new_state, "payload": {
+    oldest = min(months)
+    new_state = {"months": months, "filled": {k: v for k, v in filled.items() if k >= oldest},
+                 "unit": reading["unit"], "zone": tz.key}
+    touched = [name for name in sorted(parts) if name in months]  # its month, and one it reaches into
+    if before == value:  # nothing new: the same answer again when this reading gave it (a crash repeat)
+        given = [months[n]["answer"]["payload"] for n in touched
+                 if months[n].get("answer") and months[n]["answer"]["by"] == at]
+        return {"state": new_state, "payload": given[0] if given else None}
+    for name in touched:
+        payload = _completed(months, name, filled.get(name, 0.0), tz, reading)
+        if payload is not None:
+            return {"state": new_state, "payload": payload}
+    return {"state": new_state, "payload": None}
+
+
+def _completed(months: dict[str, Any], month: str, filled: float, tz: ZoneInfo,
+               reading: dict[str, Any]) -> dict[str, Any] | None:
+    """The month's total when `reading` completed it or changed its total since it was answered (and
+    the month's answer is updated), else None."""
+    if filled < month_seconds(month, tz) - 1 or not _covered(months, month, tz):
+        return None
+    entry = months[month] = dict(months[month])
+    values, answer = entry["values"], entry.get("answer")
+    total = round(sum(v[0] for v in values.values()), 3)
+    if answer is not None and (answer["payload"]["total"], answer["payload"]["readings"]) == (total, len(values)):
+        return None  # a better copy of the same value: the total stands
+    revision = 1 if answer is None else answer["payload"]["revision"] + 1
+    start, end = month_bounds(month, tz)
+    payload = {
         "meter_id": reading["meter_id"], "site_id": reading["site_id"], "register": reading["register"],
-        "unit": reading["unit"], "month": month, "total": round(total, 3), "readings": len(values),
+        "unit": reading["unit"], "month": month, "total": total, "readings": len(values),
         "first_start": min(utc_text(parse_iso(k) - timedelta(seconds=v[1])) for k, v in values.items()),
-        "last_end": max(values), "latest": month == max(months)}}
+        "last_end": max(values), "latest": month == max(months), "zone": tz.key,
+        "month_start": utc_text(start), "month_end": utc_text(end), "revision": revision, "corrected": revision > 1}
+    entry["answer"] = {"by": reading["read_at"], "payload": payload}
+    return payload
 
 
 # --- the next month's forecast ---------------------------------------------------------------
 
 def forecast(month_total: dict[str, Any]) -> dict[str, Any]:
     """A forecast reading for the month after a completed one: the same consumption per day, over the
-    next month's days, from where the month's readings end."""
+    next month's days, from where the month's readings end to the next month's local end (so a
+    forecast for April in Brussels ends at 30 April 22:00Z, not 30 × 24 h after 31 March)."""
+    tz = ZoneInfo(month_total.get("zone") or HOME_ZONE.key)
     month = month_total["month"]
-    year, number = int(month[:4]), int(month[5:])
-    following = (year + 1, 1) if number == 12 else (year, number + 1)
-    days_now, days_next = calendar.monthrange(year, number)[1], calendar.monthrange(*following)[1]
+    this_start, this_end = month_bounds(month, tz)
+    next_end = add_months(this_end, 1, tz)
+    days_now = (this_end.astimezone(tz).date() - this_start.astimezone(tz).date()).days
+    days_next = (next_end.astimezone(tz).date() - this_end.astimezone(tz).date()).days
     start = parse_iso(month_total["last_end"])
     return {"meter_id": month_total["meter_id"], "site_id": month_total["site_id"],
             "register": month_total["register"], "interval_start": utc_text(start),
-            "read_at": utc_text(start + timedelta(days=days_next)),
+            "read_at": utc_text(next_end),
             "value": round(month_total["total"] * days_next / days_now, 3), "unit": month_total["unit"],
             "quality": "forecast", "source": "hub/forecast"}
 
@@ -130,11 +225,12 @@ def heavy_run(totals: dict[str, float]) -> list[str] | None:
 def site_months(ctx: dict[str, Any]) -> dict[str, Any]:
     """Keep each electricity meter's completed month totals per site (by meter, so a total sent again
     replaces itself); the first time KEY_CUSTOMER_MONTHS months above KEY_CUSTOMER_KWH fall within a
-    year, answer the candidate, once (and again only for the same month total coming again)."""
+    year, answer the candidate, once (and again only for the same month total coming again; a corrected
+    total replaces the meter's month and may raise it, never raise it twice)."""
     total, state = ctx["message"], ctx["state"] or {"months": {}, "candidate": None}
     if total["register"] != KEY_CUSTOMER_REGISTER or total["unit"] != "kWh":
         return {"state": ctx["state"], "payload": None}
-    trigger = f"{total['meter_id']}|{total['month']}"
+    trigger = f"{total['meter_id']}|{total['month']}|r{total.get('revision', 1)}"  # a corrected total is new
     candidate = state.get("candidate")
     if candidate is not None:
         return {"state": state, "payload": candidate["event"] if candidate["raised_by"] == trigger else None}
@@ -147,7 +243,7 @@ def site_months(ctx: dict[str, Any]) -> dict[str, Any]:
     if run is None:
         return {"state": {"months": months, "candidate": None}, "payload": None}
     event = {"site_id": total["site_id"], "months": {m: sums[m] for m in run}, "threshold_kwh": KEY_CUSTOMER_KWH,
-             "meters": sorted({meter for m in run for meter in months[m]}), "detected_by": trigger}
+             "meters": sorted({meter for m in run for meter in months[m]}), "detected_by": trigger.rsplit("|", 1)[0]}
     return {"state": {"months": months, "candidate": {"raised_by": trigger, "event": event}}, "payload": event}
 
 

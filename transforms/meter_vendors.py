@@ -21,6 +21,7 @@ from zoneinfo import ZoneInfo
 
 UTC = timezone.utc
 ROME = ZoneInfo("Europe/Rome")
+V3_ZONE, V4_ZONE = "Europe/London", "Europe/Lisbon"  # the pushing vendors' days (flows/meter-vendor-pulls.yaml)
 
 # unit -> (canonical unit, factor): every value leaves in kWh or m³
 _UNITS = {"Wh": ("kWh", Decimal("0.001")), "kWh": ("kWh", Decimal(1)), "MWh": ("kWh", Decimal(1000)),
@@ -193,13 +194,13 @@ def vendor3_page(answer: dict[str, Any]) -> dict[str, Any]:
 
 
 def vendor3_message(record: dict[str, Any]) -> dict[str, Any]:
-    """One reading of a vendor-3 webhook batch: the pull record, pushed."""
-    return vendor3_reading(record, "push")
+    """One reading of a vendor-3 webhook batch: the pull record, pushed (London days, as its pull's entry says)."""
+    return {**vendor3_reading(record, "push"), "zone": V3_ZONE}
 
 
 def vendor3_webhook(body: dict[str, Any]) -> list[dict[str, Any]]:
     """A pushed batch `{"batchId", "sentAt", "readings": [records as in the pull]}`."""
-    return [vendor3_reading(r, "push") for r in body["readings"]]
+    return [vendor3_message(r) for r in body["readings"]]
 
 
 # --- vendor 4: flat, ISO UTC with milliseconds, kWh / MWh / m³, short OBIS, continuation token --
@@ -220,5 +221,5 @@ def vendor4_page(answer: dict[str, Any]) -> dict[str, Any]:
 
 
 def vendor4_message(payload: dict[str, Any]) -> dict[str, Any]:
-    """One MQTT message on `vendor4/readings/<meter>`: the pull record, pushed."""
-    return vendor4_reading(payload, "push")
+    """One MQTT message on `vendor4/readings/<meter>`: the pull record, pushed (Lisbon days, as its pull's entry says)."""
+    return {**vendor4_reading(payload, "push"), "zone": V4_ZONE}
