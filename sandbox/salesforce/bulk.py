@@ -174,9 +174,13 @@ class BulkJobs:
         job.state = "InProgress"
         try:
             rows = self._rows(job)
-        except RequestError as exc:
+        except RequestError as exc:  # nothing was processed: every uploaded row is unprocessed
             job.state, job.error_message = "Failed", exc.message
-            job.unprocessed = []
+            raw = [r for r in csv.reader(io.StringIO((job.data or b"").decode("utf-8", "replace"), newline=""),
+                                         delimiter=DELIMITERS[job.delimiter]) if r]
+            if raw:
+                job.header, job.unprocessed = raw[0], raw[1:]
+            job.modstamp = self._now()
             return
         obj = self.store.objects[job.object]
         for start in range(0, len(rows), INTERNAL_BATCH):
