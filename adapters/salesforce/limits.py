@@ -55,13 +55,15 @@ class OrgLimits:
             raise Throttled(f"{self.endpoint}: {self.used}/{self.maximum} API requests used today; the last "
                             f"{self.allowance.reserve} are kept for the org's other users", retry_after=RESERVE_WAIT)
         rate = self.rate()
-        if rate is None:
-            return
         async with self._lock:
             now = time.monotonic()
-            self._tokens = min(float(self.allowance.burst), self._tokens + (now - self._stamp) * rate)
+            if rate is not None:
+                self._tokens = min(float(self.allowance.burst), self._tokens + (now - self._stamp) * rate)
             self._stamp = now
             if self._tokens < 1.0:
+                if rate is None:  # the first answers are still out: the burst is all there is
+                    raise SlotsBusy(f"{self.endpoint}: the org's allowance is not known yet; {self.allowance.burst} "
+                                    "requests are in flight")
                 wait = (1.0 - self._tokens) / rate
                 if now + wait > deadline:
                     raise SlotsBusy(f"{self.endpoint}: paced to {rate:.2f} requests/s by the org's allowance; "

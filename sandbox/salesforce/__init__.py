@@ -40,13 +40,14 @@ USER_ID = "0055g00000HUBUSER"
 class SalesforceOrg:
     def __init__(self, *, clock: Clock = SYSTEM, daily_api_limit: int = 1_000_000, retention: float = RETENTION,
                  keepalive: float = 270.0, idle_close: float = 60.0, bulk_pace: float | None = None,
+                 bulk_internal_batch: int = 10_000,
                  session_timeout: float = 7200.0, port: int = 0, pubsub_port: int = 0) -> None:
         self.clock = clock
         self.org_id = ORG_ID
         self.objects = plu_objects()
         self.bus = EventBus(clock, retention)
         self.store = RecordStore(self.objects, self.bus, clock, ORG_ID, USER_ID)
-        self.jobs = BulkJobs(self.store, bulk_pace)
+        self.jobs = BulkJobs(self.store, bulk_pace, bulk_internal_batch)
         self.usage = ApiUsage(clock, daily_api_limit)
         self.sessions = Sessions(ORG_ID, "", clock, session_timeout)
         self.sessions.add_user(USER, USER_ID)
@@ -55,7 +56,7 @@ class SalesforceOrg:
         self.url = ""
         self.pubsub_target = ""
         self.published = 0
-        self.collections_calls = 0
+        self.collections_sizes: list[int] = []   # records per sObject Collections request
         self._port, self._pubsub_port = port, pubsub_port
         self._runner: web.AppRunner | None = None
         self._grpc: Any = None

@@ -49,7 +49,8 @@ class IngestJob:
     header: list[str] = field(default_factory=list)
     successful: list[list[str]] = field(default_factory=list)
     failed: list[list[str]] = field(default_factory=list)
-    unprocessed: list[list[str]] = field(default_factory=list)
+    rows: list[list[str]] = field(default_factory=list)
+    done_upto: int = 0                 # rows before this index were processed
     error_message: str | None = None
     started: float = 0.0
     took_ms: int = 0
@@ -73,11 +74,12 @@ class IngestJob:
 
 class BulkJobs:
     """The org's ingest jobs; `pace` (rows per second, None: as fast as it goes) slows processing
-    so a client must really wait for it."""
+    so a client must really wait for it; `internal_batch` is Salesforce's 10,000 (tests make it small)."""
 
-    def __init__(self, store: RecordStore, pace: float | None = None) -> None:
+    def __init__(self, store: RecordStore, pace: float | None = None, internal_batch: int = INTERNAL_BATCH) -> None:
         self.store = store
         self.pace = pace
+        self.internal_batch = internal_batch
         self.jobs: dict[str, IngestJob] = {}
         self._ids = itertools.count(1)
         self._tasks: set[asyncio.Task[None]] = set()
@@ -156,7 +158,7 @@ class BulkJobs:
             return _csv(["sf__Id", "sf__Created", *job.header], job.successful)
         if kind == "failedResults":
             return _csv(["sf__Id", "sf__Error", *job.header], job.failed)
-        return _csv(job.header, job.unprocessed)
+        return _csv(job.header, job.rows[job.done_upto:])
 
     async def stop(self) -> None:
         for task in list(self._tasks):
@@ -179,21 +181,22 @@ class BulkJobs:
             raw = [r for r in csv.reader(io.StringIO((job.data or b"").decode("utf-8", "replace"), newline=""),
                                          delimiter=DELIMITERS[job.delimiter]) if r]
             if raw:
-                job.header, job.unprocessed = raw[0], raw[1:]
+                job.header, job.rows = raw[0], raw[1:]
             job.modstamp = self._now()
             return
+        job.rows = rows
         obj = self.store.objects[job.object]
-        for start in range(0, len(rows), INTERNAL_BATCH):
-            if job.state == "Aborted":
-                job.unprocessed.extend(rows[start:])
+        for start in range(0, len(rows), self.internal_batch):
+            if job.state == "Aborted":  # what is left stays unprocessed
                 break
-            chunk = rows[start:start + INTERNAL_BATCH]
+            chunk = rows[start:start + self.internal_batch]
             tx = Transaction()
             done: list[list[str]] = []
             for row in chunk:
                 self._one(job, obj, row, tx, done)
             self.store.apply(tx)
             job.successful.extend(reversed(done))
+            job.done_upto = start + len(chunk)
             if self.pace:
                 await asyncio.sleep(len(chunk) / self.pace)
             else:

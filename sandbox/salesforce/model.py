@@ -93,7 +93,7 @@ def plu_objects() -> dict[str, SObjectDef]:
         _object("Account", "001", FieldDef("Name", required=True), FieldDef("Phone", "phone"),
                 *_address("Billing"), FieldDef("PLU_Account_Id__c", unique=True, external_id=True),
                 FieldDef("Country__c", "picklist"), FieldDef("Customer_Kind__c", "picklist"),
-                FieldDef("Email__c", "email"), FieldDef("ERP_Account_Key__c")),
+                FieldDef("Email__c", "email"), FieldDef("ERP_Account_Key__c", unique=True)),
         _object("Contract", "800", FieldDef("AccountId", "reference", required=True), FieldDef("Status", "picklist"),
                 FieldDef("StartDate", "date"), FieldDef("PLU_Contract_Id__c", unique=True, external_id=True),
                 FieldDef("Version__c", "int"), FieldDef("Country__c", "picklist"), FieldDef("Tariff_Code__c"),

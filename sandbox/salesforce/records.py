@@ -104,6 +104,7 @@ class RecordStore:
         self.records: dict[str, dict[str, dict[str, Any]]] = {name: {} for name in objects}
         self.unique: dict[tuple[str, str], dict[Any, str]] = {}
         self.locked: set[tuple[str, str]] = set()   # (sobject, external id value) held by "another transaction"
+        self.lock_refusals = 0
         self._ids = itertools.count(1)
         self._commit = itertools.count(1000)
         self.cdc_schemas: dict[str, tuple[dict[str, Any], Any]] = {}
@@ -168,6 +169,7 @@ class RecordStore:
         if key is None or key == "":
             raise RecordError("MISSING_ARGUMENT", f"{ext.name} not specified", [])
         if (obj.name, str(key)) in self.locked:
+            self.lock_refusals += 1
             raise RecordError("UNABLE_TO_LOCK_ROW", "unable to obtain exclusive access to this record or 1 records: "
                               f"{self.find(obj.name, ext.name, key) or key}", [])
         fixed = sorted(n for n in values if not obj.fields[n].createable)

@@ -175,7 +175,7 @@ class RestApi:
             results = [r if not r["success"] else {"success": False, "errors": [rolled]} for r in results]
         else:
             store.apply(tx)
-        self.org.collections_calls += 1
+        self.org.collections_sizes.append(len(records))
         return web.json_response(results)
 
     def record(self, request: web.Request, sobject: str, record_id: str, version: float) -> web.Response:
