@@ -57,8 +57,8 @@ def parse_error(text: str) -> tuple[str, str, list[str]]:
     """`sf__Error` "CODE:message:field1,field2 --" as (code, message, fields)."""
     body = text.strip().removesuffix("--").strip()
     code, _, rest = body.partition(":")
-    message, _, fields = rest.rpartition(":")
-    if not message:  # no field part
+    message, sep, fields = rest.rpartition(":")
+    if not sep:  # no field part at all
         message, fields = rest, ""
     return code.strip(), message.strip(), [f for f in (x.strip() for x in fields.split(",")) if f]
 

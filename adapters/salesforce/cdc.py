@@ -42,27 +42,31 @@ def _record_fields(avro_type: Any) -> list[dict[str, Any]] | None:
 
 
 def field_names(bitmaps: list[str], schema: dict[str, Any]) -> list[str]:
-    """The field names a bitmap list stands for, in schema order; a position the schema does not have
-    comes out as "#<n>" (never dropped: a field changed that this schema cannot name)."""
+    """The field names a bitmap list stands for; a position the schema does not have comes out as
+    "#<n>" and an entry that is no bitmap as itself (never dropped: a field changed that this schema
+    cannot name still shows)."""
     fields = schema.get("fields", [])
     names: list[str] = []
     for entry in bitmaps:
-        if entry.lower().startswith("0x"):
-            names.extend(fields[p]["name"] if p < len(fields) else f"#{p}" for p in positions(entry))
-            continue
-        parent_text, sep, nested = entry.partition("-")
-        if not sep or not parent_text.isdigit():
-            names.append(entry)  # not a bitmap: already a name (Streaming API style)
-            continue
-        parent = int(parent_text)
-        if parent >= len(fields):
-            names.extend(f"#{parent}.#{p}" for p in positions(nested))
-            continue
-        children = _record_fields(fields[parent]["type"]) or []
-        label = fields[parent]["name"]
-        names.extend(f"{label}.{children[p]['name']}" if p < len(children) else f"{label}.#{p}"
-                     for p in positions(nested))
+        try:
+            names.extend(_names(entry, fields))
+        except ValueError:
+            names.append(entry)  # not a bitmap: kept as sent (a Streaming API style name, or garbage)
     return names
+
+
+def _names(entry: str, fields: list[dict[str, Any]]) -> list[str]:
+    if entry.lower().startswith("0x"):
+        return [fields[p]["name"] if p < len(fields) else f"#{p}" for p in positions(entry)]
+    parent_text, sep, nested = entry.partition("-")
+    if not sep or not parent_text.isdigit():
+        raise ValueError(entry)
+    parent, bits = int(parent_text), positions(nested)
+    if parent >= len(fields):
+        return [f"#{parent}.#{p}" for p in bits]
+    children = _record_fields(fields[parent]["type"]) or []
+    label = fields[parent]["name"]
+    return [f"{label}.{children[p]['name']}" if p < len(children) else f"{label}.#{p}" for p in bits]
 
 
 def expand_header(header: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
