@@ -48,6 +48,7 @@ class BatchIngress(Ingress):
         self._task: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
         self._transform: Any = None
+        self._storing = False
 
     @property
     def durable(self) -> str:
@@ -78,8 +79,11 @@ class BatchIngress(Ingress):
         self._set_state("waiting")
 
     async def stop(self) -> None:
+        """Finish a batch being stored; one still gathering is left unacked (it comes again)."""
         self._stop.set()
         if self._task is not None:
+            if not self._storing:
+                self._task.cancel()
             await asyncio.wait({self._task}, timeout=10.0)
             await cancel_and_wait([self._task])
         if self._sub is not None:
@@ -93,10 +97,16 @@ class BatchIngress(Ingress):
             try:
                 msgs = await self._gather()
                 if msgs:
-                    await self._close(msgs)
+                    self._storing = True
+                    try:
+                        await self._close(msgs)
+                    finally:
+                        self._storing = False
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the broker is away: what is unacked comes again after ack_wait
+                if self._stop.is_set():
+                    break
                 log.warning("batch_failed", flow=self.flow.name, error=repr(exc), held=len(msgs))
                 for m in msgs:
                     with contextlib.suppress(Exception):
@@ -107,8 +117,6 @@ class BatchIngress(Ingress):
 
     async def _gather(self) -> list[Any]:
         """Messages of one batch: until `size`, or `within` after the first one arrived."""
-        import nats.errors
-
         spec, msgs = self.spec, []
         opened: float | None = None
         while len(msgs) < spec.size and not self._stop.is_set():
@@ -117,7 +125,7 @@ class BatchIngress(Ingress):
                 break
             try:
                 got = await self._sub.fetch(min(FETCH, spec.size - len(msgs)), timeout=max(0.05, min(wait, IDLE_POLL)))
-            except nats.errors.TimeoutError:
+            except TimeoutError:  # nats-py's own and asyncio's: nothing came in that time
                 continue
             if got and opened is None:
                 opened = time.monotonic()
@@ -183,4 +191,8 @@ async def read_batch(js: Any, ref: dict[str, Any]) -> list[dict[str, Any]]:
     batch = ref.get("batch") or {}
     store = await js.object_store(batch["bucket"])
     result = await store.get(batch["name"])
-    return [orjson.loads(line) for line in (result.data or b"").splitlines() if line.strip()]
+    return await asyncio.to_thread(_lines, result.data or b"")  # 100,000 lines: not on the event loop
+
+
+def _lines(data: bytes) -> list[dict[str, Any]]:
+    return [orjson.loads(line) for line in data.splitlines() if line.strip()]

@@ -89,13 +89,15 @@ async def test_rows_a_job_never_processed_go_into_a_later_job(broker, tmp_path):
         connect(org)
         nc = await nats.connect(broker.url)
         js = nc.jetstream()
-        project = project_from(tmp_path, config(org), LOAD.replace("size: 1000, within: 1s", "size: 1200, within: 2s"), TRACK)
+        one_batch = LOAD.replace("size: 1000, within: 1s", "size: 1200, within: 2s")
+        project = project_from(tmp_path, config(org), one_batch, TRACK)
         await js.add_stream(name="METER", subjects=["meter.>"])
         for i in range(1200):  # all there before the hub starts: one batch of 1200
             await js.publish("meter.month.completed", total(i))
         hub = await started_hub(project, broker.url)
         try:
-            await wait_until(lambda: _true(any(j.state == "InProgress" and j.successful for j in org.jobs.jobs.values())),
+            jobs = org.jobs.jobs.values()
+            await wait_until(lambda: _true(any(j.state == "InProgress" and j.successful for j in jobs)),
                              timeout=60)
             job = next(j for j in org.jobs.jobs.values() if j.state == "InProgress")
             org.jobs.change_state(job.id, {"state": "Aborted"})   # an admin aborts it in Setup

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from adapters.salesforce.bulk import csv_value, parse_error, parse_results, to_csv
 from adapters.salesforce.cdc import field_names, positions
 from sandbox.salesforce.model import change_event_schema, plu_objects
-from sandbox.salesforce.records import bitmap
+from sandbox.salesforce.cdc import bitmap
 from transforms import salesforce_crm, salesforce_meter
 
 ACCOUNT = change_event_schema(plu_objects()["Account"])
@@ -62,7 +62,8 @@ def test_sf_error_texts_read_back_code_message_and_fields(code, message, fields)
     assert got_code == code and got_fields == fields and got_message == message.strip()
 
 
-VALUES = st.one_of(st.none(), st.booleans(), st.integers(-10**9, 10**9), st.floats(allow_nan=False, allow_infinity=False),
+VALUES = st.one_of(st.none(), st.booleans(), st.integers(-10**9, 10**9),
+                   st.floats(allow_nan=False, allow_infinity=False),
                    st.text(st.characters(exclude_categories=("Cs",), exclude_characters="\r"), max_size=40))
 
 

@@ -11,6 +11,7 @@ it came from, with the row's error ("CODE:message:fields --"); a row that failed
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import csv
 import io
@@ -75,7 +76,7 @@ class BulkJobs:
         lines = await read_batch(self.js, batch)
         rows = [line["item"] for line in lines]
         missing = sum(1 for row in rows if op.external_id not in row or row[op.external_id] in (None, ""))
-        body = to_csv(op.fields, rows)
+        body = await asyncio.to_thread(to_csv, op.fields, rows)  # 100,000 rows: not on the event loop
         job = await self.rest.request("POST", "/jobs/ingest", timeout=timeout, json={
             "object": op.sobject, "operation": "upsert", "externalIdFieldName": op.external_id,
             "contentType": "CSV", "lineEnding": "LF", "columnDelimiter": "COMMA"})
@@ -105,10 +106,12 @@ class BulkJobs:
         state = info.get("state")
         if state not in FINISHED:
             raise TargetServerError(f"job {job_id} is still {state}: follow it with `until` before its results")
-        failed = parse_results(await self.rest.request("GET", f"/jobs/ingest/{job_id}/failedResults/", expect="text",
-                                                       timeout=max(1.0, deadline - time.monotonic())))
-        unprocessed = parse_results(await self.rest.request("GET", f"/jobs/ingest/{job_id}/unprocessedrecords/",
-                                                            expect="text", timeout=max(1.0, deadline - time.monotonic())))
+        failed = await asyncio.to_thread(parse_results, await self.rest.request(
+            "GET", f"/jobs/ingest/{job_id}/failedResults/", expect="text",
+            timeout=max(1.0, deadline - time.monotonic())))
+        unprocessed = await asyncio.to_thread(parse_results, await self.rest.request(
+            "GET", f"/jobs/ingest/{job_id}/unprocessedrecords/", expect="text",
+            timeout=max(1.0, deadline - time.monotonic())))
         lines = await read_batch(self.js, job)
         by_key = {str(line["item"].get(op.external_id)): line for line in lines}
         flow = job.get("flow") or ""

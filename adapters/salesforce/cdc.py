@@ -88,10 +88,21 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def decode_event(payload: bytes, parsed: Any, schema: dict[str, Any]) -> dict[str, Any]:
-    """One event's Avro payload as JSON-ready data; a change event's bitmaps as field names."""
+def has_bytes(schema: Any) -> bool:
+    """Whether records of this schema can hold bytes (JSON needs them as text)."""
+    if isinstance(schema, dict):
+        return schema.get("type") in ("bytes", "fixed") or any(has_bytes(v) for v in schema.values())
+    if isinstance(schema, list):
+        return any(has_bytes(v) for v in schema)
+    return schema in ("bytes", "fixed")
+
+
+def decode_event(payload: bytes, parsed: Any, schema: dict[str, Any], with_bytes: bool = True) -> dict[str, Any]:
+    """One event's Avro payload as JSON-ready data; a change event's bitmaps as field names
+    (`with_bytes`: the schema can hold bytes, turned into base64 text; `has_bytes` tells)."""
     record = fastavro.schemaless_reader(io.BytesIO(payload), parsed)
-    record = _jsonable(record)
+    if with_bytes:
+        record = _jsonable(record)
     header = record.get("ChangeEventHeader")
     if isinstance(header, dict):
         record["ChangeEventHeader"] = expand_header(header, schema)

@@ -158,17 +158,20 @@ class PubSubIngress(ReconnectingIngress):
                         log.info("salesforce_reconnected", flow=self.flow.name, **ended)
                     self._set_state("subscribed")
                     self._refused = False
+                # keep `batch` events requested: top up once half are delivered (topping up after every
+                # response makes the server answer in ever smaller pieces), before storing, so the next
+                # events travel while these are stored; what arrives is checkpointed only once stored
+                owed = response.pending_num_requested
+                if owed <= self.spec.batch // 2:
+                    requests.put_nowait(pb.FetchRequest(num_requested=self.spec.batch - owed))
                 if response.events:
                     await self._take(response.events)
                     if self._stop.is_set():
                         return
-                    requests.put_nowait(pb.FetchRequest(num_requested=len(response.events)))
                 else:
                     self.keepalives += 1
                     if response.latest_replay_id:
                         await self._save(response.latest_replay_id)
-                    if response.pending_num_requested == 0:
-                        requests.put_nowait(pb.FetchRequest(num_requested=self.spec.batch))
                     self._changed.set()
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.UNAUTHENTICATED:
@@ -226,7 +229,8 @@ class PubSubIngress(ReconnectingIngress):
                                           "event_id": event.id, "schema_id": event.schema_id}
                 try:
                     schema, parsed = await self.client.schema(event.schema_id, CALL_TIMEOUT)
-                    record["payload"] = decode_event(event.payload, parsed, schema)
+                    record["payload"] = decode_event(event.payload, parsed, schema,
+                                                     self.client.with_bytes[event.schema_id])
                 except HubError:
                     raise
                 except Exception as exc:  # kept, not lost: the flow's transform sends it to the DLQ

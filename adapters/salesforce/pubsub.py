@@ -18,7 +18,7 @@ import fastavro
 import grpc
 
 from adapters.salesforce.auth import OrgSession, TokenSource
-from adapters.salesforce.cdc import encode_event
+from adapters.salesforce.cdc import encode_event, has_bytes
 from adapters.salesforce.config import SalesforceEndpointConfig
 from adapters.salesforce.proto import pubsub_api_pb2 as pb
 from adapters.salesforce.proto import pubsub_api_pb2_grpc as pb_grpc
@@ -59,6 +59,7 @@ class PubSubClient:
         self.channel: grpc.aio.Channel | None = None
         self.stub: pb_grpc.PubSubStub | None = None
         self._schemas: dict[str, tuple[dict[str, Any], Any]] = {}
+        self.with_bytes: dict[str, bool] = {}   # schema id -> its records can hold bytes
         self._topics: dict[str, pb.TopicInfo] = {}
         self.schema_fetches = 0
 
@@ -112,6 +113,7 @@ class PubSubClient:
                                     timeout)
             schema = json.loads(info.schema_json)
             self._schemas[schema_id] = (schema, fastavro.parse_schema(schema))
+            self.with_bytes[schema_id] = has_bytes(schema)
             self.schema_fetches += 1
         return self._schemas[schema_id]
 
@@ -141,6 +143,7 @@ class PubSubClient:
         if result is None:
             raise TargetServerError(f"{self.endpoint}: Publish {topic_name} answered no result")
         if result.HasField("error"):
-            raise BusinessError(f"{topic_name}: event {event_id} not published: {pb.ErrorCode.Name(result.error.code)}: "
+            code = pb.ErrorCode.Name(result.error.code)
+            raise BusinessError(f"{topic_name}: event {event_id} not published: {code}: "
                                 f"{result.error.msg}")
         return {"topic": topic_name, "event_id": event_id, "replay_id": result.replay_id.hex()}

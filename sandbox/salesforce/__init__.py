@@ -16,9 +16,15 @@ connected app's credentials, and stops on Ctrl-C.
 
 from __future__ import annotations
 
-import asyncio
-import io
-import uuid
+import os
+
+# the demo starts nats-server and other children while gRPC threads run; gRPC's fork handlers are not
+# needed for that and only log a warning each time (set before grpc is first imported)
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+
+import asyncio  # noqa: E402
+import io  # noqa: E402
+import uuid  # noqa: E402
 from typing import Any
 
 import fastavro
@@ -29,7 +35,8 @@ from sandbox.salesforce.auth import ConnectedApp, Sessions
 from sandbox.salesforce.bulk import BulkJobs
 from sandbox.salesforce.eventbus import RETENTION, EventBus
 from sandbox.salesforce.model import platform_event_schema, plu_objects, schema_id, schema_json
-from sandbox.salesforce.records import RecordStore, Transaction, change_event
+from sandbox.salesforce.cdc import change_event
+from sandbox.salesforce.records import RecordStore, Transaction
 from sandbox.salesforce.rest import ApiUsage, RestApi
 
 ORG_ID = "00D5g000004PLUHUB"
@@ -118,6 +125,16 @@ class SalesforceOrg:
         self.store.apply(tx)
         return result
 
+    def seed(self, sobject: str, ext_field: str, ext_value: str, fields: dict[str, Any]) -> str:
+        """Load a record as a data migration before Change Data Capture was on: no change event."""
+        obj = self.store.obj(sobject)
+        tx = Transaction()
+        values = self.store.check_record(obj, {**fields, ext_field: ext_value})
+        result = self.store.upsert(obj, self.store.external_field(obj, ext_field), values, "", tx)
+        tx.staged = [(o, i, r, [], origin) for o, i, r, _, origin in tx.staged]  # committed, nothing changed
+        self.store.apply(tx)
+        return result["id"]
+
     def record(self, sobject: str, ext_field: str, ext_value: str) -> dict[str, Any] | None:
         record_id = self.store.find(sobject, ext_field, ext_value)
         return self.store.get(sobject, record_id) if record_id else None
@@ -154,13 +171,19 @@ async def _main() -> None:
     import argparse
 
     parser = argparse.ArgumentParser(description="Run the Salesforce emulator on loopback.")
-    parser.add_argument("--port", type=int, default=18160, help="REST, Bulk and OAuth port")
-    parser.add_argument("--pubsub-port", type=int, default=18161, help="Pub/Sub API (gRPC) port")
+    parser.add_argument("--port", type=int, default=18160, help="REST, Bulk and OAuth port (0: a free one)")
+    parser.add_argument("--pubsub-port", type=int, default=18161, help="Pub/Sub API (gRPC) port (0: a free one)")
+    parser.add_argument("--accounts", type=int, default=0, help="create this many accounts first (each one a "
+                        "CDC event on /data/AccountChangeEvent)")
+    parser.add_argument("--daily-limit", type=int, default=1_000_000, help="the org's daily API requests")
     args = parser.parse_args()
-    org = await SalesforceOrg(port=args.port, pubsub_port=args.pubsub_port).start()
+    org = await SalesforceOrg(port=args.port, pubsub_port=args.pubsub_port, daily_api_limit=args.daily_limit).start()
     org.add_client("plu-hub", "sandbox-secret")
+    for i in range(args.accounts):
+        org.change("Account", "PLU_Account_Id__c", f"A-{i:07d}", {"Name": f"Account {i}", "Country__c": "DE",
+                                                                  "BillingCity": "Berlin"})
     print(f"Salesforce emulator: {org.url} (OAuth, REST, Bulk 2.0), Pub/Sub API at {org.pubsub_target}; "
-          "client plu-hub / sandbox-secret")
+          "client plu-hub / sandbox-secret", flush=True)
     try:
         await asyncio.Event().wait()
     finally:

@@ -20,10 +20,12 @@ from typing import Any
 import fastavro
 
 from engine.clock import SYSTEM, Clock
+from sandbox.salesforce.cdc import change_event
 from sandbox.salesforce.eventbus import EventBus
 from sandbox.salesforce.model import FieldDef, SObjectDef, change_event_schema, schema_id
 
 ID_CHARS = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+TEXT_TYPES = frozenset({"string", "textarea", "picklist", "id", "reference", "email", "phone"})
 
 
 class RequestError(Exception):
@@ -50,46 +52,49 @@ class RecordError(Exception):
         return {"statusCode": self.status_code, "message": self.message, "fields": self.fields}
 
 
+def _refused(field: FieldDef, value: Any, sobject: str) -> RequestError:
+    return RequestError(400, "JSON_PARSER_ERROR", f"Cannot deserialize instance of {field.type} from "
+                        f"{type(value).__name__} value {str(value)[:40]} or request may be missing a required field "
+                        f"at [{sobject}.{field.name}]")
+
+
 def parse_value(field: FieldDef, value: Any, sobject: str) -> Any:
     """A JSON value checked against its field's type (what Salesforce's deserializer refuses is a
     JSON_PARSER_ERROR for the whole request); dates and date-times kept as ISO text."""
     if value is None:
         return None
     kind = field.type
-    bad = RequestError(400, "JSON_PARSER_ERROR", f"Cannot deserialize instance of {kind} from "
-                       f"{type(value).__name__} value {str(value)[:40]} or request may be missing a required field "
-                       f"at [{sobject}.{field.name}]")
+    if kind in TEXT_TYPES:
+        if isinstance(value, bool | dict | list):
+            raise _refused(field, value, sobject)
+        return value if isinstance(value, str) else str(value)
     if kind in ("double", "currency", "int"):
         if isinstance(value, bool):
-            raise bad
+            raise _refused(field, value, sobject)
         if isinstance(value, str):
             try:
                 value = float(value)
             except ValueError:
-                raise bad from None
+                raise _refused(field, value, sobject) from None
         if not isinstance(value, int | float):
-            raise bad
+            raise _refused(field, value, sobject)
         return int(value) if kind == "int" and float(value).is_integer() else float(value)
     if kind == "boolean":
         if not isinstance(value, bool):
-            raise bad
+            raise _refused(field, value, sobject)
         return value
     if kind == "date":
         try:
             return date.fromisoformat(value).isoformat()
         except (TypeError, ValueError):
-            raise bad from None
-    if kind == "datetime":
-        try:
-            at = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-        except ValueError:
-            raise bad from None
-        if at.tzinfo is None:
-            raise bad
-        return at.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    if isinstance(value, bool | dict | list):
-        raise bad
-    return str(value)
+            raise _refused(field, value, sobject) from None
+    try:
+        at = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        raise _refused(field, value, sobject) from None
+    if at.tzinfo is None:
+        raise _refused(field, value, sobject)
+    return at.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 class RecordStore:
@@ -191,7 +196,8 @@ class RecordStore:
             raise RecordError("REQUIRED_FIELD_MISSING", f"Required fields are missing: [{', '.join(missing)}]", missing)
         for f in obj.fields.values():
             if f.unique and values.get(f.name) not in (None, ""):
-                other = self.find(obj.name, f.name, values[f.name]) or tx.claimed.get((obj.name, f.name, values[f.name]))
+                value = values[f.name]
+                other = self.find(obj.name, f.name, value) or tx.claimed.get((obj.name, f.name, value))
                 if other is not None and other != existing_id:
                     raise RecordError("DUPLICATE_VALUE", f"duplicate value found: {f.name} duplicates value on record "
                                       f"with id: {other}", [f.name])
@@ -256,70 +262,3 @@ class Transaction:
         for f in obj.fields.values():
             if f.unique and record.get(f.name) not in (None, ""):
                 self.claimed[(obj.name, f.name, record[f.name])] = record_id
-
-
-def bitmap(positions: list[int]) -> str:
-    """Field positions as Salesforce's bitmap text: bit n set for position n, hex with a 0x prefix."""
-    value = 0
-    for p in positions:
-        value |= 1 << p
-    digits = f"{value:X}"
-    return "0x" + ("0" * (len(digits) % 2)) + digits
-
-
-def _avro_value(field: FieldDef, value: Any) -> Any:
-    if value is None:
-        return None
-    if field.type == "date":
-        return (date.fromisoformat(value) - date(1970, 1, 1)).days
-    if field.type == "datetime":
-        return int(datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp() * 1000)
-    return value
-
-
-def change_event(obj: SObjectDef, schema: dict[str, Any], record_id: str, record: dict[str, Any],
-                 changed: list[str] | None, origin: str, tx_key: str, sequence: int, commit_ms: int,
-                 commit_number: int, user_id: str, change_type: str | None = None) -> dict[str, Any]:
-    """One change event as Salesforce builds it: a create carries every set field and no changed
-    fields; an update carries the changed fields only (plus LastModifiedDate), with their positions
-    in the `changedFields` bitmap (compound components as `parent-bitmap`) and nulled ones in
-    `nulledFields`. A gap event (change_type GAP_*) carries the header alone."""
-    positions = {f["name"]: i for i, f in enumerate(schema["fields"])}
-    parts = {part["name"]: i for i, part in enumerate(_address_fields(schema))}
-    body: dict[str, Any] = {}
-    top: list[int] = []
-    nulled_top: list[int] = []
-    nested: dict[int, list[int]] = {}
-    gap = change_type is not None and change_type.startswith("GAP_")
-    names = list(record) if changed is None else [*changed, "LastModifiedDate"]
-    for name in names if not gap else ():
-        f = obj.fields.get(name)
-        if f is None or name == "Id":
-            continue
-        value = _avro_value(f, record.get(name))
-        if f.compound:
-            body.setdefault(f.compound, {p: None for p in parts})[f.part] = value
-            if changed is not None:
-                nested.setdefault(positions[f.compound], []).append(parts[f.part])
-            continue
-        body[name] = value
-        if changed is not None:
-            top.append(positions[name])
-            if value is None:
-                nulled_top.append(positions[name])
-    changed_fields = ([bitmap(top)] if top else []) + [f"{p}-{bitmap(c)}" for p, c in sorted(nested.items())]
-    header = {"entityName": obj.name, "recordIds": [record_id],
-              "changeType": change_type or ("CREATE" if changed is None else "UPDATE"),
-              "changeOrigin": origin, "transactionKey": tx_key, "sequenceNumber": sequence,
-              "commitTimestamp": commit_ms, "commitNumber": commit_number, "commitUser": user_id,
-              "nulledFields": [bitmap(nulled_top)] if nulled_top else [], "diffFields": [],
-              "changedFields": changed_fields}
-    return {"ChangeEventHeader": header, **body}
-
-
-def _address_fields(schema: dict[str, Any]) -> list[dict[str, Any]]:
-    for f in schema["fields"]:
-        kind = f["type"]
-        if isinstance(kind, list) and isinstance(kind[1], dict) and kind[1].get("name") == "Address":
-            return kind[1]["fields"]
-    return []
