@@ -154,6 +154,8 @@ async def main() -> None:
                       f"{coll_requests:,} API requests", flush=True)
                 print(f"ratio bulk/collections: {coll_s / bulk_s:.2f}x the records/s, "
                       f"{coll_requests / max(1, bulk_requests):.0f}x fewer API requests")
+                if os.environ.get("BENCH_SHOW_NATS_LOG"):
+                    print(Path(server.log_path).read_text()[-3000:])
             finally:
                 await adapter.close()
                 await nc.close()

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import hashlib
 import time
+import weakref
 from typing import Any
 
 import orjson
@@ -186,12 +187,22 @@ def _decoded(block: bytes) -> dict[str, str]:
     return dict(line.split(": ", 1) for line in lines if ": " in line)
 
 
+READS_AT_ONCE = 2   # the server pushes an object as fast as it can: more reads at once than this could
+_reads: "weakref.WeakKeyDictionary[Any, asyncio.Semaphore]" = weakref.WeakKeyDictionary()  # overflow the
+# connection's 64 MB pending limit (nats-server closes it as a slow consumer); one bound per event loop
+
+
 async def read_batch(js: Any, ref: dict[str, Any]) -> list[dict[str, Any]]:
     """The items of a stored batch: [{"seq", "subject", "item"}], in stream order."""
+    loop = asyncio.get_running_loop()
+    reads = _reads.get(loop)
+    if reads is None:
+        reads = _reads[loop] = asyncio.Semaphore(READS_AT_ONCE)
     batch = ref.get("batch") or {}
-    store = await js.object_store(batch["bucket"])
-    result = await store.get(batch["name"])
-    return await asyncio.to_thread(_lines, result.data or b"")  # 100,000 lines: not on the event loop
+    async with reads:
+        store = await js.object_store(batch["bucket"])
+        result = await store.get(batch["name"])
+    return await asyncio.to_thread(_lines, result.data or b"")  # 20,000 lines: not on the event loop
 
 
 def _lines(data: bytes) -> list[dict[str, Any]]:

@@ -112,7 +112,7 @@ class BulkJobs:
         unprocessed = await asyncio.to_thread(parse_results, await self.rest.request(
             "GET", f"/jobs/ingest/{job_id}/unprocessedrecords/", expect="text",
             timeout=max(1.0, deadline - time.monotonic())))
-        lines = await read_batch(self.js, job)
+        lines = await read_batch(self.js, job) if failed or unprocessed else []  # most jobs: nothing to map
         by_key = {str(line["item"].get(op.external_id)): line for line in lines}
         flow = job.get("flow") or ""
         outcomes = ItemOutcomes(answer=None, flow=flow)
