@@ -3,3 +3,4 @@
 from engine.registry import ADAPTERS, register  # noqa: F401
 
 from adapters import http, imap, mqtt, nats, powersales, sftp, smtp, soap  # noqa: F401,E402  (registration is the side effect)
+from adapters import salesforce  # noqa: F401,E402  (issue 16)

@@ -21,6 +21,7 @@ from engine.nats_client import encode_headers
 from engine.breaker import Breaker
 from engine.clock import SYSTEM, Clock
 from engine.fallback import FallbackCache
+from engine.item_outcomes import ItemOutcomes
 from engine.resilience import CallGuard
 from engine.spec import (CallStep, FilterStep, Flow, PublishSpec, PublishStep, PullStep, ReplyStep, StateStep,
                          TransformStep, UntilSpec, UntilStep, ValidateStep)
@@ -322,6 +323,8 @@ class Pipeline:
             else:
                 if cache is not None and not shared:
                     await self.fallback.remember(render(spec.endpoint, env.payload), cache, env.payload, result)  # type: ignore[union-attr]
+        if isinstance(result, ItemOutcomes):  # per-item outcomes of a batch call: dead letters, retries
+            result = result.settle(env, label)
         if spec.into:
             if not isinstance(env.payload, dict):
                 raise RoutingError(f"`into: {spec.into}` needs an object payload")

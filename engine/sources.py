@@ -209,9 +209,77 @@ class MqttSource(IngressSource):
         return self.mqtt.endpoint
 
 
+# --- salesforce (issue 16): the Pub/Sub API, and batches for bulk targets -------------------------
+
+
+class SalesforceSubscription(_Strict):
+    endpoint: str = Field(description="A `salesforce` endpoint in config (org, login, Pub/Sub address).",
+                          examples=["salesforce"])
+    topic: str = Field(pattern=r"^/(data|event)/[A-Za-z][A-Za-z0-9_]*$",
+                       description="A Change Data Capture channel (/data/AccountChangeEvent) or a platform event "
+                       "(/event/Contract_Signed__e).", examples=["/data/AccountChangeEvent"])
+    start: Literal["earliest", "latest"] = Field(
+        "earliest", description="Where the very first subscription starts (no checkpoint yet): the oldest "
+        "retained event or only new ones.")
+    batch: int = Field(100, ge=1, le=100, description="Events requested at a time (num_requested; at most 100 "
+                       "outstanding). Each batch is stored, then its last replay id checkpointed, then more asked.")
+    retention: Duration = Field(72 * 3600.0, description="How long the event bus keeps events. A checkpoint "
+                                "older than this resumes from the earliest retained event with an alert naming "
+                                "the gap.", examples=["72h"])
+
+
+class SalesforceSource(IngressSource):
+    """Events of a Salesforce channel over the Pub/Sub API (gRPC, Avro): each event is stored in
+    JetStream (decoded to JSON, CDC bitmaps as field names) before its replay id is checkpointed in KV;
+    a restart resumes after the checkpoint (CUSTOM replay), losing and repeating nothing."""
+
+    implementation: ClassVar[str] = "adapters.salesforce:PubSubIngress"
+    salesforce: SalesforceSubscription
+
+    def endpoint_name(self) -> str | None:
+        return self.salesforce.endpoint
+
+
+class BatchSpec(_Strict):
+    subject: SubjectPattern = Field(description="Subject (captured by a stream) whose messages are gathered.",
+                                    examples=["meter.month.completed"])
+    size: int = Field(10_000, ge=1, le=1_000_000, description="Items in a full batch.")
+    within: Duration = Field(60.0, description="A batch closes this long after its first item, full or not.",
+                             examples=["2m"])
+    transform: str | None = Field(None, description="Pure function applied to each item as it joins (module.function "
+                                  "in transforms/); one that fails dead-letters that item alone.",
+                                  examples=["salesforce_meter.month_record"])
+    key: str | None = Field(None, description="Template of an item's identity (after `transform`): a later item "
+                            "with the same key replaces the earlier one in the batch.", examples=["{Hub_Key__c}"])
+    bucket: str = Field("hub_batches", pattern=r"^[a-z0-9_-]{1,40}$",
+                        description="Object Store bucket holding the batches (a batch is bigger than a message).")
+    keep: Duration = Field(7 * 86400.0, description="How long a stored batch is kept.", examples=["7d"])
+
+    @field_validator("transform")
+    @classmethod
+    def _known_transform(cls, value: str | None) -> str | None:
+        if value is not None:
+            from engine.validation import resolve_transform
+
+            try:
+                resolve_transform(value)
+            except LookupError as exc:
+                raise ValueError(str(exc)) from None
+        return value
+
+
+class BatchSource(IngressSource):
+    """Messages of a subject gathered into batches (engine/batching.py): one flow message per batch,
+    naming the batch's items in the Object Store; the source messages are acked once it is stored."""
+
+    implementation: ClassVar[str] = "engine.batching:BatchIngress"
+    batch: BatchSpec
+
+
 SOURCE_MODELS: dict[str, type[BaseModel]] = {
     "subject": StreamSource, "request": RequestSource, "schedule": ScheduleSource, "imap": ImapSource,
     "sftp": SftpSource, "webhook": WebhookSource, "mqtt": MqttSource,
+    "salesforce": SalesforceSource, "batch": BatchSource,
 }
 
 

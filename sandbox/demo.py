@@ -32,7 +32,7 @@ from engine.clock import SYSTEM, Clock
 from engine.messages import CE_CORRELATION, event_headers
 from engine.runtime import Hub
 from engine.validation import flow_files, load_project
-from sandbox import demo_erp, demo_erp_answers, demo_mail, demo_meters, demo_more
+from sandbox import demo_erp, demo_erp_answers, demo_mail, demo_meters, demo_more, demo_salesforce
 from sandbox.http_sink import HttpSink
 
 COUNTRIES = ["DE", "FR", "IT", "PT", "UK", "BE"]
@@ -101,6 +101,7 @@ async def run_demo(root: Path, keep_data: bool = False, clock: Clock = SYSTEM) -
     crm = await HttpSink().start()
     erps = await demo_erp.start_erps()
     outside = await demo_more.Outside(clock).start()
+    salesforce = await demo_salesforce.start_salesforce()  # before load_project: it sets SALESFORCE_* (issue 16)
     os.environ["CRM_BRIDGE_URL"] = crm.url
     crm.serve("/sites", demo_meters.site_directory(outside))  # the CRM's sites: which are businesses
     os.environ.setdefault("CRM_BRIDGE_TOKEN", "demo-token")
@@ -247,6 +248,7 @@ async def run_demo(root: Path, keep_data: bool = False, clock: Clock = SYSTEM) -
         await demo_meters.section_meter_rules(js, readings, records, totals, forecasts, candidates, hub, check,
                                               wait_until, WAIT_BUDGET, clock)
         await demo_erp_answers.section_erp_answers(js, dlq, root, check, wait_until, within())
+        await demo_salesforce.section_salesforce(js, nc, hub, salesforce, check, within(), number=15)
 
         print()
         print(f"  {'flow':<26} {'deliveries':>10} {'done':>5} {'filtered':>8} {'duplicate':>9} "
@@ -265,6 +267,7 @@ async def run_demo(root: Path, keep_data: bool = False, clock: Clock = SYSTEM) -
         await crm.stop()
         await demo_erp.stop_erps(erps)
         await outside.stop()
+        await salesforce.stop()
         log_file.close()
         if not keep_data:
             shutil.rmtree(data_dir, ignore_errors=True)
