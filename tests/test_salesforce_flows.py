@@ -134,7 +134,8 @@ def daily(meter: str, site: str, year: int, month: int, kwh: float) -> list[dict
     return [{"meter_id": meter, "site_id": site, "register": "1-0:1.8.0",
              "interval_start": (first + timedelta(days=d)).isoformat().replace("+00:00", "Z"),
              "read_at": (first + timedelta(days=d + 1)).isoformat().replace("+00:00", "Z"),
-             "value": kwh, "unit": "kWh", "quality": "actual", "source": "vendor1/pull"} for d in range(days)]
+             "value": kwh, "unit": "kWh", "quality": "actual", "source": "vendor1/pull",
+             "zone": "UTC"} for d in range(days)]  # UTC days: the months the rules count them in
 
 
 async def test_month_totals_and_forecasts_go_by_bulk_and_the_interval_detail_stays_in_the_hub(org, broker, tmp_path):

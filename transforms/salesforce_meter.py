@@ -42,7 +42,7 @@ def interval_detail(ctx: dict[str, Any]) -> dict[str, Any]:
     intervals = sorted(((at, v[0], v[1]) for at, v in (entry or {}).get("values", {}).items()), key=lambda t: t[0])
     return {"state": ctx["state"], "payload": {
         "meter_id": ask.get("meter_id"), "register": ask.get("register"), "month": month, "found": entry is not None,
-        "unit": state.get("unit"), "complete": bool(entry and entry.get("completed_by")),
+        "unit": state.get("unit"), "complete": bool(entry and entry.get("answer")),  # meter_rules answered its total
         "intervals": [{"read_at": at, "value": value, "seconds": seconds} for at, value, seconds in intervals],
         "total": round(sum(value for _, value, _ in intervals), 3),
         "months_kept": sorted(state.get("months") or {})}}
