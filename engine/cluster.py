@@ -25,7 +25,9 @@ log = structlog.get_logger("hub.cluster")
 T = TypeVar("T")
 AUTO_REPLICAS = 3                 # survives the loss of one node; what `auto` picks on a cluster of 3+
 SETTLE_PATIENCE = 60.0            # how long start-up waits for JetStream to elect its leaders
-JS_NOT_READY_CODES = {10008, 10009}  # "JetStream system temporarily unavailable", "cluster can not handle request"
+# "JetStream system temporarily unavailable", "cluster can not handle request", and "no suitable peers
+# for placement": a new R3 stream or bucket while a node is down or not yet caught up after a restart
+JS_NOT_READY_CODES = {10008, 10009, 10005}
 
 _replicas: "weakref.WeakKeyDictionary[Any, int]" = weakref.WeakKeyDictionary()
 

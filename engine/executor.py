@@ -16,6 +16,7 @@ import structlog
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NoStreamResponseError
 
+from engine.cluster import when_settled
 from engine.errors import HubError, NotYet, PublishFailed, RoutingError, classify
 from engine.failures import FailureHandler, FailureHistory
 from engine.idempotency import HeldElsewhere, IdempotencyStore, InFlightKeys, applies_to, business_key
@@ -111,7 +112,8 @@ class StreamFlowRunner:
             deliver_policy=DeliverPolicy.NEW if getattr(source, "deliver", "all") == "new" else DeliverPolicy.ALL,
             description=self.flow.description[:200] or None,
         )
-        await self.js.add_consumer(self.stream, config)  # creates, or updates the mutable fields
+        # creates, or updates the mutable fields; asks again while the cluster elects leaders
+        await when_settled(lambda: self.js.add_consumer(self.stream, config), f"consumer {self.flow.name}")
 
     def watch_breaker(self, breaker: Any) -> None:
         """Stop pulling while the circuit of the flow's first endpoint is open; pull again on

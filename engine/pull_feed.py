@@ -138,6 +138,8 @@ class PullFeed:
                 self._lost_credit("no_consumer_leader")
                 self._pause = min(max(self._pause * 2, 0.1), PAUSE_MAX)
                 self._pause_until = now + self._pause
+            elif status == "409" and headers.get("Description") == "Leadership Change":
+                self._lost_credit("leadership_change")  # every request the old leader held is gone
             elif status in ("408", "409", "404"):
                 self._requested = max(0, self._requested - int(headers.get("Nats-Pending-Messages", 0) or 0))
                 if status == "409":
