@@ -35,10 +35,11 @@ class NatsConfig(_Strict):
         "own streams (DLQ, schedule ticks, ingress, advisories), KV buckets and Object Stores. `auto`: 3 "
         "on a cluster of three or more servers, else 1. The hub raises an existing stream or bucket to "
         "this and never lowers one an operator set higher.", examples=[3])
-    ping_interval: Duration = Field(2.0, description="How often the client pings its server. A frozen or "
+    ping_interval: Duration = Field(1.0, description="How often the client pings its server. A frozen or "
                                     "partitioned server (TCP still open, nothing answered) is left for "
                                     "another node after `max_outstanding_pings` unanswered pings: within "
-                                    "ping_interval x (max_outstanding_pings + 1), 6 s by default.")
+                                    "ping_interval x (max_outstanding_pings + 1), 3 s by default, well inside "
+                                    "a flow's ack_wait, so what the runner holds is not given to another meanwhile.")
     max_outstanding_pings: int = Field(2, ge=1, le=10, description="Unanswered pings before the connection "
                                        "counts as stale and the client reconnects elsewhere.")
     user: str | None = None

@@ -12,7 +12,7 @@ right now) drops all of it and asks again after a short pause; every request ask
 heartbeats, and `SILENCE` without a message, a heartbeat or a status while credit is outstanding
 drops it too. Without that a flow stalled until the requests' expiry (15 s after a node's restart).
 
-Held messages get an in-progress ack once they are older than a third of `ack_wait`, so a live
+Held messages get an in-progress ack once they are older than a quarter of `ack_wait`, so a live
 runner keeps them however long they wait, and a dead runner's messages go to the others `ack_wait`
 after its last sign of life (the bound in docs/deploy.md).
 """
@@ -68,6 +68,7 @@ class PullFeed:
         self._pause_until = 0.0                  # after a 503: no consumer leader to ask
         self._pause = 0.0
         self._wake_puller = asyncio.Event()
+        self._wake_keep_alive = asyncio.Event()
         self._arrived = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._sub: Any = None
@@ -113,9 +114,12 @@ class PullFeed:
         self._wake_puller.set()
 
     def on_reconnect(self) -> None:
-        """Pull requests die with the connection; ask again."""
+        """Pull requests die with the connection: ask again. In-progress acks sent just before may
+        have died too: send them again now."""
         self._requested = 0
         self._wake_puller.set()
+        self._touched = dict.fromkeys(self._touched, 0.0)
+        self._wake_keep_alive.set()
 
     async def ready(self) -> bool:
         """Wait until something is buffered; False when stopping with nothing left."""
@@ -193,11 +197,17 @@ class PullFeed:
                 pass
 
     async def _keep_alive(self) -> None:
-        """Tell JetStream we still work on what we hold, so no other runner gets it meanwhile; only
-        messages held for a third of ack_wait need it (most are acked long before)."""
-        interval = max(0.5, self.ack_wait / 3)
+        """Tell JetStream we still work on what we hold, so no other runner gets it meanwhile. Only
+        messages held for a quarter of ack_wait need it (most are acked long before), so a message
+        goes at most 3/8 of ack_wait without a sign of life; after a reconnect every held message
+        gets one at once (what was sent into a dead connection did not arrive)."""
+        interval = max(0.5, self.ack_wait / 4)
         while True:
-            await asyncio.sleep(interval / 2)
+            self._wake_keep_alive.clear()
+            try:
+                await asyncio.wait_for(self._wake_keep_alive.wait(), interval / 2)
+            except TimeoutError:
+                pass
             due = time.monotonic() - interval
             for key, msg in list(self.held.items()):
                 if self._touched.get(key, 0.0) <= due and not msg._ackd:
