@@ -69,7 +69,7 @@ def write_project(work: Path, sink_url: str, flows: list[str], replicas: str = "
 async def start_runner(args: list[str], urls: list[str], log: Path) -> asyncio.subprocess.Process:
     nats_args = [a for url in urls for a in ("--nats", url)]
     return await asyncio.create_subprocess_exec(
-        sys.executable, str(ROOT / "runner.py"), "run", *nats_args, "--log-level", "warning", *args,
+        sys.executable, str(ROOT / "runner.py"), "run", *nats_args, "--log-level", os.environ.get("RUNNER_LOG_LEVEL", "warning"), *args,
         stdout=asyncio.subprocess.DEVNULL, stderr=open(log, "a"), env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
 

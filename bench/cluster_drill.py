@@ -50,6 +50,20 @@ class Load:
     meter_sent: int = 0
     samples: list[tuple[float, int, int, int]] = field(default_factory=list)  # t, backlog, effects, repeats
     stop: asyncio.Event = field(default_factory=asyncio.Event)
+    repeated: list[tuple[float, str]] = field(default_factory=list)  # when, key: for the runner logs
+
+
+def note_repeats(sink: HttpSink, load: Load, t0: float) -> None:
+    """Record when each repeated effect arrived and its key, to look it up in the runner logs."""
+    applied = sink._applied
+
+    async def noting(request: Any) -> None:
+        key = request.headers.get("Idempotency-Key")
+        if key in sink.applied:
+            load.repeated.append((round(time.monotonic() - t0, 1), key))
+        await applied(request)
+
+    sink._applied = noting  # type: ignore[method-assign]
 
 
 async def publish(js: Any, subject: str, data: bytes, msg_id: str) -> None:
@@ -134,6 +148,7 @@ async def run(args: argparse.Namespace) -> int:
             for durable, stream in ((CALL_DURABLE, STREAM), *((f, "METER") for f in METER_FLOWS)):
                 await wait_for_leader(js, stream, durable)
             load, t0 = Load(), time.monotonic()
+            note_repeats(sink, load, t0)
             # sized to be sent well within the load period, so every meter's month completes
             meter_batch = readings(max(1, int(0.6 * args.meter_rate * args.load_seconds) // 30), 30, "drill")
 
@@ -243,6 +258,10 @@ async def count(js: Any, sink: HttpSink, load: Load, faults: list[tuple[str, flo
         print(f"    t={at:5.1f}s {name:<44} longest stall {rec['longest_stall_s']:>5.1f} s, backlog back after "
               f"{rec['backlog_back_s']:>5.1f} s, repeated effects {repeats_between(load, at, end)}")
     print(f"  drained {drained:.1f} s after the load stopped")
+    timeline = [f"{t:.0f}s:{b}" for t, b, _, _ in load.samples[::20]]
+    print(f"  call-flow backlog every 5 s (unacked + undelivered): {' '.join(timeline)}")
+    if load.repeated:
+        print(f"  repeated effects (t, key): {load.repeated[:40]}")
     for (flow, cls, text), n in causes(records).most_common():
         print(f"  DLQ {n:>5} x {flow} {cls}: {text}")
     node_repeats = sum(repeats_between(load, at, end) for (name, at), end in zip(faults, bounds) if "runner" not in name)
