@@ -34,7 +34,7 @@ def config_text(sink_url: str, replicas: str = "auto") -> str:
 
 CALL_FLOW = """
 name: drill-call
-description: A call per message to an idempotent HTTP target (the shape of the ERP and CRM flows).
+description: A call per message to an idempotent HTTP target, the shape of the ERP and CRM flows.
 source: {subject: drill.call}
 steps:
   - call: {endpoint: target}
@@ -44,7 +44,7 @@ limits: {concurrency: 16}
 
 PASS_FLOW = """
 name: drill-pass
-description: Pass-through (validate nothing, publish on): the hub's own cost per message.
+description: Pass-through, no step but the publish, to measure the hub's own cost per message.
 source: {subject: drill.pass}
 steps:
   - publish: drill.passed

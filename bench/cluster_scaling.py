@@ -6,7 +6,8 @@ chain with 1, 2 and 3 runner processes, on one nats-server (R1) and on a local 3
 Each run starts its runners (`runner.py run --nats …`, as an operator would), waits until they pull,
 publishes a backlog as fast as JetStream takes it and times the drain until every message is acked.
 CPU comes from /proc: the runners' together, the nats-servers' together, each divided by the
-messages. The call target is an HTTP sink in its own process (answers at once, idempotent). The
+messages; "runner busy" is the share of a core each runner used while draining (well under 100%:
+the runners wait for something else, here mostly the other processes on the same two cores). The call target is an HTTP sink in its own process (answers at once, idempotent). The
 baseline is the same work on one server with one runner, measured in the same run: the table shows
 each row's ratio to it. On a 2-core machine every process here shares the same two cores: read the
 CPU per message, not the absolute rates, for sizing (docs/deploy.md).
@@ -63,10 +64,15 @@ async def clean(js: Any, stream: str, durables: list[str]) -> None:
             pass
 
 
-async def pulling(js: Any, stream: str, durable: str, runners: int, timeout: float = 60) -> None:
+async def pulling(js: Any, stream: str, durable: str, procs: list[Any], logs: list[Path],
+                  timeout: float = 60) -> None:
     """Until the flow's consumer has a pull request from (about) every runner waiting."""
     deadline = time.monotonic() + timeout
+    runners = len(procs)
     while time.monotonic() < deadline:
+        for proc, log in zip(procs, logs):
+            if proc.returncode is not None:
+                raise RuntimeError(f"a runner exited ({proc.returncode}): {log.read_text()[-500:]}")
         try:
             info = await js.consumer_info(stream, durable, timeout=2)
             if info.num_waiting >= runners:
@@ -96,9 +102,10 @@ async def one_run(urls: list[str], server_pids: list[int], work: Path, sink_url:
     js = nc.jetstream(timeout=10)
     await clean(js, stream, durables)
     args = write_project(work / tag, sink_url, flows)
-    procs = [await start_runner(args, urls, work / f"{tag}-{i}.log") for i in range(runners)]
+    logs = [work / f"{tag}-{i}.log" for i in range(runners)]
+    procs = [await start_runner(args, urls, log) for log in logs]
     try:
-        await pulling(js, stream, durables[0], runners)
+        await pulling(js, stream, durables[0], procs, logs)
         await asyncio.sleep(1.0)
         if workload == "meter chain":
             batch = [json.dumps(r).encode() for r in readings(sizes["meters"], 30, tag)]
@@ -121,7 +128,8 @@ async def one_run(urls: list[str], server_pids: list[int], work: Path, sink_url:
             await stop_runner(proc)
         await nc.close()
     n = len(batch)
-    return {"rate": n / took, "runner_ms": 1000 * runner_cpu / n, "server_ms": 1000 * server_cpu / n, "n": n}
+    return {"rate": n / took, "runner_ms": 1000 * runner_cpu / n, "server_ms": 1000 * server_cpu / n, "n": n,
+            "busy": runner_cpu / took / runners}
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -145,19 +153,20 @@ async def main(args: argparse.Namespace) -> None:
                         r = await one_run(urls, pids, work, sink_url, workload, runners, sizes, tag)
                         results[(topology, workload, runners)] = r
                         print(f"  {topology:<15} {workload:<13} {runners} runner(s): {r['rate']:>8,.0f} msg/s, "
-                              f"runners {r['runner_ms']:.3f} CPU ms/msg, nats {r['server_ms']:.3f} CPU ms/msg",
-                              flush=True)
+                              f"runners {r['runner_ms']:.3f} CPU ms/msg ({r['busy']:.0%} of a core each), "
+                              f"nats {r['server_ms']:.3f} CPU ms/msg", flush=True)
             finally:
                 server.stop()
     finally:
         sink.terminate()
         await sink.wait()
-    print("\n| workload | topology | runners | msg/s | x one server, 1 runner | runner CPU ms/msg | nats CPU ms/msg |")
-    print("|---|---|---|---|---|---|---|")
+    print("\n| workload | topology | runners | msg/s | x one server, 1 runner | runner CPU ms/msg | runner busy "
+          "| nats CPU ms/msg |")
+    print("|---|---|---|---|---|---|---|---|")
     for (topology, workload, runners), r in results.items():
         base = results.get(("one server", workload, counts[0]), r)
         print(f"| {workload} | {topology} | {runners} | {r['rate']:,.0f} | {r['rate'] / base['rate']:.2f} | "
-              f"{r['runner_ms']:.3f} | {r['server_ms']:.3f} |")
+              f"{r['runner_ms']:.3f} | {r['busy']:.0%} | {r['server_ms']:.3f} |")
     print(f"\n{len(results)} runs; logs in {work}")
 
 
