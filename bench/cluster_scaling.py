@@ -123,13 +123,19 @@ async def one_run(urls: list[str], server_pids: list[int], work: Path, sink_url:
         took = time.perf_counter() - started
         runner_cpu = sum(cpu_seconds(p.pid) for p in procs) - sum(cpu0[0])
         server_cpu = sum(cpu_seconds(pid) for pid in server_pids) - sum(cpu0[1])
+        stored = (await js.stream_info(stream)).state.bytes  # one copy: multiply by replicas for disk
+        if workload == "meter chain":
+            for bucket in ("meter_seen", "meter_months"):
+                st = (await js.stream_info(f"KV_hub_state_{bucket}")).state
+                print(f"    KV {bucket}: {st.messages} records, {st.bytes / max(1, st.messages):.0f} bytes each "
+                      f"({sizes['meters']} meters, 30 readings each)")
     finally:
         for proc in procs:
             await stop_runner(proc)
         await nc.close()
     n = len(batch)
     return {"rate": n / took, "runner_ms": 1000 * runner_cpu / n, "server_ms": 1000 * server_cpu / n, "n": n,
-            "busy": runner_cpu / took / runners}
+            "busy": runner_cpu / took / runners, "stored_bytes": stored / n}
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -154,7 +160,8 @@ async def main(args: argparse.Namespace) -> None:
                         results[(topology, workload, runners)] = r
                         print(f"  {topology:<15} {workload:<13} {runners} runner(s): {r['rate']:>8,.0f} msg/s, "
                               f"runners {r['runner_ms']:.3f} CPU ms/msg ({r['busy']:.0%} of a core each), "
-                              f"nats {r['server_ms']:.3f} CPU ms/msg", flush=True)
+                              f"nats {r['server_ms']:.3f} CPU ms/msg, stream bytes per message in {r['stored_bytes']:.0f}",
+                              flush=True)
             finally:
                 server.stop()
     finally:
