@@ -201,7 +201,7 @@ class PullFeed:
         messages held for a quarter of ack_wait need it (most are acked long before), so a message
         goes at most 3/8 of ack_wait without a sign of life; after a reconnect every held message
         gets one at once (what was sent into a dead connection did not arrive)."""
-        interval = max(0.5, self.ack_wait / 4)
+        interval = max(0.05, self.ack_wait / 4)
         while True:
             self._wake_keep_alive.clear()
             try:

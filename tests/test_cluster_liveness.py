@@ -1,0 +1,56 @@
+"""Liveness on one server: a live runner keeps what it holds past ack_wait (in-progress acks), so the
+short default ack_wait that lets a dead runner's messages move on in seconds repeats nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+from engine.pull_feed import runner_window
+from sandbox.http_sink import HttpSink
+from tests.helpers import project_from, settled, started_hub, wait_until
+
+
+async def test_messages_held_past_ack_wait_by_a_live_runner_are_not_redelivered(tmp_path: Path, nats_url: str, js,
+                                                                               unique: str):
+    """Calls that take three ack_waits each, one at a time, with more messages waiting behind them in
+    the runner's buffer: each reaches the target once and JetStream redelivers none of them."""
+    async with HttpSink() as sink:
+        sink.set_delay(1.6)  # four times ack_wait
+        config = f"""
+        streams:
+          - {{name: IN{unique}, subjects: ["{unique}.in.>"]}}
+        endpoints:
+          target: {{adapter: http, base_url: "{sink.url}", path: "/effects/{{n}}", timeout: 5s}}
+        """
+        flow = f"""
+        name: {unique}
+        source: {{subject: {unique}.in.x}}
+        steps:
+          - call: {{endpoint: target}}
+        ack_wait: 400ms
+        limits: {{concurrency: 1}}
+        """
+        hub = await started_hub(project_from(tmp_path, config, flow), nats_url)
+        try:
+            for i in range(3):
+                await js.publish(f"{unique}.in.x", json.dumps({"n": i}).encode(), headers={"ce-id": f"m{i}"})
+            applied = await sink.wait_for_effects(3, timeout=30)
+            await wait_until(lambda: settled(js, f"IN{unique}", unique), timeout=10)
+            info = await js.consumer_info(f"IN{unique}", unique)
+            assert applied == {"m0": 1, "m1": 1, "m2": 1}
+            assert sink.count == 3
+            assert info.delivered.consumer_seq == 3  # one delivery each: a second would go to another runner
+        finally:
+            await hub.stop()
+
+
+def test_one_runner_never_holds_a_whole_flow():
+    """A runner takes at most half of the flow's max_in_flight (flows with calls: four messages per
+    worker), so a dead runner's share leaves room for the others while it waits out ack_wait."""
+    assert runner_window(2048) == 1024
+    assert runner_window(2048, workers=16) == 64
+    assert runner_window(100, workers=64) == 50
+    assert runner_window(1) == 1
+    assert all(runner_window(n, w) <= max(1, n // 2) for n in range(1, 300) for w in (None, 1, 8, 64))
