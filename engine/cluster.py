@@ -23,7 +23,7 @@ from engine.errors import ConfigError
 log = structlog.get_logger("hub.cluster")
 
 T = TypeVar("T")
-AUTO_REPLICAS = 3                 # survives the loss of one node; what `auto` picks on a cluster of 3+
+AUTO_REPLICAS = 3                 # survives the loss of one node; what `auto` picks on a cluster
 SETTLE_PATIENCE = 60.0            # how long start-up waits for JetStream to elect its leaders
 # "JetStream system temporarily unavailable", "cluster can not handle request", and "no suitable peers
 # for placement": a new R3 stream or bucket while a node is down or not yet caught up after a restart
@@ -36,24 +36,21 @@ def _client(js_or_nc: Any) -> Any:
     return getattr(js_or_nc, "_nc", js_or_nc)
 
 
-def cluster_servers(js_or_nc: Any) -> int:
-    """Servers of the cluster the connection's server belongs to (1 for a lone server). A cluster
-    that does not advertise its members (`no_advertise`) counts as three."""
+def clustered(js_or_nc: Any) -> bool:
+    """Whether the connection's server is part of a cluster (its INFO names one). The member count
+    is not taken from INFO's `connect_urls`: right after a cluster starts, gossip may list only some
+    of the nodes (measured: a fresh 3-node cluster advertised one), and `no_advertise` lists none."""
     info = getattr(_client(js_or_nc), "_server_info", None) or {}
-    if not info.get("cluster"):
-        return 1
-    urls = info.get("connect_urls")
-    return len(set(urls)) if urls else AUTO_REPLICAS
+    return bool(info.get("cluster"))
 
 
 def resolve_replicas(js_or_nc: Any, configured: int | str) -> int:
     """`nats.replicas` as a number for this connection; remembered for buckets created through it."""
-    servers = cluster_servers(js_or_nc)
     if configured == "auto":
-        replicas = AUTO_REPLICAS if servers >= AUTO_REPLICAS else 1
+        replicas = AUTO_REPLICAS if clustered(js_or_nc) else 1
     else:
         replicas = int(configured)
-        if replicas > 1 and servers == 1:
+        if replicas > 1 and not clustered(js_or_nc):
             raise ConfigError([f"nats.replicas: {replicas} needs a NATS cluster, but the server is not part of "
                                "one; set replicas: 1 (or auto) or connect to a cluster"])
     _replicas[_client(js_or_nc)] = replicas

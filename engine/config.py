@@ -33,7 +33,7 @@ class NatsConfig(_Strict):
     replicas: int | Literal["auto"] = Field(
         "auto", description="Copies JetStream keeps of each stream without its own `replicas`, of the hub's "
         "own streams (DLQ, schedule ticks, ingress, advisories), KV buckets and Object Stores. `auto`: 3 "
-        "on a cluster of three or more servers, else 1. The hub raises an existing stream or bucket to "
+        "when the server is part of a cluster (run three or more JetStream nodes), else 1. The hub raises an existing stream or bucket to "
         "this and never lowers one an operator set higher.", examples=[3])
     ping_interval: Duration = Field(1.0, description="How often the client pings its server. A frozen or "
                                     "partitioned server (TCP still open, nothing answered) is left for "

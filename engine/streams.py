@@ -16,7 +16,7 @@ from nats.js.errors import NotFoundError
 
 from engine.advisories import STREAM as ADVISORY_STREAM
 from engine.advisories import SUBJECT as ADVISORY_SUBJECT
-from engine.cluster import cluster_servers, resolve_replicas, when_settled
+from engine.cluster import clustered, resolve_replicas, when_settled
 from engine.config import HubConfig, StreamConfig
 from engine.errors import ConfigError
 from engine.sources import INGRESS_STREAM, INGRESS_SUBJECT_PREFIX, SCHEDULE_STREAM, SCHEDULE_SUBJECT_PREFIX
@@ -73,7 +73,7 @@ async def ensure_streams(js: Any, config: HubConfig) -> dict[str, str]:
     """Create missing streams, update changed ones; returns name → created/updated/unchanged. Waits
     (up to a minute) while the cluster elects leaders: a runner started with a node down still starts."""
     replicas = resolve_replicas(js, config.nats.replicas)
-    if cluster_servers(js) == 1 and (lone := [s.name for s in config.streams if (s.replicas or 1) > 1]):
+    if not clustered(js) and (lone := [s.name for s in config.streams if (s.replicas or 1) > 1]):
         raise ConfigError([f"streams {', '.join(lone)}: replicas > 1 need a NATS cluster, and the server is "
                            "not part of one"])
     outcome: dict[str, str] = {}

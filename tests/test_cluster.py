@@ -18,6 +18,7 @@ from engine.kv import bucket
 from engine.pull_feed import PULL_EXPIRES
 from engine.runtime import Hub
 from engine.streams import ensure_streams
+from sandbox.cluster import LocalCluster
 from sandbox.http_sink import HttpSink
 from tests.cluster_fixtures import cluster, cluster_js, healthy_cluster, leader_node, pytestmark  # noqa: F401
 from tests.helpers import StreamReader, project_from, settled, wait_until
@@ -84,6 +85,20 @@ async def test_the_hubs_streams_and_buckets_are_kept_at_three_replicas(tmp_path:
                 assert (await cluster_js.stream_info(stream)).config.num_replicas == 3, stream
             for name in HUB_BUCKETS:
                 assert (await cluster_js.stream_info(f"KV_{name}")).config.num_replicas == 3, name
+        finally:
+            await hub.stop()
+
+
+async def test_a_hub_started_with_a_fresh_cluster_still_keeps_three_replicas(tmp_path: Path, unique: str):
+    """Connected the moment a new cluster is up (its nodes still gossiping about each other), the hub
+    keeps its streams and buckets at three replicas all the same."""
+    config, flow = pass_through(unique)
+    with LocalCluster(3) as fresh:
+        hub = Hub(project_from(tmp_path, config, flow), servers=fresh.urls[:1])
+        await hub.start()
+        try:
+            for stream in [f"IN{unique}", "DLQ", "KV_hub_idempotency"]:
+                assert (await hub.js.stream_info(stream)).config.num_replicas == 3, stream
         finally:
             await hub.stop()
 
