@@ -25,6 +25,7 @@ import time
 from collections import deque
 from typing import Any
 
+from engine.pull_credit import PullCredit
 from engine.tasks import cancel_and_wait
 
 PULL_EXPIRES = 10.0   # seconds a pull request waits on the server
@@ -62,7 +63,7 @@ class PullFeed:
         self.stopping = False
         self._pull_subject = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{durable}"
         self._window = self.max_in_flight
-        self._requested = 0
+        self._credit = PullCredit(PULL_EXPIRES)
         self._last_pull = 0.0
         self._last_heard = 0.0                   # a message, heartbeat or status on our inbox
         self._pause_until = 0.0                  # after a 503: no consumer leader to ask
@@ -75,7 +76,7 @@ class PullFeed:
 
     async def start(self) -> None:
         self._inbox = self.nc.new_inbox()
-        self._sub = await self.nc.subscribe(self._inbox, cb=self._on_msg)
+        self._sub = await self.nc.subscribe(self._inbox + ".*", cb=self._on_msg)  # one reply subject per request
         self._tasks = [asyncio.create_task(self._pull_loop(), name=f"pull:{self._pull_subject}"),
                        asyncio.create_task(self._keep_alive(), name=f"keepalive:{self._pull_subject}")]
 
@@ -116,7 +117,7 @@ class PullFeed:
     def on_reconnect(self) -> None:
         """Pull requests die with the connection: ask again. In-progress acks sent just before may
         have died too: send them again now."""
-        self._requested = 0
+        self._credit.clear()
         self._wake_puller.set()
         self._touched = dict.fromkeys(self._touched, 0.0)
         self._wake_keep_alive.set()
@@ -139,13 +140,13 @@ class PullFeed:
             if status == "100":
                 return  # idle heartbeat: the request still waits on a live consumer leader
             if status == "503":
-                self._lost_credit("no_consumer_leader")
+                self._lost_credit("no_consumer_leader")  # and every request sent before it is gone too
                 self._pause = min(max(self._pause * 2, 0.1), PAUSE_MAX)
                 self._pause_until = now + self._pause
             elif status == "409" and headers.get("Description") == "Leadership Change":
                 self._lost_credit("leadership_change")  # every request the old leader held is gone
-            elif status in ("408", "409", "404"):
-                self._requested = max(0, self._requested - int(headers.get("Nats-Pending-Messages", 0) or 0))
+            else:  # 408 expired, 409 refused, 404: that request is over
+                self._credit.closed(msg.subject.rpartition(".")[2])
                 if status == "409":
                     self.log.warning("pull_conflict", description=headers.get("Description"))
             self._wake_puller.set()
@@ -154,8 +155,7 @@ class PullFeed:
         if self.stopping:
             await quietly(msg.nak(delay=HAND_BACK_DELAY))
             return
-        if self._requested:
-            self._requested -= 1
+        self._credit.delivered()
         self.held[id(msg)] = msg
         self._touched[id(msg)] = now
         self.buffer.append(msg)
@@ -164,30 +164,34 @@ class PullFeed:
 
     def _lost_credit(self, why: str) -> None:
         """The outstanding pull requests are gone (their consumer leader died or is frozen): ask again."""
-        if self._requested:
-            self.log.info("pull_credit_reset", reason=why, credit=self._requested)
-        self._requested = 0
+        gone = self._credit.clear()
+        if gone:
+            self.log.info("pull_credit_reset", reason=why, credit=gone)
 
     async def _pull_loop(self) -> None:
         request_base = {"expires": int(PULL_EXPIRES * 1e9), "idle_heartbeat": int(HEARTBEAT * 1e9)}
         low_water = max(1, self.batch // 2)
         while not self.stopping:
             now = time.monotonic()
-            if self._requested and now - max(self._last_heard, self._last_pull) > SILENCE:
+            credit = self._credit
+            if credit.total and now - max(self._last_heard, self._last_pull) > SILENCE:
                 self._lost_credit("silence")
-            room = self._window - len(self.held) - self._requested
+            elif credit and (gone := credit.expired(now)):
+                self.log.info("pull_credit_reset", reason="request_expired_unanswered", credit=gone)
+            room = self._window - len(self.held) - credit.total
             if room > 0 and room >= min(low_water, self._window) and not self.nc.is_reconnecting \
                     and now >= self._pause_until:
                 n = min(self.batch, room)
+                if not credit.total:
+                    self._last_heard = now  # silence is counted from the first request that waits
+                token = credit.asked(n, now)
                 try:
                     await self.nc.publish(self._pull_subject, json.dumps({**request_base, "batch": n}).encode(),
-                                          reply=self._inbox)
-                    if not self._requested:
-                        self._last_heard = now  # silence is counted from the first request that waits
-                    self._requested += n
+                                          reply=f"{self._inbox}.{token}")
                     self._last_pull = now
                     continue
                 except Exception as exc:
+                    credit.closed(token)
                     self.log.warning("pull_failed", error=repr(exc))
             self._wake_puller.clear()
             wait = HEARTBEAT if now >= self._pause_until else max(0.01, self._pause_until - now)

@@ -7,6 +7,10 @@ import asyncio
 import json
 from pathlib import Path
 
+from hypothesis import given
+from hypothesis import strategies as st
+
+from engine.pull_credit import PullCredit
 from engine.pull_feed import runner_window
 from sandbox.http_sink import HttpSink
 from tests.helpers import project_from, settled, started_hub, wait_until
@@ -54,3 +58,40 @@ def test_one_runner_never_holds_a_whole_flow():
     assert runner_window(100, workers=64) == 50
     assert runner_window(1) == 1
     assert all(runner_window(n, w) <= max(1, n // 2) for n in range(1, 300) for w in (None, 1, 8, 64))
+
+
+def test_a_request_that_dies_silently_stops_counting_once_it_must_have_expired():
+    """Credit of a request its consumer leader took to the grave is written off after its expiry
+    (plus grace), even while a younger request keeps delivering; live requests are untouched."""
+    credit = PullCredit(expires=10.0)
+    dead = credit.asked(256, now=0.0)
+    credit.asked(256, now=5.0)
+    for _ in range(100):
+        credit.delivered()  # counted against the oldest request first
+    assert credit.total == 412 and len(credit) == 2
+    assert credit.expired(now=11.9) == 0
+    assert credit.expired(now=12.1) == 156 and credit.total == 256
+    credit.closed(dead)  # a late status for a request already written off changes nothing
+    assert credit.total == 256
+
+
+@given(st.lists(st.tuples(st.sampled_from(["ask", "deliver", "close", "expire", "clear"]),
+                          st.integers(1, 300), st.floats(0, 30))))
+def test_pull_credit_books_stay_consistent(ops):
+    """Whatever the order of requests, deliveries and statuses, the credit equals what the open
+    requests still wait for and is never negative."""
+    credit, tokens, now = PullCredit(expires=10.0), [], 0.0
+    for op, n, dt in ops:
+        now += dt
+        if op == "ask":
+            tokens.append(credit.asked(n, now))
+        elif op == "deliver":
+            credit.delivered()
+        elif op == "close" and tokens:
+            credit.closed(tokens[n % len(tokens)])
+        elif op == "expire":
+            credit.expired(now)
+        elif op == "clear":
+            credit.clear()
+        assert credit.total >= 0
+        assert credit.total == sum(int(r) for r, _ in credit._open.values())
