@@ -258,8 +258,9 @@ async def count(js: Any, sink: HttpSink, load: Load, faults: list[tuple[str, flo
         print(f"    t={at:5.1f}s {name:<44} longest stall {rec['longest_stall_s']:>5.1f} s, backlog back after "
               f"{rec['backlog_back_s']:>5.1f} s, repeated effects {repeats_between(load, at, end)}")
     print(f"  drained {drained:.1f} s after the load stopped")
-    timeline = [f"{t:.0f}s:{b}" for t, b, _, _ in load.samples[::20]]
-    print(f"  call-flow backlog every 5 s (unacked + undelivered): {' '.join(timeline)}")
+    every = load.samples[::20]
+    timeline = [f"{t:.0f}s:{b}/{e - pe}" for (t, b, e, _), (_, _, pe, _) in zip(every[1:], every)]
+    print(f"  call flow every 5 s, backlog (unacked + undelivered) / effects in those 5 s: {' '.join(timeline)}")
     if load.repeated:
         print(f"  repeated effects (t, key): {load.repeated[:40]}")
     for (flow, cls, text), n in causes(records).most_common():

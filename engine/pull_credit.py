@@ -1,26 +1,28 @@
-"""The books of a runner's pull requests: what it asked a durable consumer for and has not received.
+"""The books of a runner's pull requests: how many messages it asked a durable consumer for and has
+not received yet (its credit).
 
-Each request has its own reply subject (a token after the feed's inbox), so the server's status for
-it (408 expired, 409, 503) closes exactly that request. Deliveries carry the stream's subject, not the
-request's, so they are counted against the oldest open request, the order in which the consumer
-serves one client's requests. A request that dies without a word (its consumer leader was killed or
-frozen) is dropped when it must have expired: credit never stays counted for a request that is gone,
-even while the runner's other requests keep messages coming (the leak that left a flow pulling a
-fraction of its window after a leader change).
+Deliveries carry the stream's subject, not the request's, so they count down the total; the server's
+status for a request (408 expired, 409 refused, both with the messages it still owed) comes on that
+request's own reply subject (a token after the feed's inbox). A request that dies without a word (its
+consumer leader was killed or frozen) leaves credit that nothing counts down; it is written off by a
+bound, not by attribution: a request older than its expiry (plus grace) is over whatever happened to
+it, so the credit can never exceed what the requests still within their expiry asked for. Without
+that bound a flow pulled a fraction of its window after a leader change for as long as its younger
+requests kept delivering.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
 
-GRACE = 2.0  # seconds after a request's expiry before its silence means it is gone
+GRACE = 2.0  # seconds after a request's expiry before its silence means it is over
 
 
 class PullCredit:
     def __init__(self, expires: float) -> None:
         self.expires = expires
-        self.total = 0                                          # messages asked for and not received
-        self._open: OrderedDict[str, list[float]] = OrderedDict()  # token -> [remaining, sent at]
+        self.total = 0                                              # asked for, not received
+        self._open: OrderedDict[str, tuple[int, float]] = OrderedDict()  # token -> (batch, sent at)
         self._seq = 0
 
     def __len__(self) -> int:
@@ -30,36 +32,31 @@ class PullCredit:
         """A request for `n` messages is going out; the token for its reply subject."""
         self._seq += 1
         token = str(self._seq)
-        self._open[token] = [n, now]
+        self._open[token] = (n, now)
         self.total += n
         return token
 
     def delivered(self) -> None:
-        if not self._open:
-            return  # a late delivery for a request already written off: nothing to count down
-        token = next(iter(self._open))
-        entry = self._open[token]
-        entry[0] -= 1
-        self.total -= 1
-        if entry[0] <= 0:
-            del self._open[token]  # a request served in full ends without a status
+        if self.total:
+            self.total -= 1
 
-    def closed(self, token: str) -> None:
-        """The server ended this request (expired, refused, no responders): its rest is not coming."""
+    def closed(self, token: str, still_owed: int | None = None) -> None:
+        """The server ended this request owing `still_owed` messages (None: all of them, it never
+        reached a consumer)."""
         entry = self._open.pop(token, None)
         if entry is not None:
-            self.total -= int(entry[0])
+            self.total = max(0, self.total - (entry[0] if still_owed is None else still_owed))
 
     def expired(self, now: float) -> int:
-        """Drop the requests that should have ended by now without a word from the server; returns
-        the credit written off."""
-        gone = 0
+        """Forget requests past their expiry and cap the credit at what the others asked for;
+        returns the credit written off (what requests that died silently still owed)."""
         while self._open:
-            token, (remaining, sent) = next(iter(self._open.items()))
+            sent = next(iter(self._open.values()))[1]
             if now < sent + self.expires + GRACE:
-                break  # requests are in the order they were sent: the rest are younger
-            del self._open[token]
-            gone += int(remaining)
+                break  # in the order they were sent: the rest are younger
+            self._open.popitem(last=False)
+        bound = sum(n for n, _ in self._open.values())
+        gone = max(0, self.total - bound)
         self.total -= gone
         return gone
 

@@ -65,6 +65,7 @@ class PullFeed:
         self._window = self.max_in_flight
         self._credit = PullCredit(PULL_EXPIRES)
         self._last_pull = 0.0
+        self._next_sweep = 0.0
         self._last_heard = 0.0                   # a message, heartbeat or status on our inbox
         self._pause_until = 0.0                  # after a 503: no consumer leader to ask
         self._pause = 0.0
@@ -145,8 +146,9 @@ class PullFeed:
                 self._pause_until = now + self._pause
             elif status == "409" and headers.get("Description") == "Leadership Change":
                 self._lost_credit("leadership_change")  # every request the old leader held is gone
-            else:  # 408 expired, 409 refused, 404: that request is over
-                self._credit.closed(msg.subject.rpartition(".")[2])
+            else:  # 408 expired, 409 refused, 404: that request is over, owing what the server says
+                owed = int(headers.get("Nats-Pending-Messages", 0) or 0)
+                self._credit.closed(msg.subject.rpartition(".")[2], owed)
                 if status == "409":
                     self.log.warning("pull_conflict", description=headers.get("Description"))
             self._wake_puller.set()
@@ -176,8 +178,10 @@ class PullFeed:
             credit = self._credit
             if credit.total and now - max(self._last_heard, self._last_pull) > SILENCE:
                 self._lost_credit("silence")
-            elif credit and (gone := credit.expired(now)):
-                self.log.info("pull_credit_reset", reason="request_expired_unanswered", credit=gone)
+            elif now >= self._next_sweep:
+                self._next_sweep = now + 0.5
+                if gone := credit.expired(now):
+                    self.log.info("pull_credit_reset", reason="requests_expired_unanswered", credit=gone)
             room = self._window - len(self.held) - credit.total
             if room > 0 and room >= min(low_water, self._window) and not self.nc.is_reconnecting \
                     and now >= self._pause_until:
