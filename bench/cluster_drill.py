@@ -3,7 +3,7 @@ the meter rules chain under steady load, while nodes and runners fail. Reports w
 count: sent, effects, repeated effects, dead-lettered (with each record's cause), lost, and how long
 each fault held the work back.
 
-    .venv/bin/python bench/cluster_drill.py [--runners 2] [--rate 100] [--meter-rate 150] [--partition 30]
+    .venv/bin/python bench/cluster_drill.py [--runners 2] [--rate 60] [--meter-rate 80] [--partition 30]
 
 Faults, in order, each followed by time to recover:
   1. SIGKILL of the node leading the call flow's stream (restarted 15 s later: it comes back behind)
@@ -276,8 +276,11 @@ async def count(js: Any, sink: HttpSink, load: Load, faults: list[tuple[str, flo
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runners", type=int, default=2, choices=[2, 3])
-    parser.add_argument("--rate", type=float, default=100.0, help="call-flow messages per second")
-    parser.add_argument("--meter-rate", type=float, default=150.0, help="meter readings per second")
+    # defaults a 2-core machine shared with other work keeps up with between faults (at 100/s and
+    # 150/s the meter chain's catch-up after a fault starved the call flow of CPU for a minute, which
+    # measured the machine, not the fault)
+    parser.add_argument("--rate", type=float, default=60.0, help="call-flow messages per second")
+    parser.add_argument("--meter-rate", type=float, default=80.0, help="meter readings per second")
     parser.add_argument("--partition", type=float, default=30.0, help="seconds a node stays frozen")
     parser.add_argument("--warmup", type=float, default=10.0)
     parser.add_argument("--observe", type=float, default=20.0, help="seconds after each fault")
