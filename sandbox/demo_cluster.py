@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import tempfile
 import textwrap
 import time
@@ -51,6 +52,13 @@ async def section_cluster(check: Callable[[bool, str], None]) -> None:
         steps:
           - publish: demo.cluster.out
         """))
+    try:
+        await _run(work, check)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+async def _run(work: Path, check: Callable[[bool, str], None]) -> None:
     with LocalCluster(3, base_dir=work / "nodes") as cluster:
         print(f"   nodes {', '.join(n.name + ' ' + n.url for n in cluster.nodes)}")
         hub = Hub(load_project(work / "config.yaml", [work / "flow.yaml"]), servers=cluster.urls)
