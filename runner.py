@@ -22,6 +22,7 @@ examples:
   runner.py validate --flows tests/flows     check another flow directory
   runner.py run                              run all flows on the embedded nats-server
   runner.py run --nats nats://10.0.0.5:4222  run against an existing NATS (cluster: repeat --nats)
+  runner.py cluster up                       a local 3-node NATS cluster to run against (docs/deploy.md)
   runner.py demo                             start broker + sandbox, drive a scenario, report
   runner.py demo --at 2027-03-28T01:30:00Z   the same scenario as of another instant (a DST night)
   runner.py dlq list --flow contract-switch-request     what failed, and why
@@ -86,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     register_dlq(sub)
     register_ops(sub)
     register_pdf(sub)
+    from sandbox.cluster import register as register_cluster
+
+    register_cluster(sub)
 
     p = sub.add_parser("docs", help="write the flow reference (Markdown) and the JSON Schema for editors")
     p.add_argument("--out", type=Path, default=ROOT / "docs", help="output directory (default: docs/)")
@@ -201,8 +205,10 @@ def main(argv: list[str] | None = None) -> int:
     from adapters.sftp.cli import main as cmd_pdf
     from dlq.cli import main as cmd_dlq
 
+    from sandbox.cluster import main as cmd_cluster
+
     commands = {"validate": cmd_validate, "run": cmd_run, "demo": cmd_demo, "docs": cmd_docs, "dlq": cmd_dlq,
-                "trigger": cmd_trigger, "pending": cmd_pending, "pdf": cmd_pdf}
+                "trigger": cmd_trigger, "pending": cmd_pending, "pdf": cmd_pdf, "cluster": cmd_cluster}
     return commands[args.command](args)
 
 

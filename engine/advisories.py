@@ -16,6 +16,7 @@ import structlog
 from nats.js.api import AckPolicy, ConsumerConfig, StreamConfig
 from nats.js.errors import NotFoundError
 
+from engine.cluster import when_settled
 from engine.errors import MaxDeliveriesExceeded
 from engine.failures import FailureHandler, FailureHistory
 from engine.tasks import cancel_and_wait
@@ -45,8 +46,8 @@ class MaxDeliveriesWatcher:
 
     async def start(self) -> None:
         await ensure_advisory_stream(self.js)
-        await self.js.add_consumer(STREAM, ConsumerConfig(durable_name=DURABLE, ack_policy=AckPolicy.EXPLICIT,
-                                                          ack_wait=60.0))
+        config = ConsumerConfig(durable_name=DURABLE, ack_policy=AckPolicy.EXPLICIT, ack_wait=60.0)
+        await when_settled(lambda: self.js.add_consumer(STREAM, config), "advisory consumer")  # cluster elections
         self._sub = await self.js.pull_subscribe_bind(DURABLE, STREAM)
         self._task = asyncio.create_task(self._loop(), name="max-deliveries")
 

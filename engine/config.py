@@ -27,8 +27,21 @@ class EmbeddedNatsConfig(_Strict):
 
 class NatsConfig(_Strict):
     urls: list[str] = Field(default_factory=list,
-                            description="Servers to connect to; empty starts an embedded nats-server.",
-                            examples=[["nats://10.0.0.5:4222", "nats://10.0.0.6:4222"]])
+                            description="Servers to connect to (list every node of a cluster: the client "
+                            "reconnects to another when one fails); empty starts an embedded nats-server.",
+                            examples=[["nats://10.0.0.5:4222", "nats://10.0.0.6:4222", "nats://10.0.0.7:4222"]])
+    replicas: int | Literal["auto"] = Field(
+        "auto", description="Copies JetStream keeps of each stream without its own `replicas`, of the hub's "
+        "own streams (DLQ, schedule ticks, ingress, advisories), KV buckets and Object Stores. `auto`: 3 "
+        "when the server is part of a cluster (run three or more JetStream nodes), else 1. The hub raises an existing stream or bucket to "
+        "this and never lowers one an operator set higher.", examples=[3])
+    ping_interval: Duration = Field(1.0, description="How often the client pings its server. A frozen or "
+                                    "partitioned server (TCP still open, nothing answered) is left for "
+                                    "another node after `max_outstanding_pings` unanswered pings: within "
+                                    "ping_interval x (max_outstanding_pings + 1), 3 s by default, well inside "
+                                    "a flow's ack_wait, so what the runner holds is not given to another meanwhile.")
+    max_outstanding_pings: int = Field(2, ge=1, le=10, description="Unanswered pings before the connection "
+                                       "counts as stale and the client reconnects elsewhere.")
     user: str | None = None
     password: SecretRef | None = None
     token: SecretRef | None = None
@@ -43,7 +56,8 @@ class StreamConfig(_Strict):
     subjects: list[SubjectPattern] = Field(min_length=1, examples=[["crm.>"]])
     retention: Literal["limits", "interest", "workqueue"] = "limits"
     storage: Literal["file", "memory"] = "file"
-    replicas: int = Field(1, ge=1, le=5)
+    replicas: int | None = Field(None, ge=1, le=5, description="Copies in a cluster (3 survives one node's "
+                                 "loss); default `nats.replicas`. Never lowered below what the stream has.")
     max_age: Duration | None = Field(None, description="Drop messages older than this.", examples=["7d"])
     max_bytes: int | None = Field(None, ge=1)
     duplicate_window: Duration = Field(120.0, description="Nats-Msg-Id de-duplication window.")

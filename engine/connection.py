@@ -22,10 +22,13 @@ URL_FILE = "hub.url"
 
 
 def connect_options(config: HubConfig, servers: list[str], **extra: Any) -> dict[str, Any]:
-    """Options for nats-py from config: credentials resolved from their references."""
+    """Options for nats-py from config: credentials resolved from their references, and the pings
+    that notice a frozen or partitioned server within ping_interval x (max_outstanding_pings + 1)
+    (nats-py's default is 2 minutes x 2: a runner on a frozen node would sit still for minutes)."""
     ncfg = config.nats
     options: dict[str, Any] = dict(servers=servers, name="plu-hub", connect_timeout=5,
-                                   skip_subject_validation=True, **extra)
+                                   skip_subject_validation=True, ping_interval=ncfg.ping_interval,
+                                   max_outstanding_pings=ncfg.max_outstanding_pings, **extra)
     if ncfg.user:
         options["user"] = ncfg.user
     if ncfg.password:

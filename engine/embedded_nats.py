@@ -131,6 +131,8 @@ class EmbeddedNats:
         extra_args: Sequence[str] = (),
         *,
         binary: str | Path | None = None,
+        tie_to_parent: bool = True,
+        work_dir: str | Path | None = None,
     ) -> None:
         if monitor_port == 0:
             raise ValueError("the monitoring port is needed for readiness; use -1 for a random port")
@@ -139,9 +141,13 @@ class EmbeddedNats:
         self.monitor_port = monitor_port
         self.extra_args = tuple(extra_args)
         self._binary = str(binary) if binary is not None else None
+        self.tie_to_parent = tie_to_parent  # False: outlives this process (`sandbox.cluster up --detach`)
+        self._ports_dir: Path | None = None
+        self._log_offset = 0
         self._own_data = data_dir is None
         self.data_dir: Path | None = None if data_dir is None else Path(data_dir)
-        self._work_dir: Path | None = None  # temp dir: log, ports files and (if owned) data
+        self._work_dir: Path | None = None if work_dir is None else Path(work_dir)  # log, ports files, owned data
+        self._keep_work_dir = work_dir is not None
         self.log_path: Path | None = None
         self._proc: subprocess.Popen[bytes] | None = None
 
@@ -175,33 +181,49 @@ class EmbeddedNats:
         """Start the server and return once ``/healthz`` reports ok; RuntimeError otherwise."""
         if self.running:
             return self
+        self.launch()
+        self.wait_ready(timeout)
+        return self
+
+    def launch(self) -> EmbeddedNats:
+        """Start the process without waiting for readiness: the nodes of a cluster are launched
+        together, since none reports healthy before the JetStream meta group has a quorum."""
+        if self.running:
+            return self
         binary = self._binary or nats_server_binary()
         if not (os.path.isfile(binary) and os.access(binary, os.X_OK)):
             raise RuntimeError(f"nats-server binary {binary!r} is missing or not executable")
-        if self._work_dir is None or not self._work_dir.is_dir():
+        if self._keep_work_dir:
+            self._work_dir.mkdir(parents=True, exist_ok=True)  # type: ignore[union-attr]
+        elif self._work_dir is None or not self._work_dir.is_dir():
             self._work_dir = Path(tempfile.mkdtemp(prefix="plu-nats-"))
         if self._own_data:
             self.data_dir = self._work_dir / "data"
         assert self.data_dir is not None
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        ports_dir = self._work_dir / "ports"
-        ports_dir.mkdir(exist_ok=True)
-        for stale in ports_dir.glob("*.ports"):  # left by a killed server
+        self._ports_dir = self._work_dir / "ports"
+        self._ports_dir.mkdir(exist_ok=True)
+        for stale in self._ports_dir.glob("*.ports"):  # left by a killed server
             stale.unlink(missing_ok=True)
         self.log_path = self._work_dir / "nats-server.log"
         cmd = [binary, "-a", self.host, "-p", str(self.client_port), "-m", str(self.monitor_port),
-               "-js", "-sd", str(self.data_dir), "--ports_file_dir", str(ports_dir), *self.extra_args]
+               "-js", "-sd", str(self.data_dir), "--ports_file_dir", str(self._ports_dir), *self.extra_args]
         with open(self.log_path, "ab") as log:
-            log_offset = log.tell()
-            preexec = _pdeathsig_preexec()
+            self._log_offset = log.tell()
+            preexec = _pdeathsig_preexec() if self.tie_to_parent else None
             self._proc = _on_long_lived_thread(lambda: subprocess.Popen(
                 cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 # own session: a terminal's Ctrl-C goes to the runner, which drains its flows
                 # first and then stops the broker; PDEATHSIG still ties the server to us
                 preexec_fn=preexec, close_fds=True, start_new_session=True))
-        _open.add(self)
+        if self.tie_to_parent:  # a detached server is stopped by whoever owns it, not at our exit
+            _open.add(self)
+        return self
+
+    def wait_ready(self, timeout: float = 10.0) -> EmbeddedNats:
+        """Return once the launched server's ``/healthz`` says ok (killed and raised otherwise)."""
         try:
-            self._wait_ready(ports_dir, timeout, log_offset)
+            self._wait_ready(self._ports_dir, timeout, self._log_offset)
         except BaseException:
             self.kill()
             raise
@@ -270,7 +292,7 @@ class EmbeddedNats:
                 proc.wait()
         if cleanup:
             _open.discard(self)
-            if self._work_dir is not None:
+            if self._work_dir is not None and not self._keep_work_dir:
                 shutil.rmtree(self._work_dir, ignore_errors=True)
                 self._work_dir = None
 

@@ -16,6 +16,7 @@ import structlog
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NoStreamResponseError
 
+from engine.cluster import when_settled
 from engine.errors import HubError, NotYet, PublishFailed, RoutingError, classify
 from engine.failures import FailureHandler, FailureHistory
 from engine.idempotency import HeldElsewhere, IdempotencyStore, InFlightKeys, applies_to, business_key
@@ -34,6 +35,7 @@ PENDING_BATCHES = 4          # batches whose publish acks may be outstanding at 
 HAND_BACK = HubError("runner stopping: message not started")  # marker, never raised
 EXTRA_DELIVERIES = 10
 STATE_RETRY_DELAY = 0.2      # a `state` record changed by another message: run this one again soon
+CLAIM_LEASE_FLOOR = 60.0     # ack_wait is short (a dead runner costs seconds); a live holder's call may not be
 
 
 class FlowStats:
@@ -71,12 +73,13 @@ class StreamFlowRunner:
         self.keys_in_flight = InFlightKeys()
         # a claim older than this is a crashed holder's: past two ack_waits JetStream has long
         # redelivered that message (its redelivery takes its own claim over at once)
-        self.claim_lease = 2 * self.flow.ack_wait
+        self.claim_lease = max(2 * self.flow.ack_wait, CLAIM_LEASE_FLOOR)
         self.concurrent = pipeline.is_async or self.idempotency is not None
         self.stats = FlowStats()
         self.log = log.bind(flow=self.flow.name)
         self.feed = PullFeed(nc, stream, self.flow.name, batch=self.batch, max_in_flight=self.max_in_flight,
-                             ack_wait=self.flow.ack_wait, log=self.log, stats=self.stats)
+                             ack_wait=self.flow.ack_wait, log=self.log, stats=self.stats,
+                             workers=self.concurrency if self.concurrent else None)
         self._finalisers: set[asyncio.Task[None]] = set()
         self._slots = asyncio.Semaphore(PENDING_BATCHES)
         self._workers: list[asyncio.Task[None]] = []
@@ -112,7 +115,8 @@ class StreamFlowRunner:
             deliver_policy=DeliverPolicy.NEW if getattr(source, "deliver", "all") == "new" else DeliverPolicy.ALL,
             description=self.flow.description[:200] or None,
         )
-        await self.js.add_consumer(self.stream, config)  # creates, or updates the mutable fields
+        # creates, or updates the mutable fields; asks again while the cluster elects leaders
+        await when_settled(lambda: self.js.add_consumer(self.stream, config), f"consumer {self.flow.name}")
 
     def watch_breaker(self, breaker: Any) -> None:
         """Stop pulling while the circuit of the flow's first endpoint is open; pull again on

@@ -1,19 +1,53 @@
-"""The hub's KV buckets (idempotency keys, failure history, fallback answers, breaker state)."""
+"""The hub's KV buckets (idempotency keys, failure history, fallback answers, breaker state, schedule
+ticks, pull checkpoints, `state` records, pending correlations)."""
 
 from __future__ import annotations
 
 from typing import Any
 
+import structlog
 from nats.js.api import KeyValueConfig
-from nats.js.errors import BucketNotFoundError
+from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.client import KV_PRE_TEMPLATE, KV_STREAM_TEMPLATE
+from nats.js.kv import KeyValue
+
+from engine.cluster import replicas_for, when_settled
+
+log = structlog.get_logger("hub.kv")
 
 
-async def bucket(js: Any, name: str, ttl: float | None = None) -> Any:
-    """Bind the bucket, creating it on first use (history 1; `ttl` expires keys). No
-    limit_marker_ttl: nats-py 2.16 would then return expiry markers from get() (MEASURED.md). No
-    allow_direct: in a cluster a direct get may be answered by a lagging replica, and the hub reads
-    its claims and compare-and-set records right after writing them."""
-    try:
-        return await js.key_value(name)
-    except BucketNotFoundError:
-        return await js.create_key_value(KeyValueConfig(bucket=name, history=1, ttl=ttl))
+async def bucket(js: Any, name: str, ttl: float | None = None, *, leader_reads: bool = True) -> Any:
+    """Bind the bucket, creating it on first use (history 1; `ttl` expires keys), with the replicas
+    resolved for this connection (engine/cluster.py); an existing bucket with fewer is raised to
+    them, one with more is left as it is.
+
+    `leader_reads` (the default): `get` asks the stream leader (`$JS.API.STREAM.MSG.GET`), even when
+    the bucket was made with `allow_direct` by someone else. A direct get may be answered by any
+    replica, and one that lags (a node that came back behind) would answer a claim, a breaker's
+    compare-and-set, a `state` record, a schedule tick or a pull checkpoint as it was before the
+    write just made. Only caches that tolerate a stale answer pass False (faster, any replica).
+    No limit_marker_ttl: nats-py 2.16 would then return expiry markers from get() (MEASURED.md)."""
+    replicas = replicas_for(js)
+    stream = KV_STREAM_TEMPLATE.format(bucket=name)
+
+    async def bind_or_create() -> Any:
+        try:
+            info = await js.stream_info(stream)
+        except NotFoundError:
+            try:
+                return await js.create_key_value(KeyValueConfig(bucket=name, history=1, ttl=ttl, replicas=replicas))
+            except BadRequestError as race:  # another runner created it meanwhile (10058): bind it
+                if race.err_code != 10058:
+                    raise
+                info = await js.stream_info(stream)
+        if (info.config.num_replicas or 1) < replicas:
+            info.config.num_replicas = replicas
+            await js.update_stream(info.config)
+            log.warning("bucket_replicas_raised", bucket=name, replicas=replicas)
+        return KeyValue(name=name, stream=stream, pre=KV_PRE_TEMPLATE.format(bucket=name), js=js,
+                        direct=bool(info.config.allow_direct) and not leader_reads)
+
+    kv = await when_settled(bind_or_create, f"KV bucket {name}")
+    if leader_reads and kv._direct:  # a bucket created just now with the server's allow_direct default
+        kv._direct = False
+    return kv

@@ -226,7 +226,10 @@ class Flow(_Strict):
     limits: Limits = Field(default_factory=Limits)
     idempotency: Idempotency = Field(default_factory=Idempotency)
     alerts: Alerts | None = None
-    ack_wait: Duration = Field(30.0, description="How long JetStream waits for an ack before redelivering.")
+    ack_wait: Duration = Field(8.0, description="How long JetStream waits for an ack or a sign of life before "
+                               "giving a message to another runner. A live runner keeps what it holds (in-progress "
+                               "acks every quarter of it, at once after a reconnect), so this is what a dead "
+                               "runner's messages wait (docs/deploy.md).")
 
     @field_validator("name")
     @classmethod
