@@ -38,6 +38,7 @@ class Landing:
         self.source = f"/plu-hub/ingress/{kind}/{flow.name}"
         self.stored = 0
         self.duplicates = 0
+        self.stored_bytes = 0  # payload bytes of the new items (for /metrics)
         self._bytes_headers = isinstance(getattr(js, "_nc", None), HubClient)  # pre-encoded blocks need it
 
     def message_id(self, identity: str) -> str:
@@ -58,12 +59,13 @@ class Landing:
             return None
         return shared_header_lines(shared)
 
-    def _counted(self, ack: Any, identity: str) -> bool:
+    def _counted(self, ack: Any, identity: str, size: int = 0) -> bool:
         if ack.duplicate:
             self.duplicates += 1
             log.info("ingress_duplicate", flow=self.flow.name, identity=identity)
             return False
         self.stored += 1
+        self.stored_bytes += size
         return True
 
     async def store(self, data: bytes, identity: str, headers: dict[str, str] | None = None) -> bool:
@@ -76,7 +78,7 @@ class Landing:
                                         timeout=self.publish_timeout)
         except Exception as exc:
             raise PublishFailed(f"{self.subject}: not stored: {exc!r}") from exc
-        return self._counted(ack, identity)
+        return self._counted(ack, identity, len(data))
 
     async def store_many(self, items: list[tuple[bytes, str, dict[str, str] | None]]) -> list[bool | PublishFailed]:
         """Store a batch with one wait for all acks (MEASURED.md: publish_async per batch is ~13x one
@@ -108,7 +110,7 @@ class Landing:
         if futures:
             await asyncio.wait(futures, timeout=self.publish_timeout)
         results: list[bool | PublishFailed] = []
-        for f, (_, identity, _) in zip(sent, items):
+        for f, (data, identity, _) in zip(sent, items):
             if isinstance(f, PublishFailed):
                 results.append(f)
             elif not f.done():
@@ -117,7 +119,7 @@ class Landing:
             elif f.exception() is not None:
                 results.append(PublishFailed(f"{self.subject}: not stored: {f.exception()!r}"))
             else:
-                results.append(self._counted(f.result(), identity))
+                results.append(self._counted(f.result(), identity, len(data)))
         return results
 
 

@@ -7,6 +7,8 @@ from typing import Any
 from nats.js.api import KeyValueConfig
 from nats.js.errors import BucketNotFoundError
 
+from engine.trace_context import traced_kv
+
 
 async def bucket(js: Any, name: str, ttl: float | None = None) -> Any:
     """Bind the bucket, creating it on first use (history 1; `ttl` expires keys). No
@@ -14,6 +16,7 @@ async def bucket(js: Any, name: str, ttl: float | None = None) -> Any:
     allow_direct: in a cluster a direct get may be answered by a lagging replica, and the hub reads
     its claims and compare-and-set records right after writing them."""
     try:
-        return await js.key_value(name)
+        kv = await js.key_value(name)
     except BucketNotFoundError:
-        return await js.create_key_value(KeyValueConfig(bucket=name, history=1, ttl=ttl))
+        kv = await js.create_key_value(KeyValueConfig(bucket=name, history=1, ttl=ttl))
+    return traced_kv(kv, name)  # once tracing is on: its operations are spans of the current message
