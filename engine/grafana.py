@@ -15,6 +15,12 @@ FLOW = 'flow=~"$flow"'
 # (title, unit, [(PromQL, legend)], width, kind)
 PANELS: list[tuple[str, str, list[tuple[str, str]], int, str]] = [
     ("Messages done per second", "ops", [(f"sum by (flow) (rate(hub_flow_messages_done_total{{{FLOW}}}[5m]))", "{{flow}}")], 12, "timeseries"),
+    ("Received, filtered, duplicates and published per second", "ops", [
+        (f"sum by (flow) (rate(hub_flow_messages_received_total{{{FLOW}}}[5m]))", "{{flow}} received"),
+        (f"sum by (flow) (rate(hub_flow_messages_filtered_total{{{FLOW}}}[5m]))", "{{flow}} filtered"),
+        (f"sum by (flow) (rate(hub_flow_messages_duplicate_total{{{FLOW}}}[5m]))", "{{flow}} duplicate"),
+        (f"sum by (flow) (rate(hub_flow_messages_published_total{{{FLOW}}}[5m]))", "{{flow}} published")], 12, "timeseries"),
+    ("Messages held in the runners", "short", [(f"sum by (flow) (hub_flow_in_flight_messages{{{FLOW}}})", "{{flow}}")], 12, "timeseries"),
     ("Failed deliveries per second", "ops", [(f"sum by (flow) (rate(hub_flow_message_failures_total{{{FLOW}}}[5m]))", "{{flow}}")], 12, "timeseries"),
     ("Backlog: not yet delivered", "short", [(f"max by (flow) (hub_consumer_pending_messages{{{FLOW}}})", "{{flow}}")], 8, "timeseries"),
     ("Unacknowledged (in work or waiting to come back)", "short", [(f"max by (flow) (hub_consumer_ack_pending_messages{{{FLOW}}})", "{{flow}}")], 8, "timeseries"),

@@ -116,7 +116,7 @@ class HubTracer:
         headers = msg.headers or {}
         value = headers.get("traceparent")
         remote = None
-        if value is not None and len(value) == 55:
+        if value is not None and len(value) == 55 and value[:3] == "00-" and value[35] == "-" == value[52]:
             try:  # the cheap test first: most messages of a busy hub stop here
                 if not int(value[54], 16) & 1 or int(value[19:35], 16) >= self.bound:
                     return None
