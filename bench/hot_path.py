@@ -1,6 +1,6 @@
 """Benchmark of the flow hot path against the best raw nats-py loop, in one run on one server.
 
-    .venv/bin/python bench/hot_path.py [--messages 100000] [--rate 1000] [--latency-seconds 10]
+    .venv/bin/python bench/hot_path.py [--messages 100000] [--rate 1000] [--latency-seconds 10] [--ops]
 
 1. raw: callback-driven pull consumer -> publish_async -> gather acks per 256 -> ack each
 2. flow, pass-through: source -> publish
@@ -8,6 +8,11 @@
 4. end-to-end latency through flow 3 at a fixed offered load (p50/p99)
 5. an HTTP `call` flow against a local sink (own process) vs a plain aiohttp loop, same concurrency
 Prints msg/s, the ratio to raw, and the process's peak RSS. Loopback only; stops by itself.
+
+--ops adds, in the same interleaved rounds, the flows of 2 and 3 (and 5's call flow) with what a Hub
+turns on: the metrics probes (engine/probes.py) and tracing with OTLP/HTTP export to a local endpoint
+at `--sample-ratio` (the config default, 0.01), plus the pass-through flow with every message traced
+(1.0); each printed with its ratio to the same flow without them (target >= 0.95x).
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from engine.executor import StreamFlowRunner  # noqa: E402
 from engine.idempotency import IdempotencyStore  # noqa: E402
 from engine.nats_client import connect  # noqa: E402
 from engine.pipeline import Pipeline  # noqa: E402
+from engine.probes import FlowProbe, instrument_adapter, instrument_pipeline, EndpointMeter  # noqa: E402
 from engine.spec import Flow  # noqa: E402
 
 BATCH = 256
@@ -99,8 +105,25 @@ def make_flow(name: str, subject: str, steps: list, schema: str | None = None, *
     return Flow.model_validate(spec)
 
 
-async def run_flow(nc, js, stream: str, flow: Flow, n: int, adapters=None) -> tuple[float, StreamFlowRunner]:
+def with_ops(runner: StreamFlowRunner, tracer) -> StreamFlowRunner:
+    """What engine/operations.Operations.attach does for a Hub's runner: the probe and the timed steps."""
+    probe = FlowProbe(runner.flow.name, tracer, calls=runner.pipeline.is_async)
+    instrument_pipeline(runner.pipeline, probe)
+    runner.probe = probe
+    return runner
+
+
+def otlp_tracer(endpoint: str, ratio: float):
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from engine.tracing import HubTracer
+
+    return HubTracer.exporting(OTLPSpanExporter(endpoint=endpoint), sample_ratio=ratio, runner_id="bench")
+
+
+async def run_flow(nc, js, stream: str, flow: Flow, n: int, adapters=None, tracer=False) -> tuple[float, StreamFlowRunner]:
     runner = StreamFlowRunner(Pipeline(flow, adapters or {}), stream, nc, js, 10.0)
+    if tracer is not False:  # None: metrics only; a HubTracer: metrics and traces
+        with_ops(runner, tracer)
     t0 = time.perf_counter()
     await runner.start()
     while runner.stats.acked + runner.stats.failed < n:
@@ -156,12 +179,16 @@ def _serve_sink(queue) -> None:
     asyncio.run(serve())
 
 
-async def http_section(nc, js, stream: str, n: int, concurrency: int) -> None:
+def start_sink():
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     proc = ctx.Process(target=_serve_sink, args=(queue,), daemon=True)
     proc.start()
-    url = queue.get(timeout=20)
+    return proc, queue.get(timeout=20)
+
+
+async def http_section(nc, js, stream: str, n: int, concurrency: int, tracer=False) -> None:
+    proc, url = start_sink()
     try:
         async with aiohttp.ClientSession() as session:
             count = 0
@@ -183,13 +210,19 @@ async def http_section(nc, js, stream: str, n: int, concurrency: int) -> None:
         idem = IdempotencyStore(js, 3600.0)
         await idem.start()
         rows = []
-        for label, enabled in (("no idempotency check", False), ("idempotency check + mark (KV)", True)):
-            subject = f"bin.http{int(enabled)}"
+        variants = [("no idempotency check", False, False), ("idempotency check + mark (KV)", True, False)]
+        if tracer is not False:
+            instrument_adapter(adapter, EndpointMeter("sink", adapter))
+            variants = [*variants, ("no idempotency check, ops on", False, True)]
+        for label, enabled, ops in variants:
+            subject = f"bin.http{int(enabled)}{int(ops)}"
             await preload(js, subject, n)
-            flow = make_flow(f"http{int(enabled)}", subject, [{"call": {"endpoint": "sink"}}],
+            flow = make_flow(f"http{int(enabled)}{int(ops)}", subject, [{"call": {"endpoint": "sink"}}],
                              concurrency=concurrency)
             flow = flow.model_copy(update={"idempotency": flow.idempotency.model_copy(update={"enabled": enabled})})
             runner = StreamFlowRunner(Pipeline(flow, {"sink": adapter}), stream, nc, js, 10.0, idem)
+            if ops:
+                with_ops(runner, tracer)
             t0, c0 = time.perf_counter(), time.process_time()
             await runner.start()
             while runner.stats.acked + runner.stats.failed < n:
@@ -202,6 +235,9 @@ async def http_section(nc, js, stream: str, n: int, concurrency: int) -> None:
         for label, rps, cpu in rows:
             print(f"{'http: call flow, ' + label:<36} {rps:>10,.0f} req/s   {cpu:.3f} CPU ms/req   "
                   f"{rps / raw_rps:.2f}x  (target >= 0.8x)")
+        if len(rows) == 3:
+            print(f"{'http: call flow, ops on / off':<36} {rows[2][1] / rows[0][1]:>10.3f}x       "
+                  f"(target >= 0.95x; one run each, not interleaved)")
     finally:
         proc.terminate()
         proc.join(5)
@@ -216,35 +252,65 @@ async def main(args: argparse.Namespace) -> None:
         await js.add_stream(StreamConfig(name="BIN", subjects=["bin.>"]))
         await js.add_stream(StreamConfig(name="BOUT", subjects=["bout.>"]))
         rates: dict[str, list[float]] = {"raw": [], "pass": [], "vt": []}
+        cpu: dict[str, list[float]] = {}  # CPU µs of this process per message: robust to other load on the machine
+        sink = tracer = traced_all = None
+        if args.ops:
+            sink, sink_url = start_sink()  # stands in for the OTLP collector: answers 200 to the exports
+            tracer = otlp_tracer(sink_url + "/v1/traces", args.sample_ratio)
+            traced_all = otlp_tracer(sink_url + "/v1/traces", 1.0)
+            rates.update({"pass+ops": [], "vt+ops": [], "pass+ops, all traced": []})
+        cpu.update({shape: [] for shape in rates})
         # rounds interleave the shapes, so a burst of noise on this shared machine hits all alike
         for r in range(args.rounds):
-            print(f"round {r + 1}/{args.rounds}: preloading {per_round:,} messages x 3 ...", flush=True)
-            for shape in rates:
-                await preload(js, f"bin.{shape}{r}", per_round)
-            order = list(rates)[r % 3:] + list(rates)[:r % 3]
-            for shape in order:
-                subject = f"bin.{shape}{r}"
+            print(f"round {r + 1}/{args.rounds}: preloading {per_round:,} messages x {len(rates)} ...", flush=True)
+            for k, shape in enumerate(rates):
+                await preload(js, f"bin.s{k}r{r}", per_round)
+            shapes = list(enumerate(rates))
+            order = shapes[r % len(shapes):] + shapes[:r % len(shapes)]
+            for k, shape in order:
+                subject, out, name = f"bin.s{k}r{r}", f"bout.s{k}r{r}", f"s{k}r{r}"
+                cpu0 = time.process_time()
+                ops = False if "+ops" not in shape else traced_all if "all traced" in shape else tracer
                 if shape == "raw":
-                    rate = await raw_loop(nc, js, "BIN", subject, f"bout.raw{r}", per_round, f"raw{r}")
-                elif shape == "pass":
-                    rate, _ = await run_flow(nc, js, "BIN", make_flow(f"pass{r}", subject, [{"publish": f"bout.pass{r}"}]),
-                                             per_round)
+                    rate = await raw_loop(nc, js, "BIN", subject, out, per_round, name)
+                elif shape.startswith("pass"):
+                    rate, _ = await run_flow(nc, js, "BIN", make_flow(name, subject, [{"publish": out}]), per_round,
+                                             tracer=ops)
                 else:
-                    flow = make_flow(f"vt{r}", subject, [{"transform": "readings.to_crm_reading"},
-                                                         {"publish": f"bout.vt{r}"}], schema="MeterReading")
-                    rate, _ = await run_flow(nc, js, "BIN", flow, per_round)
+                    flow = make_flow(name, subject, [{"transform": "readings.to_crm_reading"}, {"publish": out}],
+                                     schema="MeterReading")
+                    rate, _ = await run_flow(nc, js, "BIN", flow, per_round, tracer=ops)
                 rates[shape].append(rate)
+                cpu[shape].append((time.process_time() - cpu0) / per_round * 1e6)
         med = {k: statistics.median(v) for k, v in rates.items()}
+        us = {k: statistics.median(v) for k, v in cpu.items()}
         raw = med["raw"]
         print(f"\n{args.messages:,} messages per shape in {args.rounds} interleaved rounds; medians of the rounds")
-        print(f"{'shape':<36} {'msg/s':>10}   ratio to raw   (rounds)")
-        print(f"{'raw nats-py loop (baseline)':<36} {raw:>10,.0f}                  {_fmt(rates['raw'])}")
-        print(f"{'flow: pass-through':<36} {med['pass']:>10,.0f}   {med['pass'] / raw:.2f}x (>= 0.8x)  {_fmt(rates['pass'])}")
-        print(f"{'flow: validate + transform':<36} {med['vt']:>10,.0f}   {med['vt'] / raw:.2f}x (>= 0.6x)  {_fmt(rates['vt'])}")
+        print(f"{'shape':<36} {'msg/s':>10}   ratio to raw   {'CPU µs/msg':>10}   (rounds)")
+        print(f"{'raw nats-py loop (baseline)':<36} {raw:>10,.0f}                  {us['raw']:>10.1f}   {_fmt(rates['raw'])}")
+        print(f"{'flow: pass-through':<36} {med['pass']:>10,.0f}   {med['pass'] / raw:.2f}x (>= 0.8x)  {us['pass']:>10.1f}   "
+              f"{_fmt(rates['pass'])}")
+        print(f"{'flow: validate + transform':<36} {med['vt']:>10,.0f}   {med['vt'] / raw:.2f}x (>= 0.6x)  {us['vt']:>10.1f}   "
+              f"{_fmt(rates['vt'])}")
+        if args.ops:
+            for shape in ("pass+ops", "vt+ops", "pass+ops, all traced"):
+                print(f"{'flow: ' + shape:<36} {med[shape]:>10,.0f}   {med[shape] / raw:.2f}x         {us[shape]:>10.1f}   "
+                      f"{_fmt(rates[shape])}")
+            print(f"\nops on vs off (metrics probes + OTLP traces at sample_ratio {args.sample_ratio}; target >= 0.95x):")
+            for shape, base in (("pass+ops", "pass"), ("vt+ops", "vt"), ("pass+ops, all traced", "pass")):
+                print(f"  {shape:<24} by CPU per message {us[base] / us[shape]:.3f}x "
+                      f"({us[shape] - us[base]:+.1f} µs/msg)   by msg/s {med[shape] / med[base]:.3f}x"
+                      + ("   (every message traced: informative)" if "all" in shape else ""))
         p50, p99, got = await latency(nc, js, "BIN", args.rate, args.latency_seconds)
         print(f"latency at {args.rate}/s offered ({got} msgs): p50 {p50:.2f} ms, p99 {p99:.2f} ms  (target p99 < 20 ms)")
         if not args.skip_http:
-            await http_section(nc, js, "BIN", args.http_requests, args.concurrency)
+            await http_section(nc, js, "BIN", args.http_requests, args.concurrency,
+                               tracer if args.ops else False)
+        if sink is not None:
+            tracer.shutdown()
+            traced_all.shutdown()
+            sink.terminate()
+            sink.join(5)
         rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(f"peak RSS of this process (runner + driver): {rss_mb:.0f} MB  (target < 150 MB)")
         await nc.close()
@@ -263,4 +329,6 @@ if __name__ == "__main__":
     parser.add_argument("--http-requests", type=int, default=20_000)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--skip-http", action="store_true")
+    parser.add_argument("--ops", action="store_true", help="also run the flows with metrics and tracing on")
+    parser.add_argument("--sample-ratio", type=float, default=0.01, help="trace sample ratio with --ops")
     asyncio.run(main(parser.parse_args()))

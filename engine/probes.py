@@ -78,6 +78,8 @@ NO_PROBE = NullProbe()
 class FlowProbe:
     """One flow's timings in this runner, and the spans of its recorded messages."""
 
+    __slots__ = ("flow", "tracer", "duration", "steps", "call_attempts", "_calls", "_started", "_spans")
+
     def __init__(self, flow: str, tracer: Any = None, calls: bool = False) -> None:
         self.flow = flow
         self.tracer = tracer  # engine.tracing.HubTracer, or None: no traces
@@ -96,12 +98,17 @@ class FlowProbe:
             span = self.tracer.message_span(self.flow, msg)
             if span is not None:
                 self._spans[id(msg)] = span
-            CURRENT.set(span)  # None too: the previous message's span must not adopt this one's work
+                CURRENT.set(span)
+            elif CURRENT.get() is not None:
+                CURRENT.set(None)  # the previous message's span must not adopt this one's work
 
     def end(self, msg: Any, futures: Any = None, err: BaseException | None = None) -> None:
         started = self._started.pop(id(msg), None)
         if started is not None:
-            self.duration.observe(_now() - started)
+            elapsed = _now() - started
+            h = self.duration
+            h.counts[bisect_left(h.bounds, elapsed)] += 1
+            h.sum += elapsed
         if self._spans:
             span = self._spans.pop(id(msg), None)
             if span is not None:
@@ -120,18 +127,20 @@ def _span_kind(label: str) -> str:
 
 
 def _timed_sync(func: Callable[[Any], bool], hist: LocalHistogram, flow: str, label: str) -> Callable[[Any], bool]:
-    observe = hist.observe
+    observe, counts, bounds = hist.observe, hist.counts, hist.bounds
     kind = _span_kind(label)
+    current, now, bucket = CURRENT.get, _now, bisect_left
 
     def run(env: Any) -> bool:
-        parent = CURRENT.get()
-        if parent is not None:
-            return _traced_sync(func, env, parent, observe, flow, label, kind)
-        started = _now()
+        if current() is not None:
+            return _traced_sync(func, env, current(), observe, flow, label, kind)
+        started = now()
         try:
             return func(env)
         finally:
-            observe(_now() - started)
+            elapsed = now() - started  # LocalHistogram.observe, inlined: this runs per step per message
+            counts[bucket(bounds, elapsed)] += 1
+            hist.sum += elapsed
 
     return run
 

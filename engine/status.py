@@ -166,8 +166,14 @@ def render(status: dict[str, Any], now: datetime) -> str:
         for c in by_state.get(state, []):
             out.append(f"  {state.upper():<10} {c['endpoint']:<16} since {(c['since'] or '?')[11:19]}  {c['reason'][:60]}")
     closed = [c["endpoint"] for c in by_state.get("closed", [])]
+    line = "  closed    "
+    for name in closed:  # wrapped: the screen stays about 100 columns wide
+        if len(line) + len(name) + 1 > 100:
+            out.append(line)
+            line = "            "
+        line += " " + name
     if closed:
-        out.append(f"  closed     {' '.join(closed)}")
+        out.append(line)
     out.append("")
     near = status["waits_near_deadline"]
     out.append(f"WAITS  {status['waits']} pending" + (", nearest deadlines:" if near else ", none near its deadline"))

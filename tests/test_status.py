@@ -189,3 +189,24 @@ def test_status_help_teaches_the_columns():
                          text=True, timeout=60, env={**os.environ, "COLUMNS": "120"}).stdout
     for word in ("RATE/s", "PENDING", "UNACKED", "LAG", "DLQ", "WAITS", "--watch", "--json", "read-only"):
         assert word in out, word
+
+
+def test_rates_are_over_the_last_minute_of_samples():
+    """RATE/s and ERR/min come from the counters' change between the oldest and newest sample kept
+    (a minute), per flow; with fewer than two samples they are zero, not a guess."""
+    from types import SimpleNamespace
+
+    from engine.operations import RATE_WINDOW, RateMeter
+
+    stats = SimpleNamespace(acked=0, filtered=0, skipped=0, failed=0)
+    runners = {"f": SimpleNamespace(stats=stats)}
+    meter = RateMeter()
+    meter.sample(runners, 100.0)
+    assert meter.rates("f") == (0.0, 0.0)
+    for i in range(1, RATE_WINDOW + 5):  # older samples fall out of the window
+        stats.acked += 50 if i > 4 else 500
+        stats.failed += 1
+        meter.sample(runners, 100.0 + 5 * i)
+    rate, errors = meter.rates("f")
+    assert rate == 10.0 and errors == 12.0
+    assert meter.rates("unknown") == (0.0, 0.0)
