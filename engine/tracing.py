@@ -78,7 +78,7 @@ class HubTracer:
         self.bound = round(sample_ratio * (1 << 64))
         # the bound as 16 lower-case hex digits: W3C trace ids are lower-case hex, so comparing the
         # text of the id's low half orders like the number ("g" sorts after every digit: ratio 1)
-        self._bound_hex = "g" if self.bound >= 1 << 64 else f"{self.bound:016x}"
+        self.bound_hex = "g" if self.bound >= 1 << 64 else f"{self.bound:016x}"
         trace_kv_buckets()
 
     @classmethod
@@ -121,7 +121,7 @@ class HubTracer:
         remote = None
         if value is not None and len(value) == 55 and value[:3] == "00-" and value[35] == "-" == value[52]:
             # the cheap test first (text, no number parsed): most messages of a busy hub stop here
-            if value[19:35] >= self._bound_hex or value[54] not in "13579bdf":
+            if value[19:35] >= self.bound_hex or value[54] not in "13579bdf":
                 return None
             remote = parse_traceparent(value)  # None when malformed: a trace of its own, decided below
         if remote is None and random.random() * (1 << 64) >= self.bound:
