@@ -171,7 +171,7 @@ class _Builder:
             cid = self.channel(pub.subject)
             what = {"publish": f"{pub.step}: publish", "item": f"{pub.step}: one message per pulled item",
                     "dead-letter": "a message the flow gave up on, with the reason",
-                    "alert": "alert events (firing, resolved)"}[pub.how]
+                    "alert": "alert events (firing, resolved)"}.get(pub.how, f"{pub.step} ({pub.how})")
             key = f"{name}.send.{cid}"
             if key not in self.operations:
                 self.operations[key] = {"action": "send", **self._ref(cid), "summary": f"flow {name}: {what}"}

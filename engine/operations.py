@@ -85,7 +85,8 @@ class Operations:
             if name not in self.endpoints:
                 self.endpoints[name] = EndpointMeter(name, adapter)
                 instrument_adapter(adapter, self.endpoints[name])
-        probe = FlowProbe(runner.flow.name, self.tracer, calls=runner.pipeline.is_async)
+        tracer = self.tracer.for_flow(runner.flow.name) if self.tracer is not None else None
+        probe = FlowProbe(runner.flow.name, tracer, calls=runner.pipeline.is_async)
         instrument_pipeline(runner.pipeline, probe)
         runner.probe = probe
         self.probes[runner.flow.name] = probe

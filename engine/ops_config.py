@@ -7,7 +7,7 @@ the environment model; HubConfig only names it.
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from engine.secrets import SecretRef
 from engine.subjects import Subject, SubjectPattern
@@ -38,10 +38,24 @@ class TracingConfig(_Strict):
         default_factory=dict, description="Headers sent with every export (an API key of a hosted collector).",
         examples=[{"x-honeycomb-team": {"env": "HONEYCOMB_KEY"}}])
     sample_ratio: float = Field(
-        0.01, ge=0.0, le=1.0, description="Share of traces recorded, decided on the trace id so that every flow "
-        "and runner keeps or drops a trace whole. A recorded message costs ~15 µs per span in the runner "
-        "(bench/hot_path.py --ops); 1.0 records every message.", examples=[0.01, 1.0])
+        0.001, ge=0.0, le=1.0, description="Share of traces recorded, decided on the trace id so that every flow "
+        "and runner keeps or drops a trace whole. A recorded message costs the runner some 100-300 µs of CPU "
+        "(its spans made and OTLP-encoded; bench/ops_overhead.py), so bulk flows sample and business flows "
+        "get a `flow_ratios` entry; 1.0 records every message.", examples=[0.001, 1.0])
+    flow_ratios: dict[str, float] = Field(
+        default_factory=dict, description="A flow's own ratio, by flow-name pattern (`*` any run of characters; "
+        "the first match wins): trace every contract, sample the meter storm. The same trace-id bits are "
+        "compared, so what a low-ratio flow records, every higher-ratio flow on the path records too.",
+        examples=[{"contract-*": 1.0, "meter-*": 0.001}])
     service_name: str = Field("plu-hub", description="`service.name` of the spans.")
+
+    @field_validator("flow_ratios")
+    @classmethod
+    def _ratios(cls, v: dict[str, float]) -> dict[str, float]:
+        bad = [f"{k}: {r}" for k, r in v.items() if not 0.0 <= r <= 1.0]
+        if bad:
+            raise ValueError(f"a ratio is between 0 and 1 ({', '.join(bad)})")
+        return v
 
 
 class OutsideSystem(_Strict):

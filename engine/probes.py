@@ -119,6 +119,8 @@ class FlowProbe:
                 from engine.tracing import finish_message
 
                 finish_message(span, outcome(futures, err), err)
+                if CURRENT.get() is span:  # a worker's next message must not start inside this one
+                    CURRENT.set(None)
 
     def step(self, label: str) -> LocalHistogram:
         return self.steps.setdefault(label, LocalHistogram(MESSAGE_BUCKETS))
@@ -151,7 +153,7 @@ def _timed_sync(func: Callable[[Any], bool], hist: LocalHistogram, flow: str, la
 
 def _traced_sync(func: Callable[[Any], bool], env: Any, parent: Any, observe: Callable[[float], None],
                  flow: str, label: str, kind: str) -> bool:
-    span = parent.child(label, kind, {"hub.flow": flow, "hub.step": label})
+    span = parent.child(label, kind)  # the name is the step; its parent names the flow
     token = CURRENT.set(span)  # a publish step's outputs name this span as their parent
     started = _now()
     try:
@@ -179,7 +181,7 @@ class TimedStep:
         parent = CURRENT.get()
         span = token = None
         if parent is not None:
-            span = parent.child(self.label, "internal", {"hub.flow": self.flow, "hub.step": self.label})
+            span = parent.child(self.label, "internal")
             token = CURRENT.set(span)
         started = _now()
         try:

@@ -14,7 +14,7 @@ from engine.validation import Project, endpoint_candidates
 @dataclass
 class Published:
     subject: str          # may hold {field} placeholders
-    how: str              # publish | item | dead-letter | alert
+    how: str              # publish | item | dead-letter | alert | nats request | nats publish
     step: str = ""
 
 
@@ -58,6 +58,11 @@ def read_flow(flow: Flow, project: Project) -> FlowSubjects:
             out.calls += [n for n in endpoint_candidates(step.pull.endpoint, names) if n not in out.calls]
         elif isinstance(step, CallStep):
             out.calls += [n for n in endpoint_candidates(step.call.endpoint, names) if n not in out.calls]
+    for name in out.calls:  # a `nats` endpoint is itself a subject the flow sends to
+        cfg = project.endpoints.get(name)
+        if cfg is not None and cfg.adapter == "nats":
+            out.publishes.append(Published(getattr(cfg, "subject"), f"nats {getattr(cfg, 'mode', 'request')}",
+                                           f"endpoint {name}"))
     if kind != "request" and flow.on_error.dead_letter:
         out.publishes.append(Published(f"dlq.{flow.name}", "dead-letter"))
     if _alerts(flow):

@@ -7,12 +7,16 @@ call, every later status check, to the notification, across flows and runners.
 
 Which traces are recorded is decided on the trace id (`sample_ratio`, the rule of OpenTelemetry's
 TraceIdRatioBased: the low 64 bits against a bound), so every flow and runner keeps or drops the
-same traces whole. An unrecorded message costs a header read and a comparison: no span object.
-Spans are exported by OTLP/HTTP in a background thread (BatchSpanProcessor); tests give an exporter.
+same traces whole. A flow may have a higher ratio of its own (`flow_ratios`: every contract traced,
+one meter reading in a hundred): the same bits are compared against a higher bound, so a trace a
+low-ratio flow records is recorded by every higher-ratio flow too. An unrecorded message costs a
+header read and a comparison: no span object. Spans are exported by OTLP/HTTP in a background
+thread (BatchSpanProcessor); tests give an exporter.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import random
 import socket
@@ -71,15 +75,29 @@ class SpanRef:
 class HubTracer:
     """The tracer of one runner: decides which messages are recorded and starts their spans."""
 
-    def __init__(self, provider: TracerProvider, sample_ratio: float = 1.0) -> None:
+    def __init__(self, provider: TracerProvider, sample_ratio: float = 1.0,
+                 flow_ratios: dict[str, float] | None = None) -> None:
         self.provider = provider
         self._tracer = provider.get_tracer("plu-hub")
         self.sample_ratio = sample_ratio
-        self.bound = round(sample_ratio * (1 << 64))
-        # the bound as 16 lower-case hex digits: W3C trace ids are lower-case hex, so comparing the
-        # text of the id's low half orders like the number ("g" sorts after every digit: ratio 1)
-        self.bound_hex = "g" if self.bound >= 1 << 64 else f"{self.bound:016x}"
+        self.flow_ratios = dict(flow_ratios or {})
+        self.bound, self.bound_hex = _bounds(sample_ratio)
         trace_kv_buckets()
+
+    def ratio_for(self, flow: str) -> float:
+        """The flow's own ratio (the first `flow_ratios` pattern that matches its name), else sample_ratio."""
+        return next((r for p, r in self.flow_ratios.items() if fnmatch.fnmatchcase(flow, p)), self.sample_ratio)
+
+    def for_flow(self, flow: str) -> "HubTracer":
+        """This tracer deciding with the flow's ratio (spans go to the same provider)."""
+        ratio = self.ratio_for(flow)
+        if ratio == self.sample_ratio:
+            return self
+        other = HubTracer.__new__(HubTracer)
+        other.__dict__.update(self.__dict__)
+        other.sample_ratio = ratio
+        other.bound, other.bound_hex = _bounds(ratio)
+        return other
 
     @classmethod
     def from_config(cls, config: TracingConfig, runner_id: str) -> "HubTracer | None":
@@ -91,18 +109,18 @@ class HubTracer:
         headers = {name: ref.resolve() for name, ref in config.otlp_headers.items()}
         exporter = OTLPSpanExporter(endpoint=config.otlp_endpoint, headers=headers or None)
         return cls.exporting(exporter, sample_ratio=config.sample_ratio, service_name=config.service_name,
-                             runner_id=runner_id)
+                             runner_id=runner_id, flow_ratios=config.flow_ratios)
 
     @classmethod
     def exporting(cls, exporter: SpanExporter, *, sample_ratio: float = 1.0, service_name: str = "plu-hub",
-                  runner_id: str = "", batch: bool = True) -> "HubTracer":
+                  runner_id: str = "", batch: bool = True, flow_ratios: dict[str, float] | None = None) -> "HubTracer":
         """A tracer sending to `exporter`: batched in a background thread, or (`batch=False`, tests)
         exported as each span ends."""
         resource = Resource.create({"service.name": service_name, "service.instance.id": runner_id or _runner_id(),
                                     "host.name": socket.gethostname()})
         provider = TracerProvider(sampler=ALWAYS_ON, resource=resource)  # the decision is ours (sampled())
         provider.add_span_processor(BatchSpanProcessor(exporter) if batch else SimpleSpanProcessor(exporter))
-        return cls(provider, sample_ratio)
+        return cls(provider, sample_ratio, flow_ratios)
 
     def start(self, name: str, kind: str = "internal", attributes: dict[str, Any] | None = None, *,
               parent: SpanRef | None = None, remote: SpanContext | None = None) -> SpanRef:
@@ -126,9 +144,8 @@ class HubTracer:
             remote = parse_traceparent(value)  # None when malformed: a trace of its own, decided below
         if remote is None and random.random() * (1 << 64) >= self.bound:
             return None
-        attributes: dict[str, Any] = {
-            "messaging.system": "nats", "messaging.operation.type": "process",
-            "messaging.destination.name": msg.subject, "messaging.consumer.group.name": flow, "hub.flow": flow,
+        attributes: dict[str, Any] = {  # few: each attribute is checked by the SDK, per span
+            "messaging.system": "nats", "messaging.destination.name": msg.subject, "hub.flow": flow,
             "messaging.message.id": headers.get("ce-id") or headers.get("Nats-Msg-Id") or "",
             "hub.correlation_id": headers.get("ce-correlationid") or ""}
         try:
@@ -147,6 +164,13 @@ def finish_message(span: SpanRef, outcome: str, error: BaseException | None) -> 
     if error is not None and outcome == "failed":
         span.fail(error)
     span.end()
+
+
+def _bounds(ratio: float) -> tuple[int, str]:
+    """The bound on the trace id's low 64 bits, and the same as 16 lower-case hex digits: W3C trace ids
+    are lower-case hex, so comparing the text orders like the number ("g" sorts after every digit)."""
+    bound = round(ratio * (1 << 64))
+    return bound, "g" if bound >= 1 << 64 else f"{bound:016x}"
 
 
 def _runner_id() -> str:

@@ -164,3 +164,26 @@ def test_the_dashboard_charts_only_metrics_the_runners_expose():
     assert missing == set()
     ids = [p["id"] for p in board["panels"]]
     assert len(ids) == len(set(ids)) and all(p["gridPos"]["x"] + p["gridPos"]["w"] <= 24 for p in board["panels"])
+
+
+def test_a_nats_endpoint_a_flow_calls_is_a_channel_it_sends_to(tmp_path: Path):
+    """A `call` to a `nats` endpoint (request/reply to another service on the bus) shows up as a send
+    operation of that flow on the endpoint's subject."""
+    from tests.helpers import project_from
+
+    project = project_from(tmp_path, """
+    streams:
+      - {name: NA, subjects: ["na.>"]}
+    endpoints:
+      bridge: {adapter: nats, subject: "crm.bridge.{kind}", mode: request}
+    """, """
+    name: na-ask
+    source: {subject: na.in}
+    steps:
+      - call: {endpoint: bridge}
+    """)
+    document = asyncapi_document(project)
+    op = document["operations"]["na-ask.send.crm.bridge.kind"]
+    assert op["action"] == "send" and "endpoint bridge" in op["summary"]
+    assert document["channels"]["crm.bridge.kind"]["parameters"] == {
+        "kind": {"description": "From the payload field `kind` (lower-cased)."}}

@@ -276,3 +276,28 @@ async def test_a_contract_is_one_trace_from_signed_to_switched_and_notified(tmp_
     assert notify.parent.span_id == outcome.context.span_id
     assert switched.messages[0].headers["traceparent"][3:52] == f"{trace_id:032x}-{outcome.context.span_id:016x}"
     assert notices.messages[0].headers["traceparent"][3:35] == ORIGIN[3:35]
+
+
+@settings(max_examples=200, deadline=None)
+@given(trace_id=st.integers(min_value=1, max_value=2 ** 128 - 1))
+def test_a_flow_with_a_higher_ratio_records_every_trace_a_lower_one_does(trace_id: int):
+    """`flow_ratios`: contracts traced whole, the meter storm sampled; whatever the sampled flow records
+    on a trace, the fully traced flow on the same trace records too (the same trace-id bits decide)."""
+    tracer = HubTracer.exporting(InMemorySpanExporter(), sample_ratio=0.01, batch=False,
+                                 flow_ratios={"contract-*": 1.0, "meter-*": 0.001})
+    assert tracer.ratio_for("contract-switch-track") == 1.0 and tracer.ratio_for("meter-reading-to-crm") == 0.001
+    assert tracer.ratio_for("tariff-quote") == 0.01
+
+    class Msg:
+        subject = "x.y"
+        headers = {"traceparent": f"00-{trace_id:032x}-00f067aa0ba902b7-01"}
+
+    decided = {}
+    for flow in ("contract-switch-track", "tariff-quote", "meter-reading-to-crm"):
+        span = tracer.for_flow(flow).message_span(flow, Msg())
+        decided[flow] = span is not None
+        if span is not None:
+            span.end()
+    assert decided["contract-switch-track"]
+    assert decided["meter-reading-to-crm"] <= decided["tariff-quote"] <= decided["contract-switch-track"]
+    tracer.shutdown()
