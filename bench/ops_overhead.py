@@ -6,7 +6,7 @@ messages with a broker that confirms at once, with and without the metrics probe
 
 bench/hot_path.py --ops measures the same end to end against nats-server; on a shared machine its
 rounds vary by tens of percent, more than the overhead itself. Here the broker is out of the loop,
-so the difference is the probes' and spans' own CPU. Each figure is the best of `--repeats` runs
+so the difference is the probes' and spans' own CPU (a call flow's endpoint answers at once here). Each figure is the best of `--repeats` runs
 (CPU µs per message of this process, the OTLP export thread included: spans are exported by OTLP/HTTP
 to a local endpoint and flushed inside the measured window). The same run measures each flow end to
 end against an embedded nats-server without ops (best of the repeats, CPU µs per message): the
@@ -36,6 +36,7 @@ from engine.executor import StreamFlowRunner  # noqa: E402
 from engine.messages import event_headers  # noqa: E402
 from engine.nats_client import connect  # noqa: E402
 from engine.pipeline import Pipeline  # noqa: E402
+from engine.probes import EndpointMeter, instrument_adapter  # noqa: E402
 from hot_path import PAYLOAD, make_flow, otlp_tracer, preload, run_flow, start_sink, with_ops  # noqa: E402
 
 BATCH = 256
@@ -51,6 +52,22 @@ class Confirming:
         done = self.loop.create_future()
         done.set_result(None)
         return done
+
+
+class Instant:
+    """An endpoint that answers at once (the call's own cost is not what is measured)."""
+
+    name = "memory"
+    limits_itself = False
+
+    def __init__(self) -> None:
+        from types import SimpleNamespace
+
+        self.endpoint = "memory"
+        self.config = SimpleNamespace(timeout=5.0, max_concurrency=None)
+
+    async def call(self, operation: str | None, payload: Any, ctx: Any) -> Any:
+        return {"ok": True}
 
 
 class Delivered:
@@ -69,17 +86,25 @@ class Delivered:
 
 
 async def one_run(flow_steps: list[Any], schema: str | None, n: int, tracer: Any) -> float:
-    """CPU µs per message of the executor's pure path over `n` messages (ops on when tracer is not False)."""
+    """CPU µs per message of the executor's path over `n` messages (ops on when tracer is not False):
+    a pure flow's batches, or a call flow's worker path (one message at a time)."""
     flow = make_flow("bench", "bin.x", flow_steps, schema=schema)
-    runner = StreamFlowRunner(Pipeline(flow, {}), "BIN", nc=None, js=Confirming(), publish_timeout=10.0)
+    endpoint = Instant()
+    pipeline = Pipeline(flow, {"memory": endpoint})
+    runner = StreamFlowRunner(pipeline, "BIN", nc=None, js=Confirming(), publish_timeout=10.0)
     if tracer is not False:
         with_ops(runner, tracer)
+        instrument_adapter(endpoint, EndpointMeter("memory", endpoint))
     msgs = [Delivered("bin.x") for _ in range(n)]
     start = time.process_time()
     for i in range(0, n, BATCH):
         batch = msgs[i:i + BATCH]
         for m in batch:
             runner.feed.held[id(m)] = m  # as the pull feed holds what it delivered
+        if pipeline.is_async:
+            for m in batch:
+                await runner._settle(*await runner._run_one(m))
+            continue
         results = await runner._run_sync_batch(batch)
         await runner._slots.acquire()
         await runner._finalise(results)
@@ -90,11 +115,18 @@ async def one_run(flow_steps: list[Any], schema: str | None, n: int, tracer: Any
     return spent / n * 1e6
 
 
-async def end_to_end(shapes: dict[str, Any], n: int, repeats: int) -> dict[str, float]:
-    """Best CPU µs per message of each flow through a real nats-server, ops off."""
+async def end_to_end(shapes: dict[str, Any], n: int, repeats: int, sink_url: str) -> dict[str, float]:
+    """Best CPU µs per message of each flow through a real nats-server, ops off; the call flow calls a
+    real HTTP endpoint (sandbox/http_sink.py in its own process) through the http adapter."""
+    from adapters.http import HttpAdapter, HttpEndpointConfig
+    from engine.adapter import Services
+
     best: dict[str, float] = {}
     with EmbeddedNats() as server:
         nc = await connect(servers=[server.url], skip_subject_validation=True)
+        http = HttpAdapter("memory", HttpEndpointConfig.model_validate(
+            {"adapter": "http", "base_url": sink_url, "path": "/readings"}), Services(nc, None))
+        await http.start()
         js = nc.jetstream(timeout=10)
         await js.add_stream(StreamConfig(name="BIN", subjects=["bin.>"]))
         await js.add_stream(StreamConfig(name="BOUT", subjects=["bout.>"]))
@@ -103,8 +135,9 @@ async def end_to_end(shapes: dict[str, Any], n: int, repeats: int) -> dict[str, 
                 await preload(js, f"bin.e{k}r{r}", n)
                 flow = make_flow(f"e{k}r{r}", f"bin.e{k}r{r}", [*steps[:-1], {"publish": f"bout.e{k}r{r}"}], schema=schema)
                 start = time.process_time()
-                await run_flow(nc, js, "BIN", flow, n)
+                await run_flow(nc, js, "BIN", flow, n, adapters={"memory": http})
                 best[shape] = min(best.get(shape, 1e9), (time.process_time() - start) / n * 1e6)
+        await http.close()
         await nc.close()
     return best
 
@@ -119,8 +152,9 @@ async def main(args: argparse.Namespace) -> None:
                    "metrics + every message traced": otlp_tracer(url + "/v1/traces", 1.0)}
         shapes = {"pass-through": ([{"publish": "bout.x"}], None),
                   "validate + transform": ([{"transform": "readings.to_crm_reading"}, {"publish": "bout.x"}],
-                                           "MeterReading")}
-        e2e = await end_to_end(shapes, args.messages, args.repeats)
+                                           "MeterReading"),
+                  "call + publish": ([{"call": {"endpoint": "memory"}}, {"publish": "bout.x"}], None)}
+        e2e = await end_to_end(shapes, args.messages, args.repeats, url)
         print(f"{args.messages:,} in-memory messages per run, best and median of {args.repeats} runs (CPU µs/msg)")
         for shape, (steps, schema) in shapes.items():
             modes = {"ops off": False, **tracers}

@@ -173,31 +173,37 @@ class TimedStep:
     def __init__(self, pipeline: Any, inner: Any, label: str, hist: LocalHistogram, flow: str) -> None:
         from engine.spec import CallStep
 
-        self.pipeline, self.inner, self.label, self.flow = pipeline, inner, label, flow
-        self.observe = hist.observe
-        self.is_call = isinstance(inner, CallStep)
+        self.label, self.hist = label, hist
+        if isinstance(inner, CallStep):  # the pipeline runs a call itself (returns None: go on)
+            self.step = lambda env: pipeline._call(env, inner, label)
+        else:
+            self.step = inner.run
 
     async def run(self, env: Any) -> Any:
-        parent = CURRENT.get()
-        span = token = None
-        if parent is not None:
-            span = parent.child(self.label, "internal")
-            token = CURRENT.set(span)
+        if CURRENT.get() is not None:
+            return await self._traced(env)
+        hist = self.hist
         started = _now()
         try:
-            if self.is_call:
-                await self.pipeline._call(env, self.inner, self.label)
-                return None
-            return await self.inner.run(env)
+            return await self.step(env)
+        finally:
+            elapsed = _now() - started  # LocalHistogram.observe, inlined (per I/O step per message)
+            hist.counts[bisect_left(hist.bounds, elapsed)] += 1
+            hist.sum += elapsed
+
+    async def _traced(self, env: Any) -> Any:
+        span = CURRENT.get().child(self.label, "internal")
+        token = CURRENT.set(span)
+        started = _now()
+        try:
+            return await self.step(env)
         except BaseException as exc:
-            if span is not None:
-                span.fail(exc)
+            span.fail(exc)
             raise
         finally:
-            self.observe(_now() - started)
-            if span is not None:
-                CURRENT.reset(token)
-                span.end()
+            self.hist.observe(_now() - started)
+            CURRENT.reset(token)
+            span.end()
 
 
 def instrument_pipeline(pipeline: Any, probe: FlowProbe) -> None:
@@ -246,34 +252,42 @@ def instrument_adapter(adapter: Any, meter: EndpointMeter) -> None:
     inner = adapter.call
     endpoint = meter.endpoint
     protocol = getattr(adapter, "name", "")
+    latency, errors = meter.latency, meter.errors
+
+    async def traced(operation: str | None, payload: Any, ctx: Any, op: str, parent: Any) -> Any:
+        span = parent.child(f"{endpoint} {op}".rstrip(), "client",
+                            {"hub.endpoint": endpoint, "hub.operation": op, "hub.protocol": protocol})
+        ctx.headers = {**(ctx.headers or {}), "traceparent": span.traceparent}  # the target joins the trace
+        try:
+            return await inner(operation, payload, ctx)
+        except BaseException as exc:
+            span.fail(exc)
+            raise
+        finally:
+            span.end()
 
     async def call(operation: str | None, payload: Any, ctx: Any) -> Any:
         op = operation or ""
-        hist = meter.latency.get(op)
+        hist = latency.get(op)
         if hist is None:
-            hist = meter.latency[op] = LocalHistogram(CALL_BUCKETS)
+            hist = latency[op] = LocalHistogram(CALL_BUCKETS)
         flow = FLOW.get()
         if flow is not None:
             flow.call_attempts += 1
         parent = CURRENT.get()
-        span = None
-        if parent is not None:
-            span = parent.child(f"{endpoint} {op}".rstrip(), "client",
-                                {"hub.endpoint": endpoint, "hub.operation": op, "hub.protocol": protocol})
-            ctx.headers = {**(ctx.headers or {}), "traceparent": span.traceparent}  # the target joins the trace
         meter.in_flight += 1
         started = _now()
         try:
-            return await inner(operation, payload, ctx)
+            if parent is None:
+                return await inner(operation, payload, ctx)
+            return await traced(operation, payload, ctx, op, parent)
         except Exception as exc:
-            meter.errors[(op, getattr(exc, "error_class", None) or type(exc).__name__)] += 1
-            if span is not None:
-                span.fail(exc)
+            errors[(op, getattr(exc, "error_class", None) or type(exc).__name__)] += 1
             raise
         finally:
             meter.in_flight -= 1
-            hist.observe(_now() - started)
-            if span is not None:
-                span.end()
+            elapsed = _now() - started
+            hist.counts[bisect_left(hist.bounds, elapsed)] += 1
+            hist.sum += elapsed
 
     adapter.call = call
