@@ -132,14 +132,14 @@ def _span_kind(label: str) -> str:
     return "producer" if label.endswith(".publish") else "internal"
 
 
-def _timed_sync(func: Callable[[Any], bool], hist: LocalHistogram, flow: str, label: str) -> Callable[[Any], bool]:
+def _timed_sync(func: Callable[[Any], bool], hist: LocalHistogram, label: str) -> Callable[[Any], bool]:
     observe, counts, bounds = hist.observe, hist.counts, hist.bounds
     kind = _span_kind(label)
     current, now, bucket = CURRENT.get, _now, bisect_left
 
     def run(env: Any) -> bool:
         if current() is not None:
-            return _traced_sync(func, env, current(), observe, flow, label, kind)
+            return _traced_sync(func, env, current(), observe, label, kind)
         started = now()
         try:
             return func(env)
@@ -152,7 +152,7 @@ def _timed_sync(func: Callable[[Any], bool], hist: LocalHistogram, flow: str, la
 
 
 def _traced_sync(func: Callable[[Any], bool], env: Any, parent: Any, observe: Callable[[float], None],
-                 flow: str, label: str, kind: str) -> bool:
+                 label: str, kind: str) -> bool:
     span = parent.child(label, kind)  # the name is the step; its parent names the flow
     token = CURRENT.set(span)  # a publish step's outputs name this span as their parent
     started = _now()
@@ -170,7 +170,7 @@ def _traced_sync(func: Callable[[Any], bool], env: Any, parent: Any, observe: Ca
 class TimedStep:
     """An I/O step (`call`, `pull`, `state`) as the pipeline runs it, timed and traced."""
 
-    def __init__(self, pipeline: Any, inner: Any, label: str, hist: LocalHistogram, flow: str) -> None:
+    def __init__(self, pipeline: Any, inner: Any, label: str, hist: LocalHistogram) -> None:
         from engine.spec import CallStep
 
         self.label, self.hist = label, hist
@@ -217,9 +217,9 @@ def instrument_pipeline(pipeline: Any, probe: FlowProbe) -> None:
         label, func, step = entry
         hist = probe.step(label)
         if func is not None:
-            wrapped.append((label, _timed_sync(func, hist, probe.flow, label), step))
+            wrapped.append((label, _timed_sync(func, hist, label), step))
         else:
-            wrapped.append((label, None, TimedStep(pipeline, step, label, hist, probe.flow)))
+            wrapped.append((label, None, TimedStep(pipeline, step, label, hist)))
     pipeline.steps = wrapped
 
 
