@@ -58,10 +58,11 @@ def _value(samples: dict[str, list[Any]], name: str, **labels: str) -> float:
     return sum(s.value for s in samples.get(name, []) if all(s.labels.get(k) == v for k, v in labels.items()))
 
 
-async def section_ops(hub: Any, check: Callable[[bool, str], None], dead_letters: list[Any], crm: Any) -> None:
+async def section_ops(hub: Any, check: Callable[[bool, str], None], dead_letters: list[Any], crm: Any,
+                      number: int = 14) -> None:
     """`dead_letters`: every record the demo saw arrive on `dlq.>`; `crm`: the CRM bridge (HttpSink),
-    whose `applied` holds each reading it took once."""
-    print("\n  11. What ops see: /metrics, /healthz, /readyz and `runner.py status`")
+    whose `applied` holds each reading it took once; `number`: the section's place in the demo."""
+    print(f"\n  {number}. What ops see: /metrics, /healthz, /readyz and `runner.py status`")
     server = hub.ops.server
     if server is None:
         check(False, "the hub serves /metrics (config ops.http.port is set)")
