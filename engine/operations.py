@@ -19,6 +19,7 @@ from typing import Any
 
 import structlog
 
+from engine.errors import ConfigError
 from engine.health import OpsServer, liveness, nats_state, readiness
 from engine.metrics import StoreSnapshot, consuming, in_flight, registry_for
 from engine.probes import EndpointMeter, FlowProbe, instrument_adapter, instrument_pipeline
@@ -58,8 +59,8 @@ class Operations:
         self.hub = hub
         self.config = hub.project.config.ops
         self.runner_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
-        self.tracer: HubTracer | None = None
-        self._tracer_chosen = False
+        # made now, before the Hub binds its KV buckets: once a tracer exists they report their operations
+        self.tracer: HubTracer | None = _tracer_from(self.config.tracing, self.runner_id)
         self.probes: dict[str, FlowProbe] = {}
         self.endpoints: dict[str, EndpointMeter] = {}
         self.store = StoreSnapshot(hub)
@@ -71,16 +72,15 @@ class Operations:
         self._rate_task: asyncio.Task[None] | None = None
 
     def trace_to(self, exporter: Any, *, sample_ratio: float = 1.0, batch: bool = False) -> HubTracer:
-        """Record traces into `exporter` (tests: the SDK's InMemorySpanExporter) instead of config's OTLP."""
+        """Record traces into `exporter` (tests: the SDK's InMemorySpanExporter) instead of config's OTLP.
+        Call it before the Hub starts."""
+        if self.tracer is not None:
+            self.tracer.shutdown()
         self.tracer = HubTracer.exporting(exporter, sample_ratio=sample_ratio, runner_id=self.runner_id, batch=batch)
-        self._tracer_chosen = True
         return self.tracer
 
     def attach(self, runner: Any) -> None:
         """Before the runner starts: its probe, its pipeline's timed steps, and (once) every adapter's calls."""
-        if not self._tracer_chosen:
-            self.tracer = HubTracer.from_config(self.config.tracing, self.runner_id)
-            self._tracer_chosen = True
         for name, adapter in self.hub.adapters.items():
             if name not in self.endpoints:
                 self.endpoints[name] = EndpointMeter(name, adapter)
@@ -153,3 +153,10 @@ class Operations:
             await self.hub.nc.publish(msg.reply, json.dumps(self.report()).encode())
         except Exception as exc:
             log.warning("status_reply_failed", error=repr(exc))
+
+
+def _tracer_from(config: Any, runner_id: str) -> HubTracer | None:
+    try:
+        return HubTracer.from_config(config, runner_id)
+    except LookupError as exc:  # a header's secret reference that does not resolve
+        raise ConfigError([f"ops.tracing.otlp_headers: {exc}"]) from exc

@@ -301,3 +301,45 @@ def test_a_flow_with_a_higher_ratio_records_every_trace_a_lower_one_does(trace_i
     assert decided["contract-switch-track"]
     assert decided["meter-reading-to-crm"] <= decided["tariff-quote"] <= decided["contract-switch-track"]
     tracer.shutdown()
+
+
+async def test_with_an_otlp_endpoint_in_config_kv_operations_are_spans_too(tmp_path: Path, nats_url: str, js,
+                                                                           unique: str, monkeypatch):
+    """Configured (not injected by a test), tracing is on before the Hub binds its buckets: the
+    idempotency claim of a call flow is a span of its message, as the HTTP call is."""
+    import engine.trace_context as trace_context
+
+    monkeypatch.setattr(trace_context, "_kv_traced", [False])  # as in a fresh process: no tracer made yet
+    received: list[ExportTraceServiceRequest] = []
+
+    async def collect(request: web.Request) -> web.Response:
+        body = ExportTraceServiceRequest()
+        body.ParseFromString(await request.read())
+        received.append(body)
+        return web.Response(status=200, content_type="application/x-protobuf", body=b"")
+
+    app = web.Application()
+    app.router.add_post("/v1/traces", collect)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    port = runner.addresses[0][1]
+    u = unique
+    try:
+        async with HttpSink() as sink:
+            cfg = config(u, sink.url) + f"""
+    ops: {{tracing: {{otlp_endpoint: "http://127.0.0.1:{port}/v1/traces", sample_ratio: 0.0,
+                      flow_ratios: {{"{u}-*": 1.0}}}}}}
+    """
+            hub = await started_hub(project_from(tmp_path, cfg, first_flow(u)), nats_url)
+            try:
+                await js.publish(f"{u}.in", json.dumps({"n": 1}).encode(),
+                                 headers={**event_headers("/t", f"{u}.in"), "traceparent": ORIGIN})
+                await sink.wait_for(1)
+                await wait_until(lambda: settled(js, f"TR{u}", f"{u}-one"))
+            finally:
+                await hub.stop()
+    finally:
+        await runner.cleanup()
+    names = {s.name for req in received for rs in req.resource_spans for ss in rs.scope_spans for s in ss.spans}
+    assert {f"{u}-one", "target apply", "kv create hub_idempotency", "kv put hub_idempotency"} <= names
