@@ -12,10 +12,7 @@ to a local endpoint and flushed inside the measured window). The same run measur
 end against an embedded nats-server without ops (best of the repeats, CPU µs per message): the
 overhead against that is what the 5 % target is about.
 
-Where even CPU time is too noisy (a shared machine), count instructions instead: run one flow end to
-end under callgrind for 500 and for 3000 messages with ops off and on (a small script around
-hot_path.run_flow against a running nats-server) and take (Ir(3000) - Ir(500)) / 2500 per message;
-the runner's startup cancels out. The report of issue 14 gives those figures.
+Where even CPU time is too noisy (a shared machine), bench/ops_instructions.py counts instructions.
 """
 
 from __future__ import annotations
