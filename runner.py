@@ -29,8 +29,9 @@ examples:
   runner.py dlq edit 42 --set country=DE     fix a dead letter, validate it, replay it
   runner.py trigger erp-invoices-nightly     run a scheduled flow now
   runner.py pending                          tariff switches (and other waits) not done yet
+  runner.py status --watch                   ops' screen: flows, backlog, lag, errors, circuits, waits
   runner.py pdf get INV-42 --out inv.pdf     an invoice's PDF from the hub's Object Store
-  runner.py docs --out docs/                 write the flow reference and JSON Schema
+  runner.py docs --out docs/                 write the reference, JSON Schemas, AsyncAPI, Grafana dashboard
 
 exit codes: 0 ok, 1 the work failed (demo outcome, runtime error), 2 invalid configuration or usage.
 """
@@ -83,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     from adapters.sftp.cli import register as register_pdf
     from dlq.cli import register as register_dlq
     from engine.ops_cli import register as register_ops
+    from engine.status_cli import register as register_status
 
     register_dlq(sub)
     register_ops(sub)
@@ -90,8 +92,13 @@ def build_parser() -> argparse.ArgumentParser:
     from sandbox.cluster import register as register_cluster
 
     register_cluster(sub)
+    register_status(sub)
 
-    p = sub.add_parser("docs", help="write the flow reference (Markdown) and the JSON Schema for editors")
+    p = sub.add_parser("docs", help="write the flow reference, JSON Schemas, the AsyncAPI document and dashboard",
+                       description="Write the flow and config reference (with the landscape of systems, "
+                       "endpoints, flows and subjects), JSON Schemas for editors, an AsyncAPI 3.0 document "
+                       "of every subject the flows consume and publish, and a Grafana dashboard of the metrics.")
+    _project_args(p)
     p.add_argument("--out", type=Path, default=ROOT / "docs", help="output directory (default: docs/)")
     return parser
 
@@ -194,10 +201,30 @@ def cmd_pending(args: argparse.Namespace) -> int:
 
 def cmd_docs(args: argparse.Namespace) -> int:
     from engine.docs import write_docs
+    from engine.errors import ConfigError
 
-    for path in write_docs(args.out):
+    try:
+        project = _load(args)
+    except ConfigError as exc:
+        return _print_issues(exc.issues, "fix the configuration first (runner.py validate)")
+    from engine.landscape import unmatched
+
+    for problem in unmatched(project):
+        print(f"warning: {problem}", file=sys.stderr)
+    for path in write_docs(args.out, project):
         print(f"wrote {path}")
     return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from engine.errors import ConfigError
+    from engine.status_cli import cmd_status as status
+
+    try:
+        project = _load(args)
+    except ConfigError as exc:
+        return _print_issues(exc.issues, "fix the configuration first (runner.py validate)")
+    return status(args, project)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -208,7 +235,8 @@ def main(argv: list[str] | None = None) -> int:
     from sandbox.cluster import main as cmd_cluster
 
     commands = {"validate": cmd_validate, "run": cmd_run, "demo": cmd_demo, "docs": cmd_docs, "dlq": cmd_dlq,
-                "trigger": cmd_trigger, "pending": cmd_pending, "pdf": cmd_pdf, "cluster": cmd_cluster}
+                "trigger": cmd_trigger, "pending": cmd_pending, "pdf": cmd_pdf, "cluster": cmd_cluster,
+                "status": cmd_status}
     return commands[args.command](args)
 
 

@@ -1,6 +1,6 @@
 """Benchmark of the flow hot path against the best raw nats-py loop, in one run on one server.
 
-    .venv/bin/python bench/hot_path.py [--messages 100000] [--rate 1000] [--latency-seconds 10]
+    .venv/bin/python bench/hot_path.py [--messages 100000] [--rate 1000] [--latency-seconds 10] [--ops]
 
 1. raw: callback-driven pull consumer -> publish_async -> gather acks per 256 -> ack each
 2. flow, pass-through: source -> publish
@@ -8,6 +8,11 @@
 4. end-to-end latency through flow 3 at a fixed offered load (p50/p99)
 5. an HTTP `call` flow against a local sink (own process) vs a plain aiohttp loop, same concurrency
 Prints msg/s, the ratio to raw, and the process's peak RSS. Loopback only; stops by itself.
+
+--ops adds, in the same interleaved rounds, the flows of 2 and 3 (and 5's call flow) with what a Hub
+turns on: the metrics probes (engine/probes.py) and tracing with OTLP/HTTP export to a local endpoint
+at `--sample-ratio` (the config default, 0.001), plus the pass-through flow with every message traced
+(1.0); each printed with its ratio to the same flow without them (target >= 0.95x).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).absolute().parent.parent))
 
 import argparse  # noqa: E402
+import logging  # noqa: E402
 import asyncio  # noqa: E402
 import json  # noqa: E402
 import multiprocessing as mp  # noqa: E402
@@ -36,6 +42,7 @@ from engine.executor import StreamFlowRunner  # noqa: E402
 from engine.idempotency import IdempotencyStore  # noqa: E402
 from engine.nats_client import connect  # noqa: E402
 from engine.pipeline import Pipeline  # noqa: E402
+from engine.probes import FlowProbe, instrument_adapter, instrument_pipeline, EndpointMeter  # noqa: E402
 from engine.spec import Flow  # noqa: E402
 
 BATCH = 256
@@ -99,8 +106,25 @@ def make_flow(name: str, subject: str, steps: list, schema: str | None = None, *
     return Flow.model_validate(spec)
 
 
-async def run_flow(nc, js, stream: str, flow: Flow, n: int, adapters=None) -> tuple[float, StreamFlowRunner]:
+def with_ops(runner: StreamFlowRunner, tracer) -> StreamFlowRunner:
+    """What engine/operations.Operations.attach does for a Hub's runner: the probe and the timed steps."""
+    probe = FlowProbe(runner.flow.name, tracer, calls=runner.pipeline.is_async)
+    instrument_pipeline(runner.pipeline, probe)
+    runner.probe = probe
+    return runner
+
+
+def otlp_tracer(endpoint: str, ratio: float):
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from engine.tracing import HubTracer
+
+    return HubTracer.exporting(OTLPSpanExporter(endpoint=endpoint), sample_ratio=ratio, runner_id="bench")
+
+
+async def run_flow(nc, js, stream: str, flow: Flow, n: int, adapters=None, tracer=False) -> tuple[float, StreamFlowRunner]:
     runner = StreamFlowRunner(Pipeline(flow, adapters or {}), stream, nc, js, 10.0)
+    if tracer is not False:  # None: metrics only; a HubTracer: metrics and traces
+        with_ops(runner, tracer)
     t0 = time.perf_counter()
     await runner.start()
     while runner.stats.acked + runner.stats.failed < n:
@@ -156,12 +180,16 @@ def _serve_sink(queue) -> None:
     asyncio.run(serve())
 
 
-async def http_section(nc, js, stream: str, n: int, concurrency: int) -> None:
+def start_sink():
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     proc = ctx.Process(target=_serve_sink, args=(queue,), daemon=True)
     proc.start()
-    url = queue.get(timeout=20)
+    return proc, queue.get(timeout=20)
+
+
+async def http_section(nc, js, stream: str, n: int, concurrency: int, tracer=False, rounds: int = 1) -> None:
+    proc, url = start_sink()
     try:
         async with aiohttp.ClientSession() as session:
             count = 0
@@ -183,25 +211,47 @@ async def http_section(nc, js, stream: str, n: int, concurrency: int) -> None:
         idem = IdempotencyStore(js, 3600.0)
         await idem.start()
         rows = []
-        for label, enabled in (("no idempotency check", False), ("idempotency check + mark (KV)", True)):
-            subject = f"bin.http{int(enabled)}"
+        variants = [("no idempotency check", False, False), ("idempotency check + mark (KV)", True, False)]
+        if tracer is not False:  # ops off and on, alternated: one run each says nothing on this machine
+            variants = [("no idempotency check", False, False), ("idempotency check + mark (KV)", True, False),
+                        *[(label, False, ops) for _ in range(rounds - 1)
+                          for label, ops in (("no idempotency check", False), ("no idempotency check, ops on", True))]]
+        plain_call = adapter.call
+        for i, (label, enabled, ops) in enumerate(variants):
+            subject = f"bin.http{i}"
             await preload(js, subject, n)
-            flow = make_flow(f"http{int(enabled)}", subject, [{"call": {"endpoint": "sink"}}],
-                             concurrency=concurrency)
+            flow = make_flow(f"http{i}", subject, [{"call": {"endpoint": "sink"}}], concurrency=concurrency)
             flow = flow.model_copy(update={"idempotency": flow.idempotency.model_copy(update={"enabled": enabled})})
             runner = StreamFlowRunner(Pipeline(flow, {"sink": adapter}), stream, nc, js, 10.0, idem)
+            adapter.call = plain_call
+            if ops:
+                instrument_adapter(adapter, EndpointMeter("sink", adapter))
+                with_ops(runner, tracer)
             t0, c0 = time.perf_counter(), time.process_time()
             await runner.start()
             while runner.stats.acked + runner.stats.failed < n:
                 await asyncio.sleep(0.01)
+            if ops:
+                await asyncio.to_thread(tracer.provider.force_flush)
             rows.append((label, n / (time.perf_counter() - t0), (time.process_time() - c0) / n * 1000))
             await runner.stop()
+        adapter.call = plain_call
         await adapter.close()
         print(f"{'http: plain aiohttp loop':<36} {raw_rps:>10,.0f} req/s   {raw_cpu:.3f} CPU ms/req in this process "
               f"(concurrency {concurrency})")
+        grouped: dict[str, list[tuple[float, float]]] = {}
         for label, rps, cpu in rows:
+            grouped.setdefault(label, []).append((rps, cpu))
+        for label, runs in grouped.items():
+            rps, cpu = statistics.median(r for r, _ in runs), statistics.median(c for _, c in runs)
             print(f"{'http: call flow, ' + label:<36} {rps:>10,.0f} req/s   {cpu:.3f} CPU ms/req   "
-                  f"{rps / raw_rps:.2f}x  (target >= 0.8x)")
+                  f"{rps / raw_rps:.2f}x  (target >= 0.8x)" + (f"   median of {len(runs)}" if len(runs) > 1 else ""))
+        if "no idempotency check, ops on" in grouped:
+            off, on = grouped["no idempotency check"], grouped["no idempotency check, ops on"]
+            cpu_off, cpu_on = statistics.median(c for _, c in off), statistics.median(c for _, c in on)
+            print(f"{'http: call flow, ops on vs off':<36} by CPU per request {cpu_off / cpu_on:.3f}x "
+                  f"({(cpu_on - cpu_off) * 1000:+.1f} µs/req), by req/s "
+                  f"{statistics.median(r for r, _ in on) / statistics.median(r for r, _ in off):.3f}x  (target >= 0.95x)")
     finally:
         proc.terminate()
         proc.join(5)
@@ -209,6 +259,7 @@ async def http_section(nc, js, stream: str, n: int, concurrency: int) -> None:
 
 async def main(args: argparse.Namespace) -> None:
     logs.configure("warning")
+    logging.getLogger("opentelemetry").setLevel(logging.ERROR)  # at 100 % sampling the SDK drops spans, loudly
     per_round = args.messages // args.rounds
     with EmbeddedNats() as server:
         nc = await connect(servers=[server.url], skip_subject_validation=True)  # as engine/runtime.py
@@ -216,35 +267,67 @@ async def main(args: argparse.Namespace) -> None:
         await js.add_stream(StreamConfig(name="BIN", subjects=["bin.>"]))
         await js.add_stream(StreamConfig(name="BOUT", subjects=["bout.>"]))
         rates: dict[str, list[float]] = {"raw": [], "pass": [], "vt": []}
+        cpu: dict[str, list[float]] = {}  # CPU µs of this process per message: robust to other load on the machine
+        sink = tracer = traced_all = None
+        if args.ops:
+            sink, sink_url = start_sink()  # stands in for the OTLP collector: answers 200 to the exports
+            tracer = otlp_tracer(sink_url + "/v1/traces", args.sample_ratio)
+            traced_all = otlp_tracer(sink_url + "/v1/traces", 1.0)
+            rates.update({"pass+ops": [], "vt+ops": [], "pass+ops, all traced": []})
+        cpu.update({shape: [] for shape in rates})
         # rounds interleave the shapes, so a burst of noise on this shared machine hits all alike
         for r in range(args.rounds):
-            print(f"round {r + 1}/{args.rounds}: preloading {per_round:,} messages x 3 ...", flush=True)
-            for shape in rates:
-                await preload(js, f"bin.{shape}{r}", per_round)
-            order = list(rates)[r % 3:] + list(rates)[:r % 3]
-            for shape in order:
-                subject = f"bin.{shape}{r}"
+            print(f"round {r + 1}/{args.rounds}: preloading {per_round:,} messages x {len(rates)} ...", flush=True)
+            for k, shape in enumerate(rates):
+                await preload(js, f"bin.s{k}r{r}", per_round)
+            shapes = list(enumerate(rates))
+            order = shapes[r % len(shapes):] + shapes[:r % len(shapes)]
+            for k, shape in order:
+                subject, out, name = f"bin.s{k}r{r}", f"bout.s{k}r{r}", f"s{k}r{r}"
+                cpu0 = time.process_time()
+                ops = False if "+ops" not in shape else traced_all if "all traced" in shape else tracer
                 if shape == "raw":
-                    rate = await raw_loop(nc, js, "BIN", subject, f"bout.raw{r}", per_round, f"raw{r}")
-                elif shape == "pass":
-                    rate, _ = await run_flow(nc, js, "BIN", make_flow(f"pass{r}", subject, [{"publish": f"bout.pass{r}"}]),
-                                             per_round)
+                    rate = await raw_loop(nc, js, "BIN", subject, out, per_round, name)
+                elif shape.startswith("pass"):
+                    rate, _ = await run_flow(nc, js, "BIN", make_flow(name, subject, [{"publish": out}]), per_round,
+                                             tracer=ops)
                 else:
-                    flow = make_flow(f"vt{r}", subject, [{"transform": "readings.to_crm_reading"},
-                                                         {"publish": f"bout.vt{r}"}], schema="MeterReading")
-                    rate, _ = await run_flow(nc, js, "BIN", flow, per_round)
+                    flow = make_flow(name, subject, [{"transform": "readings.to_crm_reading"}, {"publish": out}],
+                                     schema="MeterReading")
+                    rate, _ = await run_flow(nc, js, "BIN", flow, per_round, tracer=ops)
+                if ops:  # the spans' export is this shape's cost: flushed inside its own window
+                    await asyncio.to_thread(ops.provider.force_flush)
                 rates[shape].append(rate)
+                cpu[shape].append((time.process_time() - cpu0) / per_round * 1e6)
         med = {k: statistics.median(v) for k, v in rates.items()}
+        us = {k: statistics.median(v) for k, v in cpu.items()}
         raw = med["raw"]
         print(f"\n{args.messages:,} messages per shape in {args.rounds} interleaved rounds; medians of the rounds")
-        print(f"{'shape':<36} {'msg/s':>10}   ratio to raw   (rounds)")
-        print(f"{'raw nats-py loop (baseline)':<36} {raw:>10,.0f}                  {_fmt(rates['raw'])}")
-        print(f"{'flow: pass-through':<36} {med['pass']:>10,.0f}   {med['pass'] / raw:.2f}x (>= 0.8x)  {_fmt(rates['pass'])}")
-        print(f"{'flow: validate + transform':<36} {med['vt']:>10,.0f}   {med['vt'] / raw:.2f}x (>= 0.6x)  {_fmt(rates['vt'])}")
+        print(f"{'shape':<36} {'msg/s':>10}   ratio to raw   {'CPU µs/msg':>10}   (rounds)")
+        print(f"{'raw nats-py loop (baseline)':<36} {raw:>10,.0f}                  {us['raw']:>10.1f}   {_fmt(rates['raw'])}")
+        print(f"{'flow: pass-through':<36} {med['pass']:>10,.0f}   {med['pass'] / raw:.2f}x (>= 0.8x)  {us['pass']:>10.1f}   "
+              f"{_fmt(rates['pass'])}")
+        print(f"{'flow: validate + transform':<36} {med['vt']:>10,.0f}   {med['vt'] / raw:.2f}x (>= 0.6x)  {us['vt']:>10.1f}   "
+              f"{_fmt(rates['vt'])}")
+        if args.ops:
+            for shape in ("pass+ops", "vt+ops", "pass+ops, all traced"):
+                print(f"{'flow: ' + shape:<36} {med[shape]:>10,.0f}   {med[shape] / raw:.2f}x         {us[shape]:>10.1f}   "
+                      f"{_fmt(rates[shape])}")
+            print(f"\nops on vs off (metrics probes + OTLP traces at sample_ratio {args.sample_ratio}; target >= 0.95x):")
+            for shape, base in (("pass+ops", "pass"), ("vt+ops", "vt"), ("pass+ops, all traced", "pass")):
+                print(f"  {shape:<24} by CPU per message {us[base] / us[shape]:.3f}x "
+                      f"({us[shape] - us[base]:+.1f} µs/msg)   by msg/s {med[shape] / med[base]:.3f}x"
+                      + ("   (every message traced: informative)" if "all" in shape else ""))
         p50, p99, got = await latency(nc, js, "BIN", args.rate, args.latency_seconds)
         print(f"latency at {args.rate}/s offered ({got} msgs): p50 {p50:.2f} ms, p99 {p99:.2f} ms  (target p99 < 20 ms)")
         if not args.skip_http:
-            await http_section(nc, js, "BIN", args.http_requests, args.concurrency)
+            await http_section(nc, js, "BIN", args.http_requests // (args.rounds if args.ops else 1),
+                               args.concurrency, tracer if args.ops else False, args.rounds)
+        if sink is not None:
+            tracer.shutdown()
+            traced_all.shutdown()
+            sink.terminate()
+            sink.join(5)
         rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(f"peak RSS of this process (runner + driver): {rss_mb:.0f} MB  (target < 150 MB)")
         await nc.close()
@@ -263,4 +346,6 @@ if __name__ == "__main__":
     parser.add_argument("--http-requests", type=int, default=20_000)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--skip-http", action="store_true")
+    parser.add_argument("--ops", action="store_true", help="also run the flows with metrics and tracing on")
+    parser.add_argument("--sample-ratio", type=float, default=0.001, help="trace sample ratio with --ops (the config default)")
     asyncio.run(main(parser.parse_args()))

@@ -11,6 +11,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from engine.durations import Duration
+from engine.ops_config import OpsConfig
 from engine.secrets import SecretRef
 from engine.subjects import SubjectPattern
 
@@ -102,3 +103,4 @@ class HubConfig(_Strict):
     dlq: DlqConfig = Field(default_factory=DlqConfig)
     state: StateConfig = Field(default_factory=StateConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    ops: OpsConfig = Field(default_factory=OpsConfig)

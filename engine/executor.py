@@ -24,6 +24,7 @@ from engine.keyed_state import StateConflict, commit
 from engine.claim_check import CLAIM, CLAIM_HEADERS, ClaimChecks, is_claim
 from engine.messages import REPLAY_FOR, Envelope, decode, opaque
 from engine.pipeline import Pipeline
+from engine.probes import NO_PROBE
 from engine.pull_feed import HAND_BACK_DELAY, PullFeed
 from engine.ratelimit import RateLimiter
 from engine.tasks import cancel_and_wait
@@ -76,6 +77,7 @@ class StreamFlowRunner:
         self.claim_lease = max(2 * self.flow.ack_wait, CLAIM_LEASE_FLOOR)
         self.concurrent = pipeline.is_async or self.idempotency is not None
         self.stats = FlowStats()
+        self.probe = NO_PROBE  # metrics and traces per message (engine/probes.py; set by the Hub)
         self.log = log.bind(flow=self.flow.name)
         self.feed = PullFeed(nc, stream, self.flow.name, batch=self.batch, max_in_flight=self.max_in_flight,
                              ack_wait=self.flow.ack_wait, log=self.log, stats=self.stats,
@@ -200,6 +202,7 @@ class StreamFlowRunner:
         run_sync = self.pipeline.run_sync
         limiter = self.limiter
         for msg in msgs:
+            self.probe.begin(msg)
             env = None
             try:
                 if limiter:
@@ -232,6 +235,7 @@ class StreamFlowRunner:
                     self.keys_in_flight.release(env.idem_key, done)
 
     async def _run_one(self, msg: Any) -> tuple[Any, Any, Any, HubError | None]:
+        self.probe.begin(msg)
         env = None
         try:
             if self.limiter:
@@ -330,6 +334,7 @@ class StreamFlowRunner:
             self.log.warning("settle_failed", error=repr(exc))
         finally:
             self.feed.release(msg)
+            self.probe.end(msg, futures, err)
         return marked
 
 def _unconfirmed(futures: list[Any], env: Envelope) -> HubError | None:

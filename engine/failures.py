@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections import Counter
 from datetime import datetime
 from typing import Any
 
@@ -84,6 +85,8 @@ class FailureHandler:
         self.breaker_wait = breaker_wait  # endpoint -> seconds until its circuit may close, or None
         self.dead_lettered = 0
         self.redelivered = 0
+        self.dead_lettered_by_class: Counter[str] = Counter()  # for /metrics (engine/metrics.py)
+        self.outage_waits = 0
 
     def outage_delay(self, err: HubError, delivered: int) -> float | None:
         """Seconds to wait when `err` comes from an open circuit; None when it is an ordinary failure."""
@@ -107,6 +110,7 @@ class FailureHandler:
         outage = self.outage_delay(err, delivered)
         if outage is not None:
             log.warning("outage_wait", delay_s=outage, **fields)
+            self.outage_waits += 1
             await msg.nak(delay=outage)
             return
         key = FailureHistory.key(self.flow.name, meta.stream, seq)
@@ -143,6 +147,7 @@ class FailureHandler:
             return
         log.error("dead_lettered", **fields)
         self.dead_lettered += 1
+        self.dead_lettered_by_class[err.error_class] += 1
         await msg.term()
 
     async def dead_letter_stored(self, original: Any, seq: int, err: HubError, history: list[dict[str, Any]],
@@ -154,6 +159,7 @@ class FailureHandler:
         log.error("dead_lettered", flow=self.flow.name, stream=self.stream, seq=seq, error_class=err.error_class,
                   error=str(err), msg_id=message_id(original.headers, f"{self.stream}:{seq}"))
         self.dead_lettered += 1
+        self.dead_lettered_by_class[err.error_class] += 1
 
     async def _publish_record(self, data: bytes, headers: dict[str, str] | None, subject: str, seq: int,
                               err: HubError, history: list[dict[str, Any]], attempts: int) -> None:

@@ -45,6 +45,7 @@ class Landing:
         self.duplicates = 0
         self.claimed = 0  # items that went by claim check
         self.claims = ClaimChecks(js)
+        self.stored_bytes = 0  # payload bytes of the new items (for /metrics)
         self._bytes_headers = isinstance(getattr(js, "_nc", None), HubClient)  # pre-encoded blocks need it
 
     def message_id(self, identity: str) -> str:
@@ -65,12 +66,13 @@ class Landing:
             return None
         return shared_header_lines(shared)
 
-    def _counted(self, ack: Any, identity: str) -> bool:
+    def _counted(self, ack: Any, identity: str, size: int = 0) -> bool:
         if ack.duplicate:
             self.duplicates += 1
             log.info("ingress_duplicate", flow=self.flow.name, identity=identity)
             return False
         self.stored += 1
+        self.stored_bytes += size
         return True
 
     async def _claim_checked(self, data: bytes, identity: str,
@@ -93,7 +95,7 @@ class Landing:
             ack = await self.js.publish(self.subject, data, headers=block, timeout=self.publish_timeout)
         except Exception as exc:
             raise PublishFailed(f"{self.subject}: not stored: {exc!r}") from exc
-        return self._counted(ack, identity)
+        return self._counted(ack, identity, len(data))
 
     async def store_many(self, items: list[tuple[bytes, str, dict[str, str] | None]]) -> list[Outcome]:
         """Store a batch with one wait for all acks (MEASURED.md: publish_async per batch is ~13x one
@@ -133,7 +135,7 @@ class Landing:
         if futures:
             await asyncio.wait(futures, timeout=self.publish_timeout)
         results: list[Outcome] = []
-        for f, (_, identity, _) in zip(sent, items):
+        for f, (data, identity, _) in zip(sent, items):
             if isinstance(f, PublishFailed | Unstorable):
                 results.append(f)
             elif not f.done():
@@ -142,7 +144,7 @@ class Landing:
             elif f.exception() is not None:
                 results.append(PublishFailed(f"{self.subject}: not stored: {f.exception()!r}"))
             else:
-                results.append(self._counted(f.result(), identity))
+                results.append(self._counted(f.result(), identity, len(data)))
         return results
 
 

@@ -13,8 +13,9 @@ from nats.js.kv import KeyValue
 
 from engine.cluster import replicas_for, when_settled
 
-log = structlog.get_logger("hub.kv")
+from engine.trace_context import traced_kv
 
+log = structlog.get_logger("hub.kv")
 
 async def bucket(js: Any, name: str, ttl: float | None = None, *, leader_reads: bool = True) -> Any:
     """Bind the bucket, creating it on first use (history 1; `ttl` expires keys), with the replicas
@@ -50,4 +51,4 @@ async def bucket(js: Any, name: str, ttl: float | None = None, *, leader_reads: 
     kv = await when_settled(bind_or_create, f"KV bucket {name}")
     if leader_reads and kv._direct:  # a bucket created just now with the server's allow_direct default
         kv._direct = False
-    return kv
+    return traced_kv(kv, name)  # once tracing is on: its operations are spans of the current message

@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 
 from engine.errors import UnparseablePayload
+from engine.trace_context import span_traceparent
 
 CE_ID, CE_SOURCE, CE_TYPE, CE_TIME, CE_SPEC = "ce-id", "ce-source", "ce-type", "ce-time", "ce-specversion"
 CE_CORRELATION = "ce-correlationid"
@@ -115,7 +116,7 @@ def output_headers(env: Envelope, flow: str, step: int, subject: str, identity: 
         CE_TIME: now_iso(),
         CE_SPEC: "1.0",
         CE_CORRELATION: env.correlation_id,
-        TRACEPARENT: child_traceparent(env.headers.get(TRACEPARENT)),
+        TRACEPARENT: span_traceparent() or child_traceparent(env.headers.get(TRACEPARENT)),  # a recorded span: its own
         "content-type": "application/json",
         MSG_ID: out_id,
     }
@@ -137,6 +138,6 @@ def event_headers(source: str, ce_type: str, msg_id: str | None = None,
     return {
         CE_ID: msg_id, CE_SOURCE: source, CE_TYPE: ce_type,
         CE_TIME: now_iso(), CE_SPEC: "1.0",
-        CE_CORRELATION: correlation_id or msg_id, TRACEPARENT: child_traceparent(None),
+        CE_CORRELATION: correlation_id or msg_id, TRACEPARENT: span_traceparent() or child_traceparent(None),
         "content-type": "application/json", MSG_ID: msg_id,
     }

@@ -30,8 +30,9 @@ from engine.alerts import publish_alert
 from engine.clock import SYSTEM, Clock
 from engine.errors import HubError, PermanentError, PublishFailed, RoutingError, TransformFailed, TransientError
 from engine.kv import bucket
-from engine.messages import (CE_CORRELATION, CE_ID, CE_SOURCE, CE_SPEC, CE_TIME, CE_TYPE, MSG_ID, Envelope,
-                             derived_id, encode)
+from engine.messages import (CE_CORRELATION, CE_ID, CE_SOURCE, CE_SPEC, CE_TIME, CE_TYPE, MSG_ID, TRACEPARENT,
+                             Envelope, child_traceparent, derived_id, encode)
+from engine.trace_context import span_traceparent
 from engine.nats_client import finish_headers, shared_header_lines
 from engine.schedule import FIRED_AT, SCHEDULED_FOR, next_slot
 from engine.spec import PullSpec
@@ -301,7 +302,8 @@ class PagedPull:
                     raise RoutingError(problem, step=self.label)
                 lines = fixed[subject] = shared_header_lines({
                     CE_SOURCE: f"/plu-hub/flows/{self.flow}", CE_TYPE: subject, CE_TIME: when, CE_SPEC: "1.0",
-                    CE_CORRELATION: env.correlation_id, "content-type": "application/json"})
+                    CE_CORRELATION: env.correlation_id, "content-type": "application/json",
+                    TRACEPARENT: span_traceparent() or child_traceparent(env.headers.get(TRACEPARENT))})
             msg_id = derived_id(self.flow, "item", item_id)
             headers = finish_headers(lines, (CE_ID, msg_id), (MSG_ID, msg_id))
             futures.append(await publish(subject, encode(item), headers=headers))

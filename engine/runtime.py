@@ -20,6 +20,7 @@ from engine.clock import SYSTEM, Clock
 from engine.fallback import FallbackCache
 from engine.connection import URL_FILE, connect_options
 from engine.nats_client import connect
+from engine.operations import Operations
 from engine.pipeline import Pipeline
 from engine.registry import load_adapters
 from engine.ingress import ingress_for
@@ -64,6 +65,7 @@ class Hub:
         self.endpoint_breakers: dict[str, Any] = {}
         self.schedulers: dict[str, Scheduler] = {}
         self.ingresses: dict[str, Any] = {}
+        self.ops = Operations(self)  # metrics, health, traces, status (engine/operations.py)
 
     async def start(self) -> None:
         """Broker, streams, shared state, adapters, then flows; stop() undoes what got started."""
@@ -72,6 +74,7 @@ class Hub:
         await self._open_state()
         await self._start_adapters()
         await self._start_flows()
+        await self.ops.start()
         log.info("hub_started", flows=list(self.runners), endpoints=list(self.adapters))
 
     async def _connect(self) -> None:
@@ -136,6 +139,7 @@ class Hub:
                                           self.idempotency, self.history, self.breakers.wait)
                 if pipeline.first_endpoint in breakers:
                     runner.watch_breaker(breakers[pipeline.first_endpoint])
+            self.ops.attach(runner)
             await runner.start()
             self.runners[flow.name] = runner
             if flow.is_scheduled:
@@ -169,6 +173,7 @@ class Hub:
                     log.warning("ingress_stop_failed", flow=name, error=repr(exc))
             if self.runners:
                 await asyncio.gather(*(r.stop(timeout) for r in self.runners.values()), return_exceptions=True)
+            await self.ops.stop()
             if self.breakers is not None:
                 await self.breakers.stop()
             for adapter in self.adapters.values():

@@ -14,6 +14,7 @@ from engine.errors import HubError, classify
 from engine.executor import FlowStats
 from engine.messages import CE_CORRELATION, decode, encode
 from engine.pipeline import Pipeline
+from engine.probes import NO_PROBE
 
 log = structlog.get_logger("hub.service")
 
@@ -29,6 +30,7 @@ class RequestFlowRunner:
         self.nc, self.js = nc, js
         self.publish_timeout = publish_timeout
         self.stats = FlowStats()
+        self.probe = NO_PROBE  # metrics and traces per request (engine/probes.py; set by the Hub)
         self.log = log.bind(flow=self.flow.name)
         self._gate = asyncio.Semaphore(self.flow.limits.concurrency)
         self._inflight: set[asyncio.Task[None]] = set()
@@ -49,7 +51,8 @@ class RequestFlowRunner:
 
     async def _answer(self, msg: Any) -> None:
         self.stats.received += 1
-        env = None
+        self.probe.begin(msg)
+        env, err = None, None
         async with self._gate:
             try:
                 env = decode(msg.data, msg.headers, msg.subject, msg.reply or "request")
@@ -73,6 +76,7 @@ class RequestFlowRunner:
                 await self.nc.publish(msg.reply, body, headers=headers)
             except Exception as exc:
                 self.log.warning("reply_failed", error=repr(exc))
+        self.probe.end(msg, (), err)
 
     async def stop(self, timeout: float = 10.0) -> None:
         if self._sub is not None and not self.nc.is_closed:
