@@ -78,6 +78,7 @@ class StreamFlowRunner:
         self.concurrent = pipeline.is_async or self.idempotency is not None
         self.stats = FlowStats()
         self.probe = NO_PROBE  # metrics and traces per message (engine/probes.py; set by the Hub)
+        self.count_item_dead_letters: Any = None  # (flow, error class) pairs -> that flow's counts (set by the Hub)
         self.log = log.bind(flow=self.flow.name)
         self.feed = PullFeed(nc, stream, self.flow.name, batch=self.batch, max_in_flight=self.max_in_flight,
                              ack_wait=self.flow.ack_wait, log=self.log, stats=self.stats,
@@ -326,6 +327,8 @@ class StreamFlowRunner:
                 else:
                     self.stats.acked += 1
                     self.stats.published += len(futures)
+                    if env is not None and env.item_dead_letters and self.count_item_dead_letters is not None:
+                        self.count_item_dead_letters(env.item_dead_letters)
             else:
                 self.stats.failed += 1
                 await self.failures.handle(msg, err, getattr(env, "msg_id", None),

@@ -86,6 +86,11 @@ class FailureHandler:
         self.dead_lettered = 0
         self.redelivered = 0
         self.dead_lettered_by_class: Counter[str] = Counter()  # for /metrics (engine/metrics.py)
+
+    def count_dead_letter(self, error_class: str) -> None:
+        """A record of this flow's that another flow's call filed (an item of a batch: engine/item_outcomes.py)."""
+        self.dead_lettered += 1
+        self.dead_lettered_by_class[error_class] += 1
         self.outage_waits = 0
 
     def outage_delay(self, err: HubError, delivered: int) -> float | None:

@@ -55,6 +55,8 @@ class ItemOutcomes:
         """Add the dead-letter records and the retries to the message's outputs; the flow's answer."""
         for item, err in self.failed:
             env.outputs.append(dead_letter_output(self.flow, item, err, step))
+        if self.failed:  # counted for `self.flow` once the records are confirmed (engine/executor.py)
+            env.item_dead_letters = [*(env.item_dead_letters or ()), *((self.flow, e.error_class) for _, e in self.failed)]
         for item in self.retry:
             headers = {k: v for k, v in (item.headers or {}).items() if k not in (MSG_ID, REPLAY_FOR, ITEM_ATTEMPTS)}
             retry_id = derived_id("item-retry", env.msg_id, item.stream, str(item.sequence))

@@ -47,7 +47,7 @@ class Envelope:
     """A message inside a flow: the payload being transformed plus its identity."""
 
     __slots__ = ("payload", "raw", "headers", "subject", "msg_id", "correlation_id", "outputs", "reply", "idem_key",
-                 "idem_claim", "wait_key", "state_writes", "claim")
+                 "idem_claim", "wait_key", "state_writes", "claim", "item_dead_letters")
 
     def __init__(self, payload: Any, headers: dict[str, str], subject: str, msg_id: str,
                  correlation_id: str, raw: bytes | None = None) -> None:
@@ -64,6 +64,7 @@ class Envelope:
         self.wait_key: str | None = None  # set by an `until` step: the pending record's key
         self.state_writes: list[Any] = []  # `state` records to write once the outputs are confirmed
         self.claim: dict[str, str] | None = None  # the claim-check headers when the payload came by reference
+        self.item_dead_letters: list[tuple[str, str]] | None = None  # (flow, error class) of batch items it filed
 
 
 def message_id(headers: dict[str, str] | None, fallback: str) -> str:

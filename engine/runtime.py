@@ -139,6 +139,7 @@ class Hub:
                                           self.idempotency, self.history, self.breakers.wait)
                 if pipeline.first_endpoint in breakers:
                     runner.watch_breaker(breakers[pipeline.first_endpoint])
+                runner.count_item_dead_letters = self._count_item_dead_letters
             self.ops.attach(runner)
             await runner.start()
             self.runners[flow.name] = runner
@@ -191,6 +192,13 @@ class Hub:
                 (Path(self.embedded.data_dir) / URL_FILE).unlink(missing_ok=True)
                 self.embedded.stop()
                 log.info("embedded_nats_stopped")
+
+    def _count_item_dead_letters(self, filed: list[tuple[str, str]]) -> None:
+        """Dead letters one flow filed for another's items (a Bulk job's failed rows) count as that flow's."""
+        for flow, error_class in filed:
+            runner = self.runners.get(flow)
+            if runner is not None and hasattr(runner, "failures"):
+                runner.failures.count_dead_letter(error_class)
 
     async def _reconnected(self) -> None:
         log.warning("nats_reconnected", url=str(self.nc.connected_url.netloc if self.nc.connected_url else ""))
