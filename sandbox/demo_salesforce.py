@@ -178,7 +178,8 @@ async def section_salesforce(js: Any, nc: Any, hub: Any, org: SalesforceOrg, che
     for day in range(31):
         reading = {"meter_id": "M-SF-DETAIL", "site_id": "S-SF-DETAIL", "register": "1-0:1.8.0",
                    "interval_start": at(first + day * 86400), "read_at": at(first + (day + 1) * 86400),
-                   "value": 40.0 + day, "unit": "kWh", "quality": "actual", "source": "vendor1/pull"}
+                   "value": 40.0 + day, "unit": "kWh", "quality": "actual", "source": "vendor1/pull",
+                   "zone": "UTC"}  # UTC days: the month the rules close is January in UTC
         await js.publish("meter.reading.received", json.dumps(reading).encode())
     ask = json.dumps({"meter_id": "M-SF-DETAIL", "register": "1-0:1.8.0", "month": "2027-01"}).encode()
     detail: dict[str, Any] = {}
@@ -198,7 +199,7 @@ async def section_salesforce(js: Any, nc: Any, hub: Any, org: SalesforceOrg, che
     took_ms = (time.monotonic() - started) * 1000
     print(f"       interval.detail M-SF-DETAIL 2027-01: {len(detail.get('intervals', []))} intervals, "
           f"{detail.get('total')} kWh, answered in {took_ms:.0f} ms")
-    check(len(detail.get("intervals", [])) == 31, "the interval detail stays in the hub and is served on request "
+    check(len(detail.get("intervals", [])) == 31 and bool(detail.get("complete")), "the interval detail stays in the hub and is served on request "
           "within the portal's 5 s")
     checkpoint = hub.ingresses["salesforce-account-changes"].checkpoint or {}
     limits = hub.adapters["salesforce"].limits
