@@ -5,18 +5,26 @@ callback that only buffers them. Pure flows: a processor runs the compiled steps
 publishes the outputs with `publish_async`, and hands the batch to a finaliser that waits for every
 publish ack before acking the sources; batches overlap. Flows with calls: `concurrency` workers
 each settle their own message, so a slow call holds back no other message's ack.
+
+Broker faults are outages (DESIGN principle 9). Once a message's effect has happened, everything the
+broker still has to confirm (its outputs, its state records, its done mark) is waited for in place
+(engine/confirm.py) before the source is acked; the message stays held meanwhile. A lost ack then
+costs a redelivery that finds the mark, never a second effect. Messages that meet an open circuit
+are parked here until it lets calls through (engine/failures.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 import structlog
+from nats.js.errors import KeyNotFoundError
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from nats.js.errors import NoStreamResponseError
 
-from engine.errors import HubError, NotYet, PublishFailed, RoutingError, classify
+from engine.confirm import FIRST_PAUSE, LOG_EVERY, MAX_PAUSE, until_confirmed
+from engine.errors import HubError, NotYet, PayloadTooLarge, PublishFailed, classify, is_broker_fault
 from engine.failures import FailureHandler, FailureHistory
 from engine.idempotency import HeldElsewhere, IdempotencyStore, InFlightKeys, applies_to, business_key
 from engine.keyed_state import StateConflict, commit
@@ -63,6 +71,7 @@ class StreamFlowRunner:
         self.limiter = RateLimiter(limits.rate) if limits.rate else None
         pipeline.guard.limiter = self.limiter  # in-process retries of a call take a token too
         self.failures = FailureHandler(self.flow, js, stream, publish_timeout, history, breaker_wait)
+        self.failures.alive = self.alive
         self.waits = WaitHandler(self.flow, js, self.failures) if pipeline.waits else None
         self.idempotency = idempotency if idempotency and applies_to(self.flow, pipeline.is_async) else None
         self.keys_in_flight = InFlightKeys()
@@ -77,6 +86,14 @@ class StreamFlowRunner:
         self._finalisers: set[asyncio.Task[None]] = set()
         self._slots = asyncio.Semaphore(PENDING_BATCHES)
         self._workers: list[asyncio.Task[None]] = []
+        self._parked: dict[str, list[Any]] = {}  # endpoint -> messages waiting for its circuit
+        self._unwatch: list[Any] = []
+        if self.concurrent:
+            self.failures.park = self._park
+
+    def alive(self) -> bool:
+        """The connection is open or can come back: a broker fault is worth waiting out."""
+        return not self.nc.is_closed
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -132,9 +149,14 @@ class StreamFlowRunner:
         self.feed.on_reconnect()
 
     async def stop(self, timeout: float = 10.0) -> None:
-        """Stop pulling; hand unstarted messages back (redelivered to any runner after
+        """Stop pulling; hand unstarted and parked messages back (redelivered to any runner after
         HAND_BACK_DELAY); let started ones finish and settle."""
         self.feed.stop_pulling()
+        for unwatch in self._unwatch:
+            unwatch()
+        parked = [m for msgs in self._parked.values() for m in msgs]
+        self._parked.clear()
+        self.feed.buffer.extend(parked)  # handed back with the unstarted ones
         await self.feed.hand_back_buffered()
         # asyncio.wait, not wait_for(gather(...)): on a timeout that cancels, and a worker that lost
         # its cancel (engine/tasks.py) would keep the stop waiting for ever
@@ -178,6 +200,7 @@ class StreamFlowRunner:
         publish = self.js.publish_async
         run_sync = self.pipeline.run_sync
         limiter = self.limiter
+        limit = self.nc.max_payload
         for msg in msgs:
             env = None
             try:
@@ -187,7 +210,11 @@ class StreamFlowRunner:
                 if env is None or not run_sync(env):
                     append((msg, env, None, None))
                     continue
-                append((msg, env, [await publish(s, d, headers=h) for s, d, h in env.outputs], None))
+                outputs = env.outputs
+                for s, d, h in outputs:
+                    if len(d) + len(h) > limit:
+                        raise too_large(s, d, h, limit)
+                append((msg, env, [await publish(s, d, headers=h) for s, d, h in outputs], None))
             except Exception as exc:
                 append((msg, env, None, classify(exc)))
         return results
@@ -200,17 +227,19 @@ class StreamFlowRunner:
             if self.feed.stopping:
                 await self._settle(msg, None, None, HAND_BACK)
                 continue
-            msg, env, futures, err = await self._run_one(msg)
+            msg, env, published, err = await self._run_one(msg)
             done = False
             try:
-                done = await self._settle(msg, env, futures, err)
+                done = await self._settle(msg, env, published, err)
             finally:
                 if env is not None and env.idem_key is not None:
                     if not done and env.idem_claim is not None:
                         await self.idempotency.give_up(self.flow.name, env.idem_key, env.idem_claim)  # type: ignore[union-attr]
                     self.keys_in_flight.release(env.idem_key, done)
 
-    async def _run_one(self, msg: Any) -> tuple[Any, Any, Any, HubError | None]:
+    async def _run_one(self, msg: Any) -> tuple[Any, Any, int | None, HubError | None]:
+        """Claim, steps, outputs stored: (msg, envelope, outputs published or None when there is
+        nothing to ack for, error)."""
         env = None
         try:
             if self.limiter:
@@ -231,29 +260,80 @@ class StreamFlowRunner:
                     if held:
                         self.keys_in_flight.release(key, done=True)
                     return msg, None, None, None
+            if self.pipeline.has_unsafe_calls:
+                env.prior = await self.failures.prior_outcomes(msg)
             if not await self.pipeline.run(env):
                 return msg, env, None, None
-            futures = [await self.js.publish_async(s, d, headers=h) for s, d, h in env.outputs]
-            if futures:
-                _, late = await asyncio.wait(futures, timeout=self.publish_timeout)
-                for f in late:
-                    f.cancel()
-            return msg, env, futures, None
+            return msg, env, await self._store_outputs(env), None
         except Exception as exc:
             return msg, env, None, classify(exc)
 
     async def _claim(self, env: Envelope, key: str) -> int | None:
         """This message's claim on its key (None: the effect is done). While another runner's copy, or
-        one that crashed, holds it, wait here (the feed keeps the message ours) until it ends."""
+        one that crashed, holds it, wait here (the feed keeps the message ours) until it ends; while
+        the broker restarts, wait for it."""
         assert self.idempotency is not None
-        pause = 0.05
+        store, pause = self.idempotency, 0.05
         while True:
             try:
-                return await self.idempotency.claim(self.flow.name, key, env.msg_id, self.claim_lease)
+                return await until_confirmed(lambda: store.claim(self.flow.name, key, env.msg_id, self.claim_lease),
+                                             what="idempotency claim", alive=self.alive, log=self.log,
+                                             msg_id=env.msg_id)
             except HeldElsewhere as held:
                 self.log.info("idempotency_key_busy", msg_id=env.msg_id, idempotency_key=key, error=str(held))
                 await asyncio.sleep(min(pause, held.seconds_left))
                 pause = min(pause * 2, 1.0)
+
+    async def _store_outputs(self, env: Envelope) -> int:
+        """Publish the outputs and wait until JetStream has stored every one. A broker fault is waited
+        out and the missing ones sent again under the same ids (a repeat is dropped as a duplicate):
+        the effect has happened, so the message must not fail now. Only a connection closed for good
+        gives up (PublishFailed)."""
+        outputs = env.outputs
+        if not outputs:
+            return 0
+        limit = self.nc.max_payload
+        for s, d, h in outputs:
+            if len(d) + len(h) > limit:
+                raise too_large(s, d, h, limit)
+        pending, pause, tries = outputs, FIRST_PAUSE, 0
+        while True:
+            failed, last = [], None
+            sent = []
+            for out in pending:
+                try:
+                    sent.append((out, await self.js.publish_async(out[0], out[1], headers=out[2])))
+                except Exception as exc:
+                    if not is_broker_fault(exc):
+                        raise
+                    failed.append(out)
+                    last = exc
+            if sent:
+                _, late = await asyncio.wait([f for _, f in sent], timeout=self.publish_timeout)
+                for out, f in sent:
+                    if f in late:
+                        f.cancel()
+                        failed.append(out)
+                        last = TimeoutError(f"no publish ack within {self.publish_timeout:g}s")
+                    elif (exc := f.exception()) is not None:
+                        if not is_broker_fault(exc):
+                            err = classify(exc)
+                            err.step = "publish"
+                            raise err
+                        failed.append(out)
+                        last = exc
+            if not failed:
+                return len(outputs)
+            tries += 1
+            if not self.alive():
+                raise PublishFailed(f"{failed[0][0]}: output not confirmed, connection closed: {last!r}",
+                                    step="publish")
+            if tries == 1 or tries % LOG_EVERY == 0:
+                self.log.warning("broker_retry", what="output publish", tries=tries, outputs=len(failed),
+                                 msg_id=env.msg_id, error=repr(last))
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, MAX_PAUSE)
+            pending = failed
 
     async def _finalise(self, results: list[tuple[Any, Any, Any, HubError | None]]) -> None:
         """Pure flows: one wait for the whole batch's publish acks, then each message is settled."""
@@ -263,18 +343,19 @@ class StreamFlowRunner:
                 _, late = await asyncio.wait(pending_futures, timeout=self.publish_timeout)
                 for f in late:
                     f.cancel()
-            for result in results:
-                await self._settle(*result)
+            for msg, env, futures, err in results:
+                if err is None and futures:
+                    err = _unconfirmed(futures, env)
+                await self._settle(msg, env, None if futures is None else len(futures), err)
         finally:
             self._slots.release()
 
-    async def _settle(self, msg: Any, env: Any, futures: Any, err: HubError | None) -> bool:
+    async def _settle(self, msg: Any, env: Any, published: int | None, err: HubError | None) -> bool:
         """Ack only what is done and confirmed (and its effect recorded); the rest goes to the
-        failure policy. `futures` are done (or cancelled) by now. True when an effect was marked done."""
-        marked = False
+        failure policy. `published`: outputs stored, None when the message ran no further than a filter.
+        True when an effect was marked done."""
+        marked = held = False
         try:
-            if err is None and futures:
-                err = _unconfirmed(futures, env)
             if err is HAND_BACK:
                 await msg.nak(delay=HAND_BACK_DELAY)  # not started: for another runner
             elif isinstance(err, NotYet) and self.waits is not None:
@@ -283,44 +364,108 @@ class StreamFlowRunner:
                 if env is not None and env.state_writes:
                     try:
                         for write in env.state_writes:
-                            await commit(write)
+                            await self._commit(write, env)
                     except StateConflict as conflict:
                         conflict.step = "state"
                         self.log.info("state_conflict", msg_id=env.msg_id, error=str(conflict))
                         await msg.nak(delay=STATE_RETRY_DELAY)  # outputs are stored under stable ids
                         return False
-                if futures is not None and env is not None and env.idem_key is not None:
-                    await self.idempotency.mark_done(self.flow.name, env.idem_key, env.msg_id)  # type: ignore[union-attr]
+                if published is not None and env is not None and env.idem_key is not None:
+                    store, key, msg_id = self.idempotency, env.idem_key, env.msg_id
+                    await until_confirmed(lambda: store.mark_done(self.flow.name, key, msg_id),  # type: ignore[union-attr]
+                                          what="done mark", alive=self.alive, log=self.log, msg_id=msg_id)
                     marked = True
                 await msg.ack()
                 if self.waits is not None and env is not None:
                     await self.waits.forget(env)
-                if futures is None:
+                if published is None:
                     if env is not None:
                         self.stats.filtered += 1
                 else:
                     self.stats.acked += 1
-                    self.stats.published += len(futures)
+                    self.stats.published += published
             else:
                 self.stats.failed += 1
-                await self.failures.handle(msg, err, getattr(env, "msg_id", None),
-                                           getattr(env, "correlation_id", None))
-        except Exception as exc:  # connection gone: JetStream will redeliver after ack_wait
-            self.log.warning("settle_failed", error=repr(exc))
+                held = await self.failures.handle(msg, err, env)
+        except Exception as exc:  # the connection closed for good: JetStream redelivers after ack_wait
+            self.log.warning("settle_failed", error=repr(exc), msg_id=getattr(env, "msg_id", None))
         finally:
-            self.feed.release(msg)
+            if not held:
+                self.feed.release(msg)
         return marked
 
+    async def _commit(self, write: Any, env: Envelope) -> None:
+        """One `state` record, compare-and-set, confirmed: a write whose answer was lost in a broker
+        restart and that then meets its own revision has landed, not conflicted."""
+        tries = 0
+
+        async def once() -> None:
+            nonlocal tries
+            tries += 1
+            try:
+                await commit(write)
+            except StateConflict:
+                if tries > 1 and await _landed(write):
+                    return
+                raise
+
+        await until_confirmed(once, what="state write", alive=self.alive, log=self.log, msg_id=env.msg_id)
+
+    # --- outages: parked until the circuit lets calls through -----------------------------------
+
+    def _park(self, msg: Any, endpoint: str) -> bool:
+        """Hold `msg` (no new delivery, kept alive by the feed) until `endpoint`'s circuit lets calls
+        through; False when there is no room (half the window) or no breaker to wait for."""
+        breaker = self.pipeline.breakers.get(endpoint)
+        if breaker is None or self.feed.stopping:
+            return False
+        if sum(len(m) for m in self._parked.values()) >= max(1, self.feed.max_in_flight // 2):
+            return False
+        if endpoint not in self._parked:
+            self._parked[endpoint] = []
+            self._unwatch.append(breaker.on_change(lambda state: self._unpark(endpoint, state)))
+        self._parked[endpoint].append(msg)
+        if breaker.allow():  # it let calls through meanwhile
+            self._unpark(endpoint, breaker.state)
+        return True
+
+    def _unpark(self, endpoint: str, state: str) -> None:
+        parked = self._parked.get(endpoint)
+        if not parked or state == "open":
+            return
+        breaker = self.pipeline.breakers[endpoint]
+        n = len(parked) if state == "closed" else breaker.settings.half_open_probes
+        ready, parked[:] = parked[:n], parked[n:]
+        self.log.info("outage_unparked", endpoint=endpoint, state=state, messages=len(ready), still_parked=len(parked))
+        self.feed.requeue(ready)
+
+
+async def _landed(write: tuple[Any, str, int | None, Any]) -> bool:
+    """Whether a `state` record holds what `write` wrote (its compare-and-set succeeded unanswered)."""
+    kv, key, _, new = write
+    try:
+        entry = await kv.get(key)
+    except KeyNotFoundError:
+        return new is None
+    return new is not None and json.loads(entry.value or b"null") == json.loads(json.dumps(new, default=str))
+
+
+def too_large(subject: str, data: bytes, headers: bytes, limit: int) -> PayloadTooLarge:
+    return PayloadTooLarge(f"{subject}: {len(data)} bytes + {len(headers)} bytes of headers exceed the server's "
+                           f"max_payload of {limit} bytes (publishing it would cut the connection)", step="publish")
+
+
 def _unconfirmed(futures: list[Any], env: Envelope) -> HubError | None:
-    """Why an output was not stored, or None. A subject no stream captures cannot succeed by
-    waiting (a payload-made subject outside the config): that is permanent and says which."""
+    """Why an output was not stored, or None. Whether a stream captures a subject is decided by
+    validation and the publish step: a publish JetStream did not confirm is the broker's outage."""
     for f, (subject, _, _) in zip(futures, env.outputs):
         if f.cancelled():
             return PublishFailed(f"{subject}: no publish ack in time", step="publish")
         exc = f.exception()
-        if isinstance(exc, NoStreamResponseError):
-            return RoutingError(f"no stream captures {subject!r} (the subject came from the payload); "
-                                "add it to a stream in config or fix the payload", step="publish")
         if exc is not None:
-            return PublishFailed(f"{subject}: output not confirmed: {exc!r}", step="publish")
+            err = classify(exc)
+            if is_broker_fault(exc):
+                return PublishFailed(f"{subject}: output not confirmed: {exc!r}", step="publish")
+            err.step = "publish"
+            return err
     return None

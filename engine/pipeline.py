@@ -15,8 +15,12 @@ import jmespath
 from pydantic import BaseModel, ValidationError
 
 from engine.adapter import Adapter, CallContext
-from engine.errors import HubError, NotYet, RoutingError, SlotsBusy, TransformFailed, ValidationFailed, classify
-from engine.messages import Envelope, encode, output_headers
+import structlog
+
+from engine.errors import (BrokerUnavailable, CircuitOpen, HubError, NotYet, OutcomeUnknown, RoutingError, SlotsBusy,
+                           TransformFailed, ValidationFailed, VerifyPending, classify)
+from engine.messages import Envelope, encode, now_iso, output_headers
+from engine.outcomes import DONE, NOT_DONE, UNKNOWN, Verifier, needs_verdict, remembered, still_unknown, unknown_outcome
 from engine.nats_client import encode_headers
 from engine.breaker import Breaker
 from engine.fallback import FallbackCache
@@ -24,10 +28,11 @@ from engine.resilience import CallGuard
 from engine.spec import (CallStep, FilterStep, Flow, PublishSpec, PublishStep, PullStep, ReplyStep, StateStep,
                          TransformStep, UntilSpec, UntilStep, ValidateStep)
 from engine.subjects import placeholders, render, subject_problem
-from engine.validation import resolve_schema, resolve_transform
+from engine.validation import endpoint_candidates, resolve_schema, resolve_transform
 from engine.yaml_lines import format_loc
 
 SyncStep = Callable[[Envelope], bool]
+log = structlog.get_logger("hub.call")
 
 
 def endpoint_slots(adapter: Adapter) -> asyncio.Semaphore | None:
@@ -83,7 +88,8 @@ def _transform(ref: str, label: str) -> SyncStep:
     return run
 
 
-def _publish(spec: PublishSpec, flow: str, index: int, label: str) -> SyncStep:
+def _publish(spec: PublishSpec, flow: str, index: int, label: str,
+             captured: Callable[[str], bool] | None = None) -> SyncStep:
     template, identity = spec.subject, spec.id
     templated = bool(placeholders(template))
 
@@ -99,6 +105,11 @@ def _publish(spec: PublishSpec, flow: str, index: int, label: str) -> SyncStep:
             if problem := subject_problem(subject):
                 raise RoutingError(f"subject {template!r} rendered from the payload is not valid: {problem}",
                                    step=label)
+            # whether a stream captures it is config's answer, not a runtime error's: a publish that
+            # JetStream does not confirm is the broker's outage (engine/executor.py)
+            if captured is not None and not captured(subject):
+                raise RoutingError(f"no stream captures {subject!r} (rendered from {template!r}; config's streams decide); "
+                                   "add it to a stream in config or fix the payload", step=label)
         ident = None
         if identity is not None:
             try:
@@ -154,13 +165,16 @@ class Pipeline:
 
     def __init__(self, flow: Flow, adapters: dict[str, Adapter], guard: CallGuard | None = None,
                  breakers: dict[str, Breaker] | None = None, fallback: FallbackCache | None = None,
-                 js: Any = None, publish_timeout: float = 10.0) -> None:
+                 js: Any = None, publish_timeout: float = 10.0,
+                 captured: Callable[[str], bool] | None = None) -> None:
+        """`captured(subject)`: whether a configured stream captures a subject rendered from a payload."""
         from engine.keyed_state import KeyedState
         from engine.paged_pull import PagedPull
 
         self.flow = flow
         self.publish_timeout = publish_timeout
         self._refresh: dict[str, Any] = {}  # call label -> compiled `refresh_when`
+        self._verifiers: dict[str, Verifier] = {}  # call label -> compiled `verify`
         self.steps: list[tuple[str, SyncStep | None, Any]] = []
         if flow.schema_:
             self.steps.append(("schema", _validator(resolve_schema(flow.schema_), "schema"), None))
@@ -173,7 +187,8 @@ class Pipeline:
             elif isinstance(step, TransformStep):
                 self.steps.append((label + ".transform", _transform(step.transform, label), None))
             elif isinstance(step, PublishStep):
-                self.steps.append((label + ".publish", _publish(step.publish, flow.name, i, label), None))
+                self.steps.append((label + ".publish", _publish(step.publish, flow.name, i, label,
+                                                                 _cached(captured)), None))
             elif isinstance(step, ReplyStep):
                 self.steps.append((label + ".reply", _reply, None))
             elif isinstance(step, UntilStep):
@@ -182,6 +197,8 @@ class Pipeline:
                 self.steps.append((label + ".call", None, step))
                 if step.call.fallback is not None and step.call.fallback.refresh_when:
                     self._refresh[label + ".call"] = jmespath.compile(step.call.fallback.refresh_when).search
+                if step.call.verify is not None:
+                    self._verifiers[label + ".call"] = Verifier(step.call.verify)
             elif isinstance(step, PullStep):
                 self.steps.append((label + ".pull", None, PagedPull(step.pull, self, js, label)))
             elif isinstance(step, StateStep):
@@ -191,6 +208,12 @@ class Pipeline:
         self.breakers = breakers or {}
         self.fallback = fallback
         self.is_async = any(call is not None for _, _, call in self.steps)
+        # a call of this flow may be a non-idempotent operation: a redelivery first reads what earlier
+        # deliveries learnt about it (engine/outcomes.py)
+        self.has_unsafe_calls = any(
+            not adapters[name].config.is_idempotent(s.call.operation)
+            for s in flow.steps if isinstance(s, CallStep)
+            for name in endpoint_candidates(s.call.endpoint, list(adapters)))
         self.call_count = 0        # for the latency alert: calls made and the seconds they took
         self.call_seconds = 0.0
         self.calls_endpoints = [s.call.endpoint if isinstance(s, CallStep) else s.pull.endpoint
@@ -236,9 +259,11 @@ class Pipeline:
         return True
 
     async def call_endpoint(self, env: Envelope, template: str, operation: str | None, timeout: float | None,
-                            body: Any, idem_key: str | None = None) -> Any:
+                            body: Any, idem_key: str | None = None, label: str | None = None) -> Any:
         """One guarded call: endpoint from the template, the flow's retries, the endpoint's breaker.
-        Raises a HubError that names the endpoint."""
+        Raises a HubError that names the endpoint. A non-idempotent operation whose request may have
+        reached the target is not resent blindly: the step's `verify` (by `label`) decides, or
+        OutcomeUnknown (engine/outcomes.py)."""
         try:
             name = render(template, env.payload)
         except KeyError as exc:
@@ -251,36 +276,76 @@ class Pipeline:
         ctx = CallContext(env.headers, idem_key or env.idem_key or env.msg_id, env.correlation_id, timeout)
         breaker = self.breakers.get(name)
         slots = endpoint_slots(adapter)
+        msg_key = env.msg_id
+        unsafe = not adapter.config.is_idempotent(operation)
+        verifier = self._verifiers.get(label or "") if unsafe else None
 
-        def once() -> Any:
-            return adapter.call(operation, body, ctx)  # adapters enforce ctx.timeout
-
-        async def attempt() -> Any:
+        async def through_breaker(op: str | None, payload: Any, seconds: float) -> Any:
             # the wait for a local slot is ours, not the target's: it stays outside the breaker, so a
             # queue in this runner never opens the circuit of a target that answers every call
+            call_ctx = ctx if op == operation else CallContext(env.headers, ctx.msg_id, env.correlation_id, seconds)
             waited = time.monotonic()
             if slots is not None:
                 try:
-                    await asyncio.wait_for(slots.acquire(), timeout)
+                    await asyncio.wait_for(slots.acquire(), seconds)
                 except TimeoutError:
                     raise SlotsBusy(f"{name}: all {adapter.config.max_concurrency} call slots busy for "
-                                    f"{timeout:.1f}s") from None
-                ctx.timeout = max(0.05, timeout - (time.monotonic() - waited))  # the wait is part of the deadline
+                                    f"{seconds:.1f}s") from None
+                call_ctx.timeout = max(0.05, seconds - (time.monotonic() - waited))  # the wait is part of the deadline
+
+            def once() -> Any:
+                return adapter.call(op, payload, call_ctx)  # adapters enforce ctx.timeout
+
             try:
-                return await (breaker.call(once) if breaker is not None else once())
+                return await (breaker.call(once, msg_key) if breaker is not None else once())
             finally:
                 if slots is not None:
                     slots.release()
 
+        def record(err: HubError, number: int = 0) -> None:
+            note_attempt(env, label, name, operation, err)
+
+        async def attempt() -> Any:
+            if not unsafe:
+                return await through_breaker(operation, body, timeout)
+            try:
+                return await through_breaker(operation, body, timeout)
+            except HubError as exc:
+                if not needs_verdict(exc, unsafe):
+                    raise  # answered, or nothing was sent: retried (or not) as any call
+                where = f"{name}: {operation or 'call'}"
+                if verifier is None:
+                    raise unknown_outcome(where, exc, key=ctx.msg_id) from exc
+                record(exc)  # the lost create is an attempt of its own; the verdict follows
+                return await self._verdict(verifier, through_breaker, env, body, where, exc, ctx.msg_id, timeout)
+
         started = time.monotonic()
         try:
-            return await self.guard.call(name, attempt)
+            return await self.guard.call(name, attempt, record, msg_id=env.msg_id, step=label)
         except HubError as exc:
             exc.endpoint = name
             raise
         finally:
             self.call_count += 1
             self.call_seconds += time.monotonic() - started
+
+    async def _verdict(self, verifier: Verifier, through_breaker: Any, env: Envelope, body: Any, where: str,
+                       cause: HubError, key: str, timeout: float) -> Any:
+        """After a lost answer: the verify's answer when the call took effect; the cause (now known
+        safe to resend) when it did not; VerifyPending when nobody can tell yet."""
+        spec = verifier.spec
+        try:
+            answer = await through_breaker(spec.operation, verifier.request(env.payload, body), spec.timeout or timeout)
+        except HubError as exc:
+            raise still_unknown(where, f"verify {spec.operation} failed: {exc.error_class}: {exc}", key) from cause
+        verdict = verifier.decide(answer)
+        log.info("outcome_verified", flow=self.flow.name, msg_id=env.msg_id, where=where, verdict=verdict)
+        if verdict == DONE:
+            return answer
+        if verdict == NOT_DONE:
+            cause.sent = False  # verified: it did not happen, so it may be sent again
+            raise cause
+        raise still_unknown(where, f"verify {spec.operation} answered neither done nor not done", key) from cause
 
     async def _call(self, env: Envelope, step: CallStep, label: str) -> None:
         spec = step.call
@@ -289,6 +354,9 @@ class Pipeline:
             if not isinstance(body, dict) or spec.input not in body:
                 raise RoutingError(f"`input: {spec.input}` needs that key in the payload")
             body = body[spec.input]
+        if env.prior is not None and label in env.prior:  # an earlier delivery's non-idempotent call
+            self._store(env, spec.into, await self._known_outcome(env, spec, label, body))
+            return
         cache = spec.fallback if self.fallback is not None else None
         result: Any = None
         shared = cache is not None and cache.fresh is not None  # answers reused: one call per key at a time
@@ -303,23 +371,116 @@ class Pipeline:
                         render(spec.endpoint, env.payload), cache, env.payload, refresh=refresh,  # type: ignore[arg-type]
                         call=lambda: self.call_endpoint(env, spec.endpoint, spec.operation, spec.timeout, body))
                 else:
-                    result = await self.call_endpoint(env, spec.endpoint, spec.operation, spec.timeout, body)
+                    result = await self.call_endpoint(env, spec.endpoint, spec.operation, spec.timeout, body,
+                                                      label=label)
+                    if self.has_unsafe_calls and self._unsafe(env, spec):
+                        keep(env, label, remembered(result))  # a later failure must not send it again
             except HubError as exc:
+                if isinstance(exc, VerifyPending | OutcomeUnknown):
+                    keep(env, label, {"unknown": str(exc)[:300]})
                 if cache is not None and exc.transient:
                     result = await self.fallback.stale_answer(exc.endpoint or spec.endpoint, cache,  # type: ignore[union-attr]
                                                               env.payload, exc)
-                elif spec.capture_errors and not exc.transient:
+                elif spec.capture_errors and not exc.transient and not isinstance(exc, OutcomeUnknown):
                     result = {"error": {"class": exc.error_class, "message": str(exc)}}
                 else:
                     raise
             else:
                 if cache is not None and not shared:
                     await self.fallback.remember(render(spec.endpoint, env.payload), cache, env.payload, result)  # type: ignore[union-attr]
-        if spec.into:
+        self._store(env, spec.into, result)
+
+    @staticmethod
+    def _store(env: Envelope, into: str | None, result: Any) -> None:
+        if into:
             if not isinstance(env.payload, dict):
-                raise RoutingError(f"`into: {spec.into}` needs an object payload")
-            env.payload = {**env.payload, spec.into: result}
+                raise RoutingError(f"`into: {into}` needs an object payload")
+            env.payload = {**env.payload, into: result}
             env.raw = None
         elif result is not None:
             env.payload = result
             env.raw = None
+
+    def _unsafe(self, env: Envelope, spec: Any) -> bool:
+        adapter = self.adapters.get(render(spec.endpoint, env.payload))
+        return adapter is not None and not adapter.config.is_idempotent(spec.operation)
+
+    async def _known_outcome(self, env: Envelope, spec: Any, label: str, body: Any) -> Any:
+        """A non-idempotent call an earlier delivery made: its kept answer; else (its outcome was lost)
+        the verify's verdict, and a new call only once the verify says it did not happen."""
+        prior = env.prior[label]  # type: ignore[index]
+        if "answer" in prior:
+            keep(env, label, prior)
+            return prior["answer"]
+        where = f"{render(spec.endpoint, env.payload)}: {spec.operation or 'call'}"
+        verifier = self._verifiers.get(label)
+        key = env.idem_key or env.msg_id
+        if verifier is None:
+            raise unknown_outcome(where, VerifyPending(prior.get("unknown", "outcome unknown")), key=key)
+        adapter = self.adapters[render(spec.endpoint, env.payload)]
+        timeout = spec.timeout or getattr(adapter.config, "timeout", None) or 30.0
+        ctx = CallContext(env.headers, key, env.correlation_id, verifier.spec.timeout or timeout)
+        breaker = self.breakers.get(adapter.endpoint)
+
+        def once() -> Any:
+            return adapter.call(verifier.spec.operation, verifier.request(env.payload, body), ctx)
+
+        try:
+            answer = await (breaker.call(once, env.msg_id) if breaker is not None else once())
+        except HubError as exc:
+            keep(env, label, prior)
+            exc.endpoint = adapter.endpoint
+            raise still_unknown(where, f"verify {verifier.spec.operation} failed: {exc.error_class}: {exc}",
+                                key) from exc
+        verdict = verifier.decide(answer)
+        log.info("outcome_verified", flow=self.flow.name, msg_id=env.msg_id, where=where, verdict=verdict,
+                 delivery="redelivery")
+        if verdict == DONE:
+            keep(env, label, remembered(answer))
+            return answer
+        if verdict == UNKNOWN:
+            keep(env, label, prior)
+            raise still_unknown(where, f"verify {verifier.spec.operation} answered neither done nor not done", key)
+        result = await self.call_endpoint(env, spec.endpoint, spec.operation, spec.timeout, body, label=label)
+        keep(env, label, remembered(result))
+        return result
+
+
+def keep(env: Envelope, label: str, outcome: dict[str, Any]) -> None:
+    if env.outcomes is None:
+        env.outcomes = {}
+    env.outcomes[label] = outcome
+
+
+def note_attempt(env: Envelope, label: str | None, endpoint: str, operation: str | None, err: HubError) -> None:
+    """One failed call attempt, for the message's failure history (engine/failures.py)."""
+    if env.attempts is None:
+        env.attempts = []
+    number = 1 + sum(1 for a in env.attempts if a["step"] == label)
+    env.attempts.append({"at": now_iso(), "step": label, "endpoint": endpoint, "operation": operation,
+                         "attempt": number, "error_class": err.error_class, "error": str(err)[:500],
+                         "transient": err.transient, "call": reached_target(err)})
+
+
+def reached_target(err: HubError) -> bool:
+    """Whether a failed attempt sent a request (for the count of calls in a DLQ record)."""
+    if isinstance(err, CircuitOpen | SlotsBusy | BrokerUnavailable | RoutingError | ValidationFailed):
+        return False
+    return getattr(err, "sent", None) is not False
+
+
+def _cached(captured: Callable[[str], bool] | None) -> Callable[[str], bool] | None:
+    """`captured` with a bounded memory: rendered subjects repeat (one per country, per meter vendor)."""
+    if captured is None:
+        return None
+    seen: dict[str, bool] = {}
+
+    def check(subject: str) -> bool:
+        answer = seen.get(subject)
+        if answer is None:
+            if len(seen) > 10_000:
+                seen.clear()
+            answer = seen[subject] = captured(subject)
+        return answer
+
+    return check

@@ -43,7 +43,12 @@ def used_endpoints(project: Project) -> set[str]:
 
 
 class Hub:
-    """One runner process. Nothing here assumes it is alone: durables and queue groups are shared."""
+    """One runner process. Nothing here assumes it is alone: durables and queue groups are shared.
+
+    It never runs on without its broker: the connection reconnects for as long as the server may come
+    back; when nats-py closes it for good (the server refused it: credentials, a protocol violation)
+    `closed_for_good` is set and `wait_closed()` returns the reason, and `runner.py run` exits
+    non-zero so a supervisor starts it again. Readiness reads `broker_state`."""
 
     def __init__(self, project: Project, *, servers: list[str] | None = None,
                  data_dir: str | Path | None = None) -> None:
@@ -62,6 +67,32 @@ class Hub:
         self.endpoint_breakers: dict[str, Any] = {}
         self.schedulers: dict[str, Scheduler] = {}
         self.ingresses: dict[str, Any] = {}
+        self.closed_reason: str | None = None  # why the connection closed for good (None while it has not)
+        self._closed = asyncio.Event()
+        self._stopping = False
+
+    # --- the broker connection, for readiness and the runner's exit ----------------------------
+
+    @property
+    def broker_state(self) -> str:
+        """"connected", "reconnecting" (outputs and acks wait), "closed" (for good: the runner must
+        exit) or "not started"."""
+        if self._closed.is_set():
+            return "closed"
+        if self.nc is None:
+            return "not started"
+        if self.nc.is_connected:
+            return "connected"
+        return "closed" if self.nc.is_closed else "reconnecting"
+
+    @property
+    def closed_for_good(self) -> bool:
+        return self._closed.is_set()
+
+    async def wait_closed(self) -> str:
+        """Return (the reason) once the connection has closed for good; a stop() does not count."""
+        await self._closed.wait()
+        return self.closed_reason or "connection closed"
 
     async def start(self) -> None:
         """Broker, streams, shared state, adapters, then flows; stop() undoes what got started."""
@@ -88,7 +119,8 @@ class Hub:
         # subjects are checked by validation and by the publish step: connect_options skips nats-py's check
         self.nc = await connect(**connect_options(
             self.project.config, self.servers, max_reconnect_attempts=-1, reconnect_time_wait=0.5,
-            reconnected_cb=self._reconnected, disconnected_cb=self._disconnected, error_cb=self._error))
+            reconnected_cb=self._reconnected, disconnected_cb=self._disconnected, error_cb=self._error,
+            closed_cb=self._connection_closed))
         self.js = self.nc.jetstream(timeout=ncfg.publish_timeout)
 
     async def _open_state(self) -> None:
@@ -123,7 +155,7 @@ class Hub:
         for lf in self.project.flows:
             flow = lf.flow
             pipeline = Pipeline(flow, self.adapters, breakers=breakers, fallback=self.fallback, js=self.js,
-                                publish_timeout=ncfg.publish_timeout)
+                                publish_timeout=ncfg.publish_timeout, captured=self._captured)
             if flow.is_request:
                 runner: StreamFlowRunner | RequestFlowRunner = RequestFlowRunner(
                     pipeline, self.nc, self.js, ncfg.publish_timeout)
@@ -151,8 +183,13 @@ class Hub:
         self.alerts = AlertWatcher(self.nc, self.js, streams, self.project.config.dlq.stream)
         await self.alerts.start()
 
+    def _captured(self, subject: str) -> bool:
+        """Whether a configured stream captures a subject a flow rendered from a payload."""
+        return stream_for(self.project.config, subject, pattern=False) is not None
+
     async def stop(self, timeout: float = 10.0) -> None:
         """Graceful: stop pulling, finish or hand back in-flight messages, close, stop the broker."""
+        self._stopping = True
         try:
             if self.alerts is not None:
                 await self.alerts.stop()
@@ -197,6 +234,15 @@ class Hub:
 
     async def _error(self, exc: Exception) -> None:
         log.warning("nats_error", error=repr(exc))
+
+    async def _connection_closed(self) -> None:
+        if self._stopping:
+            return
+        last = self.nc.last_error if self.nc is not None else None
+        self.closed_reason = f"{type(last).__name__}: {last}" if last is not None else "closed by the client"
+        log.error("nats_closed_for_good", reason=self.closed_reason,
+                  consequence="no flow can run: the runner exits non-zero so a supervisor restarts it")
+        self._closed.set()
 
     async def __aenter__(self) -> "Hub":
         await self.start()

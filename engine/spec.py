@@ -57,6 +57,28 @@ class Fallback(_Strict):
                                      examples=["confirm"])
 
 
+class VerifySpec(_Strict):
+    """How to find out whether a non-idempotent call took effect when its answer was lost (a timeout or a
+    connection cut after the request went out): a call to another operation of the same endpoint (a
+    status or search by business key) whose answer says done, not done, or neither. Done: its answer
+    stands in for the lost one and the flow goes on, nothing is sent again. Not done: the call is sent
+    again (the in-process retries, then the redeliver schedule). Neither, or the verify call fails: the
+    message waits and verifies again on the redeliver schedule (VerifyPending), and is dead-lettered as
+    OutcomeUnknown when the schedule is spent."""
+
+    operation: str = Field(description="Operation of the same endpoint that looks the effect up.",
+                           examples=["switch_status", "find_switch"])
+    input: str | None = Field(None, description="Send this payload key's value (e.g. a lookup a transform built "
+                              "next to the request); default: what the call itself sends.",
+                              examples=["erp_lookup"])
+    done: str = Field(description="JMESPath over the verify answer; truthy means the call took effect.",
+                      examples=["found", "status != 'UNKNOWN'"])
+    not_done: str = Field(description="JMESPath over the verify answer; truthy means it did not (safe to send "
+                          "again). Neither truthy: still unknown.", examples=["!found", "status == 'UNKNOWN'"])
+    timeout: Duration | None = Field(None, description="Timeout of the verify call; default: the call's.",
+                                     examples=["5s"])
+
+
 class CallSpec(_Strict):
     endpoint: str = Field(description="Endpoint name from config; `{field}` placeholders allowed.",
                           examples=["erp_{country}", "crm_readings"])
@@ -74,6 +96,11 @@ class CallSpec(_Strict):
         "marked possibly stale.")
     capture_errors: bool = Field(False, description="A permanent failure (a refusal) becomes data under `into` "
                                  "(`{error: {class, message}}`) and the flow goes on; transient ones still retry.")
+    verify: "VerifySpec | None" = Field(
+        None, description="For an operation the endpoint declares `idempotent: false` (a create): what decides, "
+        "after a timeout or a cut connection, whether it took effect. Without it such a call is never sent "
+        "again blindly: the message goes to the DLQ as OutcomeUnknown for ops to reconcile.",
+        examples=[{"operation": "find_switch", "input": "erp_lookup", "done": "found", "not_done": "!found"}])
 
     @model_validator(mode="after")
     def _capture_needs_into(self) -> "CallSpec":

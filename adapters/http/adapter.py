@@ -220,7 +220,9 @@ class HttpAdapter(Adapter):
             raise TargetServerError(f"{where}: malformed HTTP answer: {snippet(str(exc))}") from exc
         except (aiohttp.ClientError, OSError) as exc:
             where = self._where(route, url)
-            raise TargetUnavailable(f"{where}: {type(exc).__name__}: {snippet(str(exc))}") from exc
+            # no connection (refused, DNS, TLS handshake): nothing was sent, a create may be resent
+            sent = False if isinstance(exc, aiohttp.ClientConnectorError) else None
+            raise TargetUnavailable(f"{where}: {type(exc).__name__}: {snippet(str(exc))}", sent=sent) from exc
 
     def _target(self, route: "_Route", payload: Any) -> URL:
         """The URL before query parameters: `_url` when the body gives one, else base_url + path."""
