@@ -18,6 +18,7 @@ HISTORY = "Hub-Dlq-History"  # JSON list of every failure: at, delivery, step, e
 # Attempts counts the deliveries that failed; these say what JetStream and the target saw:
 DELIVERIES = "Hub-Dlq-Deliveries"  # times JetStream delivered the message (outage waits and restarts included)
 CALLS = "Hub-Dlq-Calls"            # requests the failing endpoints received for it (every in-process attempt)
+PAYLOAD_OMITTED = "Hub-Dlq-Payload-Omitted"  # the payload did not fit next to the headers: where the original is
 
 
 def _one_line(text: str, limit: int = 2000) -> str:

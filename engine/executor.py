@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
+from collections import deque
 from typing import Any
 
 import structlog
@@ -41,6 +43,8 @@ PENDING_BATCHES = 4          # batches whose publish acks may be outstanding at 
 HAND_BACK = HubError("runner stopping: message not started")  # marker, never raised
 EXTRA_DELIVERIES = 10
 STATE_RETRY_DELAY = 0.2      # a `state` record changed by another message: run this one again soon
+RECENT_ACKS = 8192           # acks remembered to send again after a reconnect ...
+RE_ACK_WINDOW = 2.0          # ... those sent this long before the connection dropped
 
 
 class FlowStats:
@@ -72,6 +76,7 @@ class StreamFlowRunner:
         pipeline.guard.limiter = self.limiter  # in-process retries of a call take a token too
         self.failures = FailureHandler(self.flow, js, stream, publish_timeout, history, breaker_wait)
         self.failures.alive = self.alive
+        self.failures.max_payload = lambda: nc.max_payload
         self.waits = WaitHandler(self.flow, js, self.failures) if pipeline.waits else None
         self.idempotency = idempotency if idempotency and applies_to(self.flow, pipeline.is_async) else None
         self.keys_in_flight = InFlightKeys()
@@ -87,6 +92,8 @@ class StreamFlowRunner:
         self._slots = asyncio.Semaphore(PENDING_BATCHES)
         self._workers: list[asyncio.Task[None]] = []
         self._parked: dict[str, list[Any]] = {}  # endpoint -> messages waiting for its circuit
+        self._recent_acks: deque[tuple[float, str]] = deque(maxlen=RECENT_ACKS)  # (when, ack subject)
+        self._disconnected_at = 0.0
         self._unwatch: list[Any] = []
         if self.concurrent:
             self.failures.park = self._park
@@ -145,8 +152,29 @@ class StreamFlowRunner:
         breaker.on_change(changed)
         window(breaker.state)
 
+    def on_disconnect(self) -> None:
+        self._disconnected_at = time.monotonic()
+
     def on_reconnect(self) -> None:
+        """Pull again, and ack once more what was acked just before the connection dropped: a server
+        going down drops the acks it had not processed yet, and each would hold its message for a
+        whole ack_wait (to be skipped as done, but late)."""
         self.feed.on_reconnect()
+        since = self._disconnected_at - RE_ACK_WINDOW
+        replies = [reply for at, reply in self._recent_acks if at >= since]
+        self._recent_acks.clear()
+        if replies:
+            self.log.info("re_ack_after_reconnect", messages=len(replies))
+            task = asyncio.create_task(self._re_ack(replies))
+            self._finalisers.add(task)
+            task.add_done_callback(self._finalisers.discard)
+
+    async def _re_ack(self, replies: list[str]) -> None:
+        for reply in replies:
+            try:
+                await self.nc.publish(reply, b"+ACK")  # an ack the server has already seen is ignored
+            except Exception:  # noqa: BLE001 - disconnected again: the ack_wait redelivery is the fallback
+                return
 
     async def stop(self, timeout: float = 10.0) -> None:
         """Stop pulling; hand unstarted and parked messages back (redelivered to any runner after
@@ -376,6 +404,7 @@ class StreamFlowRunner:
                                           what="done mark", alive=self.alive, log=self.log, msg_id=msg_id)
                     marked = True
                 await msg.ack()
+                self._recent_acks.append((time.monotonic(), msg.reply))
                 if self.waits is not None and env is not None:
                     await self.waits.forget(env)
                 if published is None:

@@ -28,7 +28,7 @@ import structlog
 from nats.js.errors import KeyNotFoundError
 
 from engine.confirm import until_confirmed
-from engine.dead_letter import build_headers, dlq_subject
+from engine.dead_letter import HISTORY, PAYLOAD_OMITTED, build_headers, dlq_subject
 from engine.errors import BrokerUnavailable, CircuitOpen, HubError, OutcomeUnknown, VerifyPending
 from engine.kv import bucket
 from engine.messages import message_id, now_iso
@@ -110,6 +110,7 @@ class FailureHandler:
         self.breaker_wait = breaker_wait  # endpoint -> seconds until its circuit may close, or None
         self.alive: Callable[[], bool] = lambda: True  # the connection can still come back (set by the runner)
         self.park: Callable[[Any, str], bool] | None = None  # hold a message until its endpoint's circuit lets calls through
+        self.max_payload: Callable[[], int | None] = lambda: None  # the server's limit, headers included
         self.dead_lettered = 0
         self.redelivered = 0
         self.outage_waits = 0
@@ -261,5 +262,26 @@ class FailureHandler:
             headers, flow=self.flow.name, err=err, attempts=failed_deliveries(history) or deliveries, subject=subject,
             stream=self.stream, sequence=seq, consumer=self.flow.name, first_failure=first, history=shown,
             deliveries=deliveries, calls=calls_made(history))
+        data, record_headers = fit(data, record_headers, self.max_payload(), self.stream, seq)
         await self.js.publish(dlq_subject(self.flow.name), data, headers=record_headers,
                               timeout=self.publish_timeout)
+
+
+def fit(data: bytes, headers: dict[str, str], limit: int | None, stream: str, seq: int) -> tuple[bytes, dict[str, str]]:
+    """A record within the server's max_payload (a bigger publish would cut the connection): the
+    history shortened first, then the payload left out (it stays in its own stream, named here)."""
+    if limit is None:
+        return data, headers
+
+    def size(d: bytes, h: dict[str, str]) -> int:
+        return len(d) + sum(len(k) + len(v) + 4 for k, v in h.items()) + 16
+
+    if size(data, headers) <= limit:
+        return data, headers
+    history = json.loads(headers.get(HISTORY, "[]"))
+    headers = {**headers, HISTORY: json.dumps(history[-3:], ensure_ascii=True, default=str)}
+    if size(data, headers) <= limit:
+        return data, headers
+    headers[PAYLOAD_OMITTED] = (f"{len(data)} bytes: too large for a record next to its headers; the original is "
+                                f"message {seq} of stream {stream}")
+    return b"", headers

@@ -18,13 +18,14 @@ from typing import Any, Awaitable, Callable
 import structlog
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
-from engine.errors import BrokerUnavailable, CircuitOpen, HubError, VerifyPending, classify
+from engine.errors import BrokerUnavailable, CircuitOpen, HubError, SlotsBusy, VerifyPending, classify
 from engine.ratelimit import RateLimiter
 from engine.spec import Flow
 
 log = structlog.get_logger("hub.call")
 
 _NOT_RETRIED_HERE = (CircuitOpen, BrokerUnavailable, VerifyPending)
+_NOT_A_CALL = (CircuitOpen, SlotsBusy, BrokerUnavailable)
 
 
 def _is_transient(exc: BaseException) -> bool:
@@ -64,9 +65,11 @@ class CallGuard:
             except Exception as exc:
                 err = classify(exc)
                 again = tries < last and _is_transient(err)
-                log.warning("call_attempt_failed", flow=self.flow, endpoint=endpoint, attempt=tries,
-                            error_class=err.error_class, error=str(err)[:300], retried_in_process=again,
-                            **log_fields)
+                # no call was made (an open circuit, a busy slot, our broker): one line still, at info
+                quiet = isinstance(err, _NOT_A_CALL)
+                (log.info if quiet else log.warning)(
+                    "call_attempt_failed", flow=self.flow, endpoint=endpoint, attempt=tries,
+                    error_class=err.error_class, error=str(err)[:300], retried_in_process=again, **log_fields)
                 if on_failure is not None:
                     on_failure(err, tries)
                 if err is exc:

@@ -7,6 +7,7 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+import nats.errors
 import structlog
 
 from engine.adapter import Adapter, Services
@@ -28,6 +29,7 @@ from engine.streams import ensure_streams
 from engine.validation import Project, endpoint_candidates, stream_for
 
 log = structlog.get_logger("hub.runtime")
+REFUSALS_BEFORE_EXIT = 5  # about 2.5 s of reconnects refused for credentials
 
 
 def used_endpoints(project: Project) -> set[str]:
@@ -70,6 +72,7 @@ class Hub:
         self.closed_reason: str | None = None  # why the connection closed for good (None while it has not)
         self._closed = asyncio.Event()
         self._stopping = False
+        self._refusals = 0  # authorization violations in a row while reconnecting
 
     # --- the broker connection, for readiness and the runner's exit ----------------------------
 
@@ -215,7 +218,10 @@ class Hub:
                 try:
                     await asyncio.wait_for(self.nc.drain(), timeout)
                 except Exception:
-                    await self.nc.close()
+                    try:
+                        await self.nc.close()
+                    except Exception as exc:  # noqa: BLE001 - the connection is gone either way
+                        log.warning("nats_close_failed", error=repr(exc))
         finally:
             if self.embedded is not None:
                 (Path(self.embedded.data_dir) / URL_FILE).unlink(missing_ok=True)
@@ -223,6 +229,7 @@ class Hub:
                 log.info("embedded_nats_stopped")
 
     async def _reconnected(self) -> None:
+        self._refusals = 0
         log.warning("nats_reconnected", url=str(self.nc.connected_url.netloc if self.nc.connected_url else ""))
         for runner in self.runners.values():
             runner.on_reconnect()
@@ -231,16 +238,34 @@ class Hub:
 
     async def _disconnected(self) -> None:
         log.warning("nats_disconnected")
+        for runner in self.runners.values():
+            if isinstance(runner, StreamFlowRunner):
+                runner.on_disconnect()
 
     async def _error(self, exc: Exception) -> None:
         log.warning("nats_error", error=repr(exc))
+        # nats-py keeps reconnecting to a server that refuses its credentials; that never heals inside
+        # this process, so after a few refusals in a row it counts as closed for good
+        if "authorization violation" in str(exc).lower() or isinstance(exc, nats.errors.AuthorizationError):
+            self._refusals += 1
+            if self._refusals >= REFUSALS_BEFORE_EXIT and not self._stopping and not self._closed.is_set():
+                self._closed_for_good(f"the server refused the credentials {self._refusals} times: {exc}")
+                try:
+                    await self.nc.close()
+                except Exception:  # noqa: BLE001 - closing a connection that is half gone
+                    pass
+        else:
+            self._refusals = 0
 
     async def _connection_closed(self) -> None:
-        if self._stopping:
+        if self._stopping or self._closed.is_set():
             return
         last = self.nc.last_error if self.nc is not None else None
-        self.closed_reason = f"{type(last).__name__}: {last}" if last is not None else "closed by the client"
-        log.error("nats_closed_for_good", reason=self.closed_reason,
+        self._closed_for_good(f"{type(last).__name__}: {last}" if last is not None else "closed by the client")
+
+    def _closed_for_good(self, reason: str) -> None:
+        self.closed_reason = reason
+        log.error("nats_closed_for_good", reason=reason,
                   consequence="no flow can run: the runner exits non-zero so a supervisor restarts it")
         self._closed.set()
 
