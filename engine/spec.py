@@ -182,7 +182,14 @@ Step = Annotated[
 
 class OnError(_Strict):
     """What happens when a step fails. Transient errors retry, then redeliver; permanent ones and
-    exhausted schedules go to the dead-letter queue."""
+    exhausted schedules go to the dead-letter queue. Every failed attempt is a log line and an entry in
+    the message's history; a DLQ record says its deliveries and the calls the target received.
+
+    Outages use none of this schedule. An endpoint whose circuit is open: the message is parked in the
+    runner and runs again as soon as the circuit lets calls through. The hub's own broker restarting,
+    electing a leader or out of reach (BrokerUnavailable): never dead-lettered; once the message's effect
+    happened, its outputs, state records and done mark are retried until the broker confirms them,
+    and only then is the source acked, so a lost ack never repeats an effect."""
 
     retry: list[Duration] = Field(default_factory=list, description="In-process waits between attempts of a call.",
                                   examples=[["200ms", "1s"]])

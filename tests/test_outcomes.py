@@ -12,7 +12,7 @@ import pytest
 from engine.errors import ConfigError, TargetUnavailable, may_have_taken_effect
 from engine.validation import load_project
 from tests.helpers import StreamReader, project_from, settled, started_hub, wait_until
-from tests.targets import CreateTarget
+from sandbox.fault_targets import CreateTarget
 
 VERIFY = '{operation: find, input: lookup, done: "found", not_done: "!found"}'
 

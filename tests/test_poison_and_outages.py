@@ -10,7 +10,7 @@ from pathlib import Path
 from structlog.testing import capture_logs
 
 from tests.helpers import StreamReader, project_from, settled, started_hub, wait_until
-from tests.targets import PathTarget
+from sandbox.fault_targets import PathTarget
 
 
 def project(tmp: Path, u: str, url: str, breaker: str, on_error: str):

@@ -1,4 +1,5 @@
-"""Small real HTTP targets (aiohttp on a free loopback port) for the fault tests of issue 12.
+"""Small real HTTP targets (aiohttp on a free loopback port) for the fault tests and the demo's fault
+section (issue 12).
 
 `CreateTarget` is strict where an ERP such as SAP is: a create is not idempotent (it ignores the
 Idempotency-Key header the hub sends; every POST that reaches it makes a new record), and its answer
