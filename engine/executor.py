@@ -16,20 +16,18 @@ are parked here until it lets calls through (engine/failures.py).
 from __future__ import annotations
 
 import asyncio
-import json
-import time
-from collections import deque
 from typing import Any
 
 import structlog
-from nats.js.errors import KeyNotFoundError
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from engine.confirm import FIRST_PAUSE, LOG_EVERY, MAX_PAUSE, until_confirmed
-from engine.errors import HubError, NotYet, PayloadTooLarge, PublishFailed, classify, is_broker_fault
+from engine.confirm import until_confirmed
+from engine.errors import HubError, NotYet, classify
 from engine.failures import FailureHandler, FailureHistory
+from engine.held import Parking, RecentAcks
 from engine.idempotency import HeldElsewhere, IdempotencyStore, InFlightKeys, applies_to, business_key
-from engine.keyed_state import StateConflict, commit
+from engine.keyed_state import StateConflict
+from engine.outputs import check_sizes, commit_confirmed, store_outputs, too_large, unconfirmed
 from engine.messages import REPLAY_FOR, Envelope, decode, opaque
 from engine.pipeline import Pipeline
 from engine.pull_feed import HAND_BACK_DELAY, PullFeed
@@ -43,8 +41,6 @@ PENDING_BATCHES = 4          # batches whose publish acks may be outstanding at 
 HAND_BACK = HubError("runner stopping: message not started")  # marker, never raised
 EXTRA_DELIVERIES = 10
 STATE_RETRY_DELAY = 0.2      # a `state` record changed by another message: run this one again soon
-RECENT_ACKS = 8192           # acks remembered to send again after a reconnect ...
-RE_ACK_WINDOW = 2.0          # ... those sent this long before the connection dropped
 
 
 class FlowStats:
@@ -91,12 +87,10 @@ class StreamFlowRunner:
         self._finalisers: set[asyncio.Task[None]] = set()
         self._slots = asyncio.Semaphore(PENDING_BATCHES)
         self._workers: list[asyncio.Task[None]] = []
-        self._parked: dict[str, list[Any]] = {}  # endpoint -> messages waiting for its circuit
-        self._recent_acks: deque[tuple[float, str]] = deque(maxlen=RECENT_ACKS)  # (when, ack subject)
-        self._disconnected_at = 0.0
-        self._unwatch: list[Any] = []
+        self.parking = Parking(pipeline.breakers, self.feed, self.log)  # messages waiting for a circuit
+        self.recent_acks = RecentAcks(nc, self.log)
         if self.concurrent:
-            self.failures.park = self._park
+            self.failures.park = self.parking.park
 
     def alive(self) -> bool:
         """The connection is open or can come back: a broker fault is worth waiting out."""
@@ -153,38 +147,20 @@ class StreamFlowRunner:
         window(breaker.state)
 
     def on_disconnect(self) -> None:
-        self._disconnected_at = time.monotonic()
+        self.recent_acks.disconnected()
 
     def on_reconnect(self) -> None:
-        """Pull again, and ack once more what was acked just before the connection dropped: a server
-        going down drops the acks it had not processed yet, and each would hold its message for a
-        whole ack_wait (to be skipped as done, but late)."""
+        """Pull again, and ack once more what was acked just before the connection dropped."""
         self.feed.on_reconnect()
-        since = self._disconnected_at - RE_ACK_WINDOW
-        replies = [reply for at, reply in self._recent_acks if at >= since]
-        self._recent_acks.clear()
-        if replies:
-            self.log.info("re_ack_after_reconnect", messages=len(replies))
-            task = asyncio.create_task(self._re_ack(replies))
-            self._finalisers.add(task)
-            task.add_done_callback(self._finalisers.discard)
-
-    async def _re_ack(self, replies: list[str]) -> None:
-        for reply in replies:
-            try:
-                await self.nc.publish(reply, b"+ACK")  # an ack the server has already seen is ignored
-            except Exception:  # noqa: BLE001 - disconnected again: the ack_wait redelivery is the fallback
-                return
+        task = asyncio.create_task(self.recent_acks.repeat(self.recent_acks.to_repeat()))
+        self._finalisers.add(task)
+        task.add_done_callback(self._finalisers.discard)
 
     async def stop(self, timeout: float = 10.0) -> None:
         """Stop pulling; hand unstarted and parked messages back (redelivered to any runner after
         HAND_BACK_DELAY); let started ones finish and settle."""
         self.feed.stop_pulling()
-        for unwatch in self._unwatch:
-            unwatch()
-        parked = [m for msgs in self._parked.values() for m in msgs]
-        self._parked.clear()
-        self.feed.buffer.extend(parked)  # handed back with the unstarted ones
+        self.feed.buffer.extend(self.parking.release_all())  # handed back with the unstarted ones
         await self.feed.hand_back_buffered()
         # asyncio.wait, not wait_for(gather(...)): on a timeout that cancels, and a worker that lost
         # its cancel (engine/tasks.py) would keep the stop waiting for ever
@@ -313,55 +289,11 @@ class StreamFlowRunner:
                 pause = min(pause * 2, 1.0)
 
     async def _store_outputs(self, env: Envelope) -> int:
-        """Publish the outputs and wait until JetStream has stored every one. A broker fault is waited
-        out and the missing ones sent again under the same ids (a repeat is dropped as a duplicate):
-        the effect has happened, so the message must not fail now. Only a connection closed for good
-        gives up (PublishFailed)."""
-        outputs = env.outputs
-        if not outputs:
+        """The outputs, stored (engine/outputs.py): the effect has happened, so broker faults are waited out."""
+        if not env.outputs:
             return 0
-        limit = self.nc.max_payload
-        for s, d, h in outputs:
-            if len(d) + len(h) > limit:
-                raise too_large(s, d, h, limit)
-        pending, pause, tries = outputs, FIRST_PAUSE, 0
-        while True:
-            failed, last = [], None
-            sent = []
-            for out in pending:
-                try:
-                    sent.append((out, await self.js.publish_async(out[0], out[1], headers=out[2])))
-                except Exception as exc:
-                    if not is_broker_fault(exc):
-                        raise
-                    failed.append(out)
-                    last = exc
-            if sent:
-                _, late = await asyncio.wait([f for _, f in sent], timeout=self.publish_timeout)
-                for out, f in sent:
-                    if f in late:
-                        f.cancel()
-                        failed.append(out)
-                        last = TimeoutError(f"no publish ack within {self.publish_timeout:g}s")
-                    elif (exc := f.exception()) is not None:
-                        if not is_broker_fault(exc):
-                            err = classify(exc)
-                            err.step = "publish"
-                            raise err
-                        failed.append(out)
-                        last = exc
-            if not failed:
-                return len(outputs)
-            tries += 1
-            if not self.alive():
-                raise PublishFailed(f"{failed[0][0]}: output not confirmed, connection closed: {last!r}",
-                                    step="publish")
-            if tries == 1 or tries % LOG_EVERY == 0:
-                self.log.warning("broker_retry", what="output publish", tries=tries, outputs=len(failed),
-                                 msg_id=env.msg_id, error=repr(last))
-            await asyncio.sleep(pause)
-            pause = min(pause * 2, MAX_PAUSE)
-            pending = failed
+        check_sizes(env.outputs, self.nc.max_payload)
+        return await store_outputs(self.js, env.outputs, self.publish_timeout, self.alive, self.log, env.msg_id)
 
     async def _finalise(self, results: list[tuple[Any, Any, Any, HubError | None]]) -> None:
         """Pure flows: one wait for the whole batch's publish acks, then each message is settled."""
@@ -373,7 +305,7 @@ class StreamFlowRunner:
                     f.cancel()
             for msg, env, futures, err in results:
                 if err is None and futures:
-                    err = _unconfirmed(futures, env)
+                    err = unconfirmed(futures, env.outputs)
                 await self._settle(msg, env, None if futures is None else len(futures), err)
         finally:
             self._slots.release()
@@ -392,7 +324,7 @@ class StreamFlowRunner:
                 if env is not None and env.state_writes:
                     try:
                         for write in env.state_writes:
-                            await self._commit(write, env)
+                            await commit_confirmed(write, self.alive, self.log, env.msg_id)
                     except StateConflict as conflict:
                         conflict.step = "state"
                         self.log.info("state_conflict", msg_id=env.msg_id, error=str(conflict))
@@ -404,7 +336,7 @@ class StreamFlowRunner:
                                           what="done mark", alive=self.alive, log=self.log, msg_id=msg_id)
                     marked = True
                 await msg.ack()
-                self._recent_acks.append((time.monotonic(), msg.reply))
+                self.recent_acks.acked(msg.reply)
                 if self.waits is not None and env is not None:
                     await self.waits.forget(env)
                 if published is None:
@@ -422,79 +354,3 @@ class StreamFlowRunner:
             if not held:
                 self.feed.release(msg)
         return marked
-
-    async def _commit(self, write: Any, env: Envelope) -> None:
-        """One `state` record, compare-and-set, confirmed: a write whose answer was lost in a broker
-        restart and that then meets its own revision has landed, not conflicted."""
-        tries = 0
-
-        async def once() -> None:
-            nonlocal tries
-            tries += 1
-            try:
-                await commit(write)
-            except StateConflict:
-                if tries > 1 and await _landed(write):
-                    return
-                raise
-
-        await until_confirmed(once, what="state write", alive=self.alive, log=self.log, msg_id=env.msg_id)
-
-    # --- outages: parked until the circuit lets calls through -----------------------------------
-
-    def _park(self, msg: Any, endpoint: str) -> bool:
-        """Hold `msg` (no new delivery, kept alive by the feed) until `endpoint`'s circuit lets calls
-        through; False when there is no room (half the window) or no breaker to wait for."""
-        breaker = self.pipeline.breakers.get(endpoint)
-        if breaker is None or self.feed.stopping:
-            return False
-        if sum(len(m) for m in self._parked.values()) >= max(1, self.feed.max_in_flight // 2):
-            return False
-        if endpoint not in self._parked:
-            self._parked[endpoint] = []
-            self._unwatch.append(breaker.on_change(lambda state: self._unpark(endpoint, state)))
-        self._parked[endpoint].append(msg)
-        if breaker.allow():  # it let calls through meanwhile
-            self._unpark(endpoint, breaker.state)
-        return True
-
-    def _unpark(self, endpoint: str, state: str) -> None:
-        parked = self._parked.get(endpoint)
-        if not parked or state == "open":
-            return
-        breaker = self.pipeline.breakers[endpoint]
-        n = len(parked) if state == "closed" else breaker.settings.half_open_probes
-        ready, parked[:] = parked[:n], parked[n:]
-        self.log.info("outage_unparked", endpoint=endpoint, state=state, messages=len(ready), still_parked=len(parked))
-        self.feed.requeue(ready)
-
-
-async def _landed(write: tuple[Any, str, int | None, Any]) -> bool:
-    """Whether a `state` record holds what `write` wrote (its compare-and-set succeeded unanswered)."""
-    kv, key, _, new = write
-    try:
-        entry = await kv.get(key)
-    except KeyNotFoundError:
-        return new is None
-    return new is not None and json.loads(entry.value or b"null") == json.loads(json.dumps(new, default=str))
-
-
-def too_large(subject: str, data: bytes, headers: bytes, limit: int) -> PayloadTooLarge:
-    return PayloadTooLarge(f"{subject}: {len(data)} bytes + {len(headers)} bytes of headers exceed the server's "
-                           f"max_payload of {limit} bytes (publishing it would cut the connection)", step="publish")
-
-
-def _unconfirmed(futures: list[Any], env: Envelope) -> HubError | None:
-    """Why an output was not stored, or None. Whether a stream captures a subject is decided by
-    validation and the publish step: a publish JetStream did not confirm is the broker's outage."""
-    for f, (subject, _, _) in zip(futures, env.outputs):
-        if f.cancelled():
-            return PublishFailed(f"{subject}: no publish ack in time", step="publish")
-        exc = f.exception()
-        if exc is not None:
-            err = classify(exc)
-            if is_broker_fault(exc):
-                return PublishFailed(f"{subject}: output not confirmed: {exc!r}", step="publish")
-            err.step = "publish"
-            return err
-    return None

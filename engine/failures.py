@@ -29,7 +29,8 @@ from nats.js.errors import KeyNotFoundError
 
 from engine.confirm import until_confirmed
 from engine.dead_letter import HISTORY, PAYLOAD_OMITTED, build_headers, dlq_subject
-from engine.errors import BrokerUnavailable, CircuitOpen, HubError, OutcomeUnknown, VerifyPending
+from engine.errors import (BrokerUnavailable, CircuitOpen, HubError, OutcomeUnknown, RoutingError, SlotsBusy,
+                           ValidationFailed, VerifyPending)
 from engine.kv import bucket
 from engine.messages import message_id, now_iso
 from engine.spec import Flow
@@ -58,6 +59,23 @@ def outcomes_of(history: list[dict[str, Any]]) -> dict[str, dict[str, Any]] | No
     """Per call step, the last thing earlier deliveries learnt about a non-idempotent call."""
     found = {e["step"]: e["outcome"] for e in history if "outcome" in e}
     return found or None
+
+
+def note_attempt(env: Any, label: str | None, endpoint: str, operation: str | None, err: HubError) -> None:
+    """One failed call attempt of this delivery, kept on the envelope for the history."""
+    if env.attempts is None:
+        env.attempts = []
+    number = 1 + sum(1 for a in env.attempts if a["step"] == label)
+    env.attempts.append({"at": now_iso(), "step": label, "endpoint": endpoint, "operation": operation,
+                         "attempt": number, "error_class": err.error_class, "error": str(err)[:500],
+                         "transient": err.transient, "call": reached_target(err)})
+
+
+def reached_target(err: HubError) -> bool:
+    """Whether a failed attempt sent a request (the count of calls in a DLQ record)."""
+    if isinstance(err, CircuitOpen | SlotsBusy | BrokerUnavailable | RoutingError | ValidationFailed):
+        return False
+    return getattr(err, "sent", None) is not False
 
 
 class FailureHistory:

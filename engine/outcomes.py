@@ -16,16 +16,18 @@ or an outcome still unknown (verified first, never resent blindly).
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 import jmespath
 import jmespath.exceptions
 import orjson
+import structlog
 
 from engine.errors import HubError, OutcomeUnknown, VerifyPending, may_have_taken_effect
 from engine.spec import CallStep, VerifySpec
 
 DONE, NOT_DONE, UNKNOWN = "done", "not done", "unknown"
+log = structlog.get_logger("hub.call")
 ANSWER_KEEP = 64 * 1024  # bytes of a create's answer kept for a redelivery; bigger: verified again instead
 
 
@@ -79,6 +81,61 @@ def remembered(answer: Any) -> dict[str, Any]:
 
 def needs_verdict(err: HubError, unsafe: bool) -> bool:
     return unsafe and may_have_taken_effect(err)
+
+
+def keep(env: Any, label: str, outcome: dict[str, Any]) -> None:
+    """Note what a non-idempotent call left behind; written to the history if the message fails."""
+    if env.outcomes is None:
+        env.outcomes = {}
+    env.outcomes[label] = outcome
+
+
+async def verdict(verifier: Verifier, call: Callable[[str, Any, float], Awaitable[Any]], env: Any, body: Any,
+                  where: str, key: str, timeout: float, **fields: Any) -> Any:
+    """Ask the verify operation: its answer when the call took effect, NOT_DONE when it did not;
+    VerifyPending when the lookup fails or cannot tell."""
+    spec = verifier.spec
+    try:
+        answer = await call(spec.operation, verifier.request(env.payload, body), spec.timeout or timeout)
+    except HubError as exc:
+        raise still_unknown(where, f"verify {spec.operation} failed: {exc.error_class}: {exc}", key) from exc
+    decided = verifier.decide(answer)
+    log.info("outcome_verified", msg_id=env.msg_id, where=where, verdict=decided, **fields)
+    if decided == DONE:
+        return answer
+    if decided == NOT_DONE:
+        return NOT_DONE
+    raise still_unknown(where, f"verify {spec.operation} answered neither done nor not done", key)
+
+
+async def known_outcome(pipeline: Any, env: Any, spec: Any, label: str, body: Any) -> Any:
+    """A non-idempotent call an earlier delivery made: its kept answer; else (its outcome was lost) the
+    verify's verdict, and a new call (through `pipeline`) only once the verify says it did not happen."""
+    from engine.adapter import CallContext
+    from engine.subjects import render
+
+    prior = env.prior[label]
+    keep(env, label, prior)  # until decided otherwise, a failure keeps what was known
+    if "answer" in prior:
+        return prior["answer"]
+    name = render(spec.endpoint, env.payload)
+    where, key = f"{name}: {spec.operation or 'call'}", env.idem_key or env.msg_id
+    verifier = pipeline._verifiers.get(label)
+    if verifier is None:
+        raise unknown_outcome(where, VerifyPending(prior.get("unknown", "outcome unknown")), key=key)
+    adapter, breaker = pipeline.adapters[name], pipeline.breakers.get(name)
+
+    async def call(op: str, payload: Any, seconds: float) -> Any:
+        ctx = CallContext(env.headers, key, env.correlation_id, seconds)
+        once = lambda: adapter.call(op, payload, ctx)  # noqa: E731
+        return await (breaker.call(once, env.msg_id) if breaker is not None else once())
+
+    timeout = spec.timeout or getattr(adapter.config, "timeout", None) or 30.0
+    answer = await verdict(verifier, call, env, body, where, key, timeout, flow=pipeline.flow.name)
+    if answer is NOT_DONE:
+        answer = await pipeline.call_endpoint(env, spec.endpoint, spec.operation, spec.timeout, body, label=label)
+    keep(env, label, remembered(answer))
+    return answer
 
 
 def _operation_problem(project: Any, name: str, operation: str | None) -> str | None:

@@ -17,10 +17,11 @@ from pydantic import BaseModel, ValidationError
 from engine.adapter import Adapter, CallContext
 import structlog
 
-from engine.errors import (BrokerUnavailable, CircuitOpen, HubError, NotYet, OutcomeUnknown, RoutingError, SlotsBusy,
-                           TransformFailed, ValidationFailed, VerifyPending, classify)
-from engine.messages import Envelope, encode, now_iso, output_headers
-from engine.outcomes import DONE, NOT_DONE, UNKNOWN, Verifier, needs_verdict, remembered, still_unknown, unknown_outcome
+from engine.errors import (HubError, NotYet, OutcomeUnknown, RoutingError, SlotsBusy, TransformFailed, ValidationFailed,
+                           VerifyPending, classify)
+from engine.failures import note_attempt
+from engine.messages import Envelope, encode, output_headers
+from engine.outcomes import NOT_DONE, Verifier, keep, known_outcome, needs_verdict, remembered, unknown_outcome, verdict
 from engine.nats_client import encode_headers
 from engine.breaker import Breaker
 from engine.fallback import FallbackCache
@@ -333,19 +334,12 @@ class Pipeline:
                        cause: HubError, key: str, timeout: float) -> Any:
         """After a lost answer: the verify's answer when the call took effect; the cause (now known
         safe to resend) when it did not; VerifyPending when nobody can tell yet."""
-        spec = verifier.spec
-        try:
-            answer = await through_breaker(spec.operation, verifier.request(env.payload, body), spec.timeout or timeout)
-        except HubError as exc:
-            raise still_unknown(where, f"verify {spec.operation} failed: {exc.error_class}: {exc}", key) from cause
-        verdict = verifier.decide(answer)
-        log.info("outcome_verified", flow=self.flow.name, msg_id=env.msg_id, where=where, verdict=verdict)
-        if verdict == DONE:
-            return answer
-        if verdict == NOT_DONE:
+        answer = await verdict(verifier, lambda op, payload, seconds: through_breaker(op, payload, seconds),
+                               env, body, where, key, timeout, flow=self.flow.name)
+        if answer is NOT_DONE:
             cause.sent = False  # verified: it did not happen, so it may be sent again
             raise cause
-        raise still_unknown(where, f"verify {spec.operation} answered neither done nor not done", key) from cause
+        return answer
 
     async def _call(self, env: Envelope, step: CallStep, label: str) -> None:
         spec = step.call
@@ -355,7 +349,7 @@ class Pipeline:
                 raise RoutingError(f"`input: {spec.input}` needs that key in the payload")
             body = body[spec.input]
         if env.prior is not None and label in env.prior:  # an earlier delivery's non-idempotent call
-            self._store(env, spec.into, await self._known_outcome(env, spec, label, body))
+            self._store(env, spec.into, await known_outcome(self, env, spec, label, body))
             return
         cache = spec.fallback if self.fallback is not None else None
         result: Any = None
@@ -404,69 +398,6 @@ class Pipeline:
     def _unsafe(self, env: Envelope, spec: Any) -> bool:
         adapter = self.adapters.get(render(spec.endpoint, env.payload))
         return adapter is not None and not adapter.config.is_idempotent(spec.operation)
-
-    async def _known_outcome(self, env: Envelope, spec: Any, label: str, body: Any) -> Any:
-        """A non-idempotent call an earlier delivery made: its kept answer; else (its outcome was lost)
-        the verify's verdict, and a new call only once the verify says it did not happen."""
-        prior = env.prior[label]  # type: ignore[index]
-        if "answer" in prior:
-            keep(env, label, prior)
-            return prior["answer"]
-        where = f"{render(spec.endpoint, env.payload)}: {spec.operation or 'call'}"
-        verifier = self._verifiers.get(label)
-        key = env.idem_key or env.msg_id
-        if verifier is None:
-            raise unknown_outcome(where, VerifyPending(prior.get("unknown", "outcome unknown")), key=key)
-        adapter = self.adapters[render(spec.endpoint, env.payload)]
-        timeout = spec.timeout or getattr(adapter.config, "timeout", None) or 30.0
-        ctx = CallContext(env.headers, key, env.correlation_id, verifier.spec.timeout or timeout)
-        breaker = self.breakers.get(adapter.endpoint)
-
-        def once() -> Any:
-            return adapter.call(verifier.spec.operation, verifier.request(env.payload, body), ctx)
-
-        try:
-            answer = await (breaker.call(once, env.msg_id) if breaker is not None else once())
-        except HubError as exc:
-            keep(env, label, prior)
-            exc.endpoint = adapter.endpoint
-            raise still_unknown(where, f"verify {verifier.spec.operation} failed: {exc.error_class}: {exc}",
-                                key) from exc
-        verdict = verifier.decide(answer)
-        log.info("outcome_verified", flow=self.flow.name, msg_id=env.msg_id, where=where, verdict=verdict,
-                 delivery="redelivery")
-        if verdict == DONE:
-            keep(env, label, remembered(answer))
-            return answer
-        if verdict == UNKNOWN:
-            keep(env, label, prior)
-            raise still_unknown(where, f"verify {verifier.spec.operation} answered neither done nor not done", key)
-        result = await self.call_endpoint(env, spec.endpoint, spec.operation, spec.timeout, body, label=label)
-        keep(env, label, remembered(result))
-        return result
-
-
-def keep(env: Envelope, label: str, outcome: dict[str, Any]) -> None:
-    if env.outcomes is None:
-        env.outcomes = {}
-    env.outcomes[label] = outcome
-
-
-def note_attempt(env: Envelope, label: str | None, endpoint: str, operation: str | None, err: HubError) -> None:
-    """One failed call attempt, for the message's failure history (engine/failures.py)."""
-    if env.attempts is None:
-        env.attempts = []
-    number = 1 + sum(1 for a in env.attempts if a["step"] == label)
-    env.attempts.append({"at": now_iso(), "step": label, "endpoint": endpoint, "operation": operation,
-                         "attempt": number, "error_class": err.error_class, "error": str(err)[:500],
-                         "transient": err.transient, "call": reached_target(err)})
-
-
-def reached_target(err: HubError) -> bool:
-    """Whether a failed attempt sent a request (for the count of calls in a DLQ record)."""
-    if isinstance(err, CircuitOpen | SlotsBusy | BrokerUnavailable | RoutingError | ValidationFailed):
-        return False
-    return getattr(err, "sent", None) is not False
 
 
 def _cached(captured: Callable[[str], bool] | None) -> Callable[[str], bool] | None:
