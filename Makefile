@@ -32,6 +32,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/tariff_quote.py
 	$(BIN)/python bench/meter_pull.py
 	$(BIN)/python bench/meter_rules.py
+	$(BIN)/python bench/real_servers.py
 
 clean:
 	rm -rf $(VENV) .hub

@@ -1,6 +1,7 @@
 """Benchmark of the monthly meter pull: the hub's `pull` step against the plainest correct pull.
 
     .venv/bin/python bench/meter_pull.py [--meters 500] [--vendors vendor1,vendor2,vendor3,vendor4] [--latency 0.02]
+    .venv/bin/python bench/meter_pull.py --vendors vendor5 --meters 20     # Green Button ESPI: 96 readings a day
 
 The issue: "pull rate from a simulator with 20 ms latency per page". The four vendor platform
 simulators (sandbox/meters/, ManualClock at 2025-04-02T01:00Z, `latency` seconds per page) run in a
@@ -46,6 +47,7 @@ from typing import Any  # noqa: E402
 
 import aiohttp  # noqa: E402
 import nats  # noqa: E402
+import yaml  # noqa: E402
 
 from engine import logs  # noqa: E402
 from engine.embedded_nats import EmbeddedNats  # noqa: E402
@@ -60,9 +62,12 @@ ROOT = Path(__file__).resolve().parents[1]
 FLOW = "meter-vendor-pulls"
 NOW = datetime(2025, 4, 2, 1, 0, tzinfo=timezone.utc)  # the monthly tick: 2 April, 03:00 Brussels
 START = "2025-03-01T00:00:00Z"
-VENDORS = ["vendor1", "vendor2", "vendor3", "vendor4"]
+# the vendors as the flow declares them (each entry: vendor, format, zone)
+ENTRIES = {e["vendor"]: e for e in yaml.safe_load((ROOT / "flows" / f"{FLOW}.yaml").read_text())["source"]["each"]}
+VENDORS = ["vendor1", "vendor2", "vendor3", "vendor4"]  # the default; vendor5 (ESPI, 15-minute readings) on request
 SECRETS = {"METER_VENDOR1_API_KEY": "v1-sandbox-api-key", "METER_VENDOR2_CLIENT_SECRET": "v2-sandbox-client-secret",
-           "METER_VENDOR3_PASSWORD": "v3-sandbox-password", "METER_VENDOR4_SECRET": "v4-sandbox-signing-secret"}
+           "METER_VENDOR3_PASSWORD": "v3-sandbox-password", "METER_VENDOR4_SECRET": "v4-sandbox-signing-secret",
+           "METER_VENDOR5_CLIENT_SECRET": "v5 sandbox:s3cr=t+/é"}
 
 # as tests/test_meter_pulls.py, with the endpoint settings of config/sandbox.yaml (caps, timeouts, breakers)
 CONFIG = """
@@ -105,6 +110,17 @@ endpoints:
     method: GET
     path: /v4/readings
     auth: {hmac_vendor4: {key_id: plu-hub, secret: {env: METER_VENDOR4_SECRET}}}
+    max_concurrency: 2
+    timeout: 30s
+    circuit_breaker: {failures: 5, window: 60s, reset: 30s}
+  meter_vendor5:
+    adapter: http
+    base_url: ${METER_VENDOR5_URL}
+    method: GET
+    path: /DataCustodian/espi/1_1/resource/Batch/Subscription/5
+    headers: {Accept: application/atom+xml}
+    auth: {oauth2: {token_url: "${METER_VENDOR5_URL}/oauth/token", client_id: plu-hub,
+                    client_auth: client_secret_basic, client_secret: {env: METER_VENDOR5_CLIENT_SECRET}}}
     max_concurrency: 2
     timeout: 30s
     circuit_breaker: {failures: 5, window: 60s, reset: 30s}
@@ -203,16 +219,17 @@ def load(tmp: Path) -> tuple[Any, Any, Any]:
 
 
 def ref_size(vendor: str, page_size: int) -> int:
-    """What the flow's request transform asks for per page (vendor 2 counts meters, not readings)."""
-    body = meter_pulls.request({"vendor": vendor, "since": START, "cursor": None, "page_size": page_size})
-    return int(body.get("limit") or body.get("pageSize") or body.get("maxResults") or page_size)
+    """What the flow's request transform asks for per page (vendor 2 counts meters, vendor 5 entries)."""
+    body = meter_pulls.request({**ENTRIES[vendor], "since": START, "cursor": None, "page_size": page_size})
+    return int(body.get("limit") or body.get("pageSize") or body.get("maxResults") or body.get("max-results")
+               or page_size)
 
 
 # --- the two sides ------------------------------------------------------------------------------
 
 
 async def run_reference(sims: Sims, vendor: str, page_size: int) -> dict[str, Any]:
-    start, end = meter_pulls.window({"vendor": vendor, "since": START})
+    start, end = meter_pulls.window({**ENTRIES[vendor], "since": START})
     before = await sims.stats("reset")
     async with aiohttp.ClientSession() as http:
         c0, t0 = time.process_time(), time.perf_counter()
@@ -227,7 +244,7 @@ async def run_reference(sims: Sims, vendor: str, page_size: int) -> dict[str, An
 
 async def run_reference_parallel(sims: Sims, vendors: list[str], page_size: int) -> dict[str, Any]:
     """The reference pulls of all `vendors` at once (asyncio.gather, one session): the parallel yardstick."""
-    windows = {v: meter_pulls.window({"vendor": v, "since": START}) for v in vendors}
+    windows = {v: meter_pulls.window({**ENTRIES[v], "since": START}) for v in vendors}
     before = await sims.stats("reset")
     async with aiohttp.ClientSession() as http:
         c0, t0 = time.process_time(), time.perf_counter()
@@ -261,7 +278,7 @@ async def run_hub(sims: Sims, vendors: list[str], timeout: float) -> dict[str, A
         try:
             before = await sims.stats("reset")
             s0, c0, t0 = _server_cpu(server.pid), time.process_time(), time.perf_counter()
-            await publish_ticks(js, flow, NOW.isoformat(), manual=True, payloads=[{"vendor": v} for v in vendors])
+            await publish_ticks(js, flow, NOW.isoformat(), manual=True, payloads=[ENTRIES[v] for v in vendors])
             try:
                 await asyncio.wait_for(all_in.wait(), timeout)
             except TimeoutError:
@@ -308,8 +325,8 @@ def row(vendor: str, side: str, r: dict[str, Any], ratio: float | None = None) -
 async def main(args: argparse.Namespace) -> None:
     logs.configure("error")  # the hub's own nats_disconnected warning at each broker stop is noise here
     vendors = [v.strip() for v in args.vendors.split(",") if v.strip()]
-    if unknown := sorted(set(vendors) - set(VENDORS)):
-        raise SystemExit(f"unknown vendors {unknown} (known: {', '.join(VENDORS)})")
+    if unknown := sorted(set(vendors) - set(ENTRIES)):
+        raise SystemExit(f"unknown vendors {unknown} (known: {', '.join(ENTRIES)})")
     sims = Sims(args.meters, args.latency)
     for name, url in sims.urls.items():
         os.environ[f"METER_{name.upper()}_URL"] = url
@@ -324,7 +341,8 @@ async def main(args: argparse.Namespace) -> None:
     print(f"meter pull: {args.meters:,} meters per vendor, month since {START} (NOW {NOW.isoformat()}), "
           f"page_size {page_size}, latency {args.latency * 1000:.0f} ms per page; flow publishes on {pull.publish}; "
           f"simulators in their own process", flush=True)
-    timeout = 60 + args.meters * 31 / page_size * (args.latency + 0.05) * len(vendors)
+    per_day = {v: 96 if ENTRIES[v]["format"].endswith("ESPI") else 1 for v in vendors}  # ESPI: 15-minute readings
+    timeout = 60 + sum(args.meters * 31 * per_day[v] / page_size * (args.latency + 0.05) for v in vendors)
     results: dict[str, dict[str, Any]] = {}
     problems: list[str] = []
     try:

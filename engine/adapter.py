@@ -94,6 +94,12 @@ class Adapter:
         """Validation hook: return an error text when `operation` makes no sense for this endpoint."""
         return None
 
+    def check_settings_for(self, operation: str | None) -> list[tuple[tuple[str | int, ...], str]]:
+        """Validation hook: problems of this endpoint's own settings that show only for `operation` (a
+        SOAP business-error rule its answer can never match), each as (key path under the endpoint's
+        entry in config, reason); validation reports them at the config file's line."""
+        return []
+
     async def start(self) -> None:
         """Open pools, load WSDLs, resolve secrets. Called once before any flow runs."""
 

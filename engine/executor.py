@@ -27,6 +27,7 @@ from engine.failures import FailureHandler, FailureHistory
 from engine.held import Parking, RecentAcks
 from engine.idempotency import HeldElsewhere, IdempotencyStore, InFlightKeys, applies_to, business_key
 from engine.keyed_state import StateConflict
+from engine.claim_check import CLAIM, CLAIM_HEADERS, ClaimChecks, is_claim
 from engine.outputs import check_sizes, commit_confirmed, store_outputs, too_large, unconfirmed
 from engine.messages import REPLAY_FOR, Envelope, decode, opaque
 from engine.pipeline import Pipeline
@@ -63,6 +64,7 @@ class StreamFlowRunner:
         self.pipeline = pipeline
         self.stream = stream
         self.nc, self.js = nc, js
+        self.claims: ClaimChecks | None = None  # claim-checked payloads are fetched through it (lazily)
         self.publish_timeout = publish_timeout
         limits = self.flow.limits
         self.batch = limits.batch
@@ -185,8 +187,9 @@ class StreamFlowRunner:
             self._finalisers.add(task)
             task.add_done_callback(self._finalisers.discard)
 
-    def _envelope(self, msg: Any) -> Envelope | None:
-        """The message as the flow sees it; None when it is a replay meant for another flow."""
+    def _envelope(self, msg: Any, data: bytes | None = None) -> Envelope | None:
+        """The message as the flow sees it; None when it is a replay meant for another flow. `data`: the
+        payload fetched for a claim-checked message (engine/claim_check.py)."""
         headers = msg.headers
         if headers and headers.get(REPLAY_FOR, self.flow.name) != self.flow.name:
             return None
@@ -194,8 +197,21 @@ class StreamFlowRunner:
         if not headers or ("ce-id" not in headers and "Nats-Msg-Id" not in headers):
             fallback = f"{self.stream}:{msg.metadata.sequence.stream}"
         if not self.pipeline.reads_payload:
-            return opaque(msg.data, headers, msg.subject, fallback)
-        return decode(msg.data, headers, msg.subject, fallback)
+            env = opaque(msg.data, headers, msg.subject, fallback)
+        else:
+            env = decode(msg.data if data is None else data, headers, msg.subject, fallback)
+        if data is not None or is_claim(headers):
+            env.raw = msg.data if env.raw is not None else None  # unchanged: republished as the reference
+            env.claim = {k: headers[k] for k in CLAIM_HEADERS if k in headers}
+        return env
+
+    async def _claimed(self, msg: Any) -> bytes | None:
+        """The payload of a claim-checked message (fetched and checked), else None: no await on the hot path."""
+        if not is_claim(msg.headers) or not self.pipeline.reads_payload:
+            return None
+        if self.claims is None:
+            self.claims = ClaimChecks(self.js)
+        return await self.claims.fetch(msg.headers)
 
     async def _run_sync_batch(self, msgs: list[Any]) -> list[tuple[Any, Any, Any, HubError | None]]:
         """Pure pipelines: one coroutine for the whole batch (no task or coroutine per message)."""
@@ -210,7 +226,7 @@ class StreamFlowRunner:
             try:
                 if limiter:
                     await limiter.acquire()
-                env = self._envelope(msg)
+                env = self._envelope(msg, await self._claimed(msg) if msg.headers and CLAIM in msg.headers else None)
                 if env is None or not run_sync(env):
                     append((msg, env, None, None))
                     continue
@@ -248,7 +264,7 @@ class StreamFlowRunner:
         try:
             if self.limiter:
                 await self.limiter.acquire()
-            env = self._envelope(msg)
+            env = self._envelope(msg, await self._claimed(msg) if msg.headers and CLAIM in msg.headers else None)
             if env is None:
                 return msg, env, None, None
             if self.idempotency is not None:

@@ -6,6 +6,11 @@ for that item (a mail's Message-ID, a file's name and size): stored again after 
 drops it as a duplicate (HUB_INGRESS keeps ids for an hour). `store()` returns once the server has
 confirmed; that is when the ingress may flag the mail, move the file or answer 2xx. The flow then
 reads `hub.ingress.<flow>` like any subject, with its retries and DLQ.
+
+An item whose headers + body do not fit the server's `max_payload` goes by claim check
+(engine/claim_check.py): its bytes into the Object Store first, then a reference on the subject; the
+flow's steps get the bytes as if they had come in one message. An item over the claim-check limit is
+not stored (`Unstorable` in place of the outcome): the ingress quarantines it with an alert and goes on.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from typing import Any, Callable
 
 import structlog
 
+from engine.claim_check import ClaimChecks, Unstorable, fits, header_bytes, max_payload
 from engine.errors import PublishFailed
 from engine.messages import (CE_CORRELATION, CE_ID, CE_SOURCE, CE_SPEC, CE_TIME, CE_TYPE, MSG_ID, TRACEPARENT,
                              child_traceparent, derived_id, event_headers, now_iso)
@@ -23,8 +29,7 @@ from engine.nats_client import HubClient, finish_headers, shared_header_lines
 from engine.spec import Flow
 
 log = structlog.get_logger("hub.ingress")
-
-MAX_PAYLOAD = 1024 * 1024   # nats-server's default max_payload: larger items need a claim check
+Outcome = bool | PublishFailed | Unstorable  # new, duplicate, not stored now (retry), never storable
 
 
 class Landing:
@@ -38,6 +43,8 @@ class Landing:
         self.source = f"/plu-hub/ingress/{kind}/{flow.name}"
         self.stored = 0
         self.duplicates = 0
+        self.claimed = 0  # items that went by claim check
+        self.claims = ClaimChecks(js)
         self._bytes_headers = isinstance(getattr(js, "_nc", None), HubClient)  # pre-encoded blocks need it
 
     def message_id(self, identity: str) -> str:
@@ -66,30 +73,48 @@ class Landing:
         self.stored += 1
         return True
 
+    async def _claim_checked(self, data: bytes, identity: str,
+                             headers: dict[str, str] | None) -> tuple[bytes, dict[str, str]]:
+        """The item's bytes into the Object Store; the empty body and headers that reference them."""
+        reference = await self.claims.put(f"{self.flow.name}/{self.message_id(identity)}", data)
+        self.claimed += 1
+        log.info("ingress_claim_check", flow=self.flow.name, identity=identity[:200], size=len(data),
+                 object=reference["Hub-Claim-Check"])
+        return b"", self._headers(identity, {**(headers or {}), **reference})
+
     async def store(self, data: bytes, identity: str, headers: dict[str, str] | None = None) -> bool:
-        """Store one item; True when new, False when JetStream already had it. Raises PublishFailed
-        when the server did not confirm: the caller must then leave the item where it is."""
-        if len(data) > MAX_PAYLOAD:
-            raise PublishFailed(f"{len(data)} bytes exceed the {MAX_PAYLOAD}-byte message limit (needs a claim check)")
+        """Store one item (by claim check when too big for one message); True when new, False when
+        JetStream already had it. Raises PublishFailed when the server did not confirm (the caller must
+        leave the item where it is) and Unstorable when it never can be stored (quarantine it)."""
+        block = self._headers(identity, headers)
+        if not fits(self.js, data, block):
+            data, block = await self._claim_checked(data, identity, headers)
         try:
-            ack = await self.js.publish(self.subject, data, headers=self._headers(identity, headers),
-                                        timeout=self.publish_timeout)
+            ack = await self.js.publish(self.subject, data, headers=block, timeout=self.publish_timeout)
         except Exception as exc:
             raise PublishFailed(f"{self.subject}: not stored: {exc!r}") from exc
         return self._counted(ack, identity)
 
-    async def store_many(self, items: list[tuple[bytes, str, dict[str, str] | None]]) -> list[bool | PublishFailed]:
+    async def store_many(self, items: list[tuple[bytes, str, dict[str, str] | None]]) -> list[Outcome]:
         """Store a batch with one wait for all acks (MEASURED.md: publish_async per batch is ~13x one
-        publish at a time). Per item: True new, False duplicate, or the PublishFailed that left it
-        unstored (the caller leaves exactly those where they are)."""
+        publish at a time). Per item: True new, False duplicate, the PublishFailed that left it
+        unstored (the caller leaves exactly those where they are), or Unstorable (quarantine it). An
+        item too big for one message goes by claim check first."""
         sent: list[Any] = []
         when = now_iso()
         fixed: dict[int, str | None] = {}  # id(an item's headers dict) -> the batch's shared header lines
         publish = self.js.publish_async
+        limit = max_payload(self.js)
         for data, identity, headers in items:
-            if len(data) > MAX_PAYLOAD:
-                sent.append(PublishFailed(f"{len(data)} bytes exceed the {MAX_PAYLOAD}-byte message limit "
-                                          "(needs a claim check)"))
+            # the CloudEvents and id headers add < 600 bytes: only an item near the limit is measured exactly
+            if len(data) + header_bytes(headers) + 600 > limit and not fits(self.js, data, self._headers(identity, headers)):
+                try:
+                    data, block = await self._claim_checked(data, identity, headers)
+                    sent.append(await publish(self.subject, data, headers=block))
+                except (PublishFailed, Unstorable) as exc:
+                    sent.append(exc)
+                except Exception as exc:
+                    sent.append(PublishFailed(f"{self.subject}: not stored: {exc!r}"))
                 continue
             lines = fixed.get(id(headers), "") if self._bytes_headers else None
             if lines == "":
@@ -107,9 +132,9 @@ class Landing:
         futures = [f for f in sent if isinstance(f, asyncio.Future)]
         if futures:
             await asyncio.wait(futures, timeout=self.publish_timeout)
-        results: list[bool | PublishFailed] = []
+        results: list[Outcome] = []
         for f, (_, identity, _) in zip(sent, items):
-            if isinstance(f, PublishFailed):
+            if isinstance(f, PublishFailed | Unstorable):
                 results.append(f)
             elif not f.done():
                 f.cancel()

@@ -46,7 +46,7 @@ class Envelope:
     """A message inside a flow: the payload being transformed plus its identity."""
 
     __slots__ = ("payload", "raw", "headers", "subject", "msg_id", "correlation_id", "outputs", "reply", "idem_key",
-                 "idem_claim", "wait_key", "state_writes", "attempts", "outcomes", "prior")
+                 "idem_claim", "wait_key", "state_writes", "claim", "attempts", "outcomes", "prior")
 
     def __init__(self, payload: Any, headers: dict[str, str], subject: str, msg_id: str,
                  correlation_id: str, raw: bytes | None = None) -> None:
@@ -62,6 +62,7 @@ class Envelope:
         self.idem_claim: int | None = None  # revision of this message's claim on idem_key (engine/idempotency.py)
         self.wait_key: str | None = None  # set by an `until` step: the pending record's key
         self.state_writes: list[Any] = []  # `state` records to write once the outputs are confirmed
+        self.claim: dict[str, str] | None = None  # the claim-check headers when the payload came by reference
         # failure history material (engine/failures.py), None until there is some (the hot path allocates nothing):
         self.attempts: list[dict[str, Any]] | None = None  # every failed call attempt of this delivery
         self.outcomes: dict[str, dict[str, Any]] | None = None  # step -> what a non-idempotent call left behind

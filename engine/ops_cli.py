@@ -22,6 +22,8 @@ examples:
   runner.py trigger erp-invoices-nightly                  one tick per `each` entry, now
   runner.py trigger erp-invoices-nightly --only country=DE   only the entries that match
   runner.py trigger erp-invoices-nightly --payload '{"country": "DE"}'   a tick of your own
+  runner.py trigger meter-vendor-pulls --only vendor=vendor1 --payload '{"from": "2025-03-01T00:00:00+01:00"}'
+                                                          the matching entries, with these fields set
 
 The ticks are stored in JetStream (hub.schedule.<flow>); a running hub picks them up. The command
 returns once they are stored, not when the work is done: follow it with the flow's output subjects
@@ -49,7 +51,8 @@ def register(sub: Any) -> None:
                        epilog=TRIGGER_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("flow", help="name of a flow with a `schedule` source")
     p.add_argument("--only", action="append", metavar="KEY=VALUE", help="only `each` entries with this value")
-    p.add_argument("--payload", metavar="JSON", help="one tick with this payload instead of the `each` entries")
+    p.add_argument("--payload", metavar="JSON", help="one tick with this payload instead of the `each` entries; "
+                   "with --only, these fields set on each matching entry")
 
     p = sub.add_parser("pending", parents=[common], help="list waits of `until` steps (e.g. tariff switches)",
                        description="List the pending records of `until` steps: what waits, since when, "
@@ -66,18 +69,24 @@ def _fail(text: str, code: int = 2) -> int:
 
 
 def _entries(flow: Any, args: argparse.Namespace) -> list[dict[str, Any]] | str:
+    payload: dict[str, Any] | None = None
     if args.payload is not None:
         try:
             payload = json.loads(args.payload)
         except ValueError as exc:
             return f"--payload is not JSON: {exc}"
-        return [payload] if isinstance(payload, dict) else "--payload must be a JSON object"
+        if not isinstance(payload, dict):
+            return "--payload must be a JSON object"
+        if not args.only:
+            return [payload]
     entries = list(flow.source.each)
     for cond in args.only or []:
         key, sep, value = cond.partition("=")
         if not sep:
             return f"--only takes KEY=VALUE, got {cond!r}"
         entries = [e for e in entries if str(e.get(key)) == value]
+    if payload is not None:  # an entry's own settings (a vendor's format and zone) plus the fields given
+        entries = [{**e, **payload} for e in entries]
     return entries or "no `each` entry matches --only"
 
 

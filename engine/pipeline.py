@@ -118,7 +118,12 @@ def _publish(spec: PublishSpec, flow: str, index: int, label: str,
             except KeyError as exc:
                 raise RoutingError(f"id {identity!r} needs payload field {exc}", step=label) from None
         data = raw if raw is not None else encode(payload)
-        env.outputs.append((subject, data, encode_headers(output_headers(env, flow, index, subject, ident))))
+        headers = output_headers(env, flow, index, subject, ident)
+        if raw is not None and env.claim is not None:  # the payload unchanged: pass the reference on, not the bytes
+            data = b""
+            headers.update(env.claim)
+            headers["content-type"] = env.headers.get("content-type", headers["content-type"])
+        env.outputs.append((subject, data, encode_headers(headers)))
 
     def run(env: Envelope) -> bool:
         if not spec.each:

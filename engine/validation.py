@@ -29,7 +29,7 @@ from engine.sources import INGRESS_STREAM, INGRESS_SUBJECT_PREFIX, SCHEDULE_STRE
 from engine.spec import (CallStep, FilterStep, Flow, PublishStep, PullStep,
                          ReplyStep, StateStep, TransformStep, UntilStep, ValidateStep)
 from engine.subjects import matches, pattern_covers, patterns_overlap, placeholders, render
-from engine.yaml_lines import Loc, YamlProblem, describe, issue, load_with_lines
+from engine.yaml_lines import Loc, YamlProblem, describe, format_loc, issue, line_of, load_with_lines
 
 
 @dataclass
@@ -47,6 +47,8 @@ class Project:
     config_file: Path | None
     endpoints: dict[str, EndpointConfig] = field(default_factory=dict)
     flows: list[LoadedFlow] = field(default_factory=list)
+    config_lines: dict[Loc, int] = field(default_factory=dict)
+    settings_checked: set[tuple[str, str | None]] = field(default_factory=set)  # (endpoint, operation) judged
 
 
 def resolve_transform(ref: str) -> Callable[[Any], Any]:
@@ -105,8 +107,14 @@ def expand_env(value: Any, loc: Loc, path: Path, lines: dict[Loc, int], problems
 
 def load_config(path: Path | None) -> tuple[HubConfig, dict[str, EndpointConfig]]:
     """Validate the environment file and its endpoints; ConfigError lists every problem."""
+    config, endpoints, _ = load_config_with_lines(path)
+    return config, endpoints
+
+
+def load_config_with_lines(path: Path | None) -> tuple[HubConfig, dict[str, EndpointConfig], dict[Loc, int]]:
+    """`load_config`, plus the line of every key (for problems found later, e.g. against a flow's call)."""
     if path is None:
-        return HubConfig(), {}
+        return HubConfig(), {}, {}
     if not path.is_file():
         raise ConfigError([f"{path}: config file not found"])
     try:
@@ -149,7 +157,7 @@ def load_config(path: Path | None) -> tuple[HubConfig, dict[str, EndpointConfig]
                                               f"subject {s!r} overlaps {o!r} of stream {other.name} (streams may not overlap)"))
     if problems:
         raise ConfigError(problems)
-    return config, endpoints
+    return config, endpoints, lines
 
 
 def stream_for(config: HubConfig, subject: str, *, pattern: bool) -> str | None:
@@ -188,6 +196,10 @@ def check_flow(lf: LoadedFlow, project: Project) -> list[str]:
 
     def bad(loc: Loc, message: str) -> None:
         problems.append(issue(file, lines, loc, message))
+
+    def caller(loc: Loc) -> str:
+        line = line_of(lines, loc)
+        return f"{file}{f':{line}' if line else ''} {format_loc(loc)}"
 
     if flow.is_request:
         if not any(isinstance(s, ReplyStep) for s in flow.steps):
@@ -235,7 +247,8 @@ def check_flow(lf: LoadedFlow, project: Project) -> list[str]:
             except LookupError as exc:
                 bad(loc + ("transform",), str(exc))
         elif isinstance(step, CallStep):
-            check_endpoint(step.call.endpoint, step.call.operation, loc + ("call",), project, bad)
+            check_endpoint(step.call.endpoint, step.call.operation, loc + ("call",), project, bad,
+                           problems.append, caller(loc + ("call",)))
             check_verify(step, loc + ("call",), project, endpoint_candidates(step.call.endpoint, list(project.endpoints)),
                          bad)  # engine/outcomes.py (issue 12)
             if step.call.fallback is not None and step.call.fallback.refresh_when:
@@ -264,13 +277,22 @@ def check_flow(lf: LoadedFlow, project: Project) -> list[str]:
                 bad(loc + ("state", "apply"), str(exc))
         elif isinstance(step, PullStep):
             pull = step.pull
-            check_endpoint(pull.endpoint, pull.operation, loc + ("pull",), project, bad)
+            check_endpoint(pull.endpoint, pull.operation, loc + ("pull",), project, bad,
+                           problems.append, caller(loc + ("pull",)))
             check_published(pull.publish, loc + ("pull", "publish"), config, bad)
             for key in ("request", "page"):
                 try:
-                    resolve_transform(getattr(pull, key))
+                    func = resolve_transform(getattr(pull, key))
                 except LookupError as exc:
                     bad(loc + ("pull", key), str(exc))
+                    continue
+                tick_model = getattr(func, "tick_model", None)  # the request transform says what a tick holds
+                if key == "request" and tick_model is not None and flow.is_scheduled:
+                    for i, entry in enumerate(flow.source.each):  # type: ignore[union-attr]
+                        try:
+                            tick_model.model_validate(entry)
+                        except ValidationError as exc:
+                            problems.extend(describe(file, lines, exc, ("source", "each", i)))
             try:
                 datetime.fromisoformat(pull.start.replace("Z", "+00:00"))
             except ValueError:
@@ -285,18 +307,31 @@ def check_flow(lf: LoadedFlow, project: Project) -> list[str]:
 
 
 def check_endpoint(template: str, operation: str | None, loc: Loc, project: Project,
-                   bad: Callable[[Loc, str], None]) -> None:
-    """The endpoint template names endpoints in config, and each knows the operation."""
+                   bad: Callable[[Loc, str], None], report: Callable[[str], None] | None = None,
+                   caller: str = "") -> None:
+    """The endpoint template names endpoints in config, and each knows the operation; the endpoint's own
+    settings that depend on the operation (a SOAP business-error rule) are judged once per operation and
+    reported at their line in the config file, naming the first flow step that calls it."""
     names = list(project.endpoints)
     found = endpoint_candidates(template, names)
     if not found:
         bad(loc + ("endpoint",), f"unknown endpoint {template!r}; config has: {', '.join(sorted(names)) or 'none'}")
     for name in found:
         endpoint = project.endpoints[name]
-        adapter_cls = load_adapters()[endpoint.adapter]
-        why = adapter_cls(name, endpoint, None).check_operation(operation)  # type: ignore[arg-type]
+        adapter = load_adapters()[endpoint.adapter](name, endpoint, None)  # type: ignore[arg-type]
+        why = adapter.check_operation(operation)
         if why:
             bad(loc + ("operation",), f"endpoint {name}: {why}")
+            continue
+        if (name, operation) in project.settings_checked:
+            continue
+        project.settings_checked.add((name, operation))
+        for key, reason in adapter.check_settings_for(operation):
+            text = f"{reason} (called by {caller})" if caller else reason
+            if report is None or project.config_file is None:
+                bad(loc + ("operation",), f"endpoint {name}: {'.'.join(map(str, key))}: {text}")
+            else:
+                report(issue(project.config_file, project.config_lines, ("endpoints", name, *key), text))
 
 
 def check_published(subject: str, loc: Loc, config: HubConfig, bad: Callable[[Loc, str], None]) -> None:
@@ -319,8 +354,8 @@ class _Anything(dict):
 
 def load_project(config_path: Path | None, flow_paths: list[Path]) -> Project:
     """Config plus every flow file; raises ConfigError with every problem found, in file order."""
-    config, endpoints = load_config(config_path)
-    project = Project(config=config, config_file=config_path, endpoints=endpoints)
+    config, endpoints, config_lines = load_config_with_lines(config_path)
+    project = Project(config=config, config_file=config_path, endpoints=endpoints, config_lines=config_lines)
     problems: list[str] = []
     by_name: dict[str, LoadedFlow] = {}
     by_webhook_path: dict[str, LoadedFlow] = {}

@@ -12,7 +12,8 @@ Rules: a CSW for a contract id starting with BLOCKED is refused (C009), one for 
 too (T001), an ACC for an account id starting with BLOCKED (A009). An accepted switch is ACKed and,
 `completion_delay` seconds later (None: on `complete_switches()`), completed in a new mail of SWC records;
 an ACC gets LNK and the ERP's key (one key per CRM account). A token applied before is not applied again:
-its first reply is sent once more. `behaviour` may change between requests (late, twice, mail client).
+its first reply is sent once more. `behaviour` may change between requests (late, twice, mail client, a real
+client's shape).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ import aiosmtplib
 
 from engine.tasks import cancel_and_wait
 from sandbox.mail import MailSandbox
+from sandbox.mail.clients import SHAPES, ReplyTo
 from sandbox.mail.compose import client_reply, find_attachment, system_mail
 from schemas.be_flatfile import (BeAccepted, BeAccountLinked, BeContractSwitch, BeFileHeader,
                                  BeFlatFile, BeRejected, BeSwitchCompleted, FlatFileError, attachment_name, decode,
@@ -54,6 +56,7 @@ class BeErpBehaviour:
     tariffs: frozenset[str] = DEFAULT_TARIFFS
     reply_twice: bool = False  # mail every reply two times
     mail_client: bool = False  # replies written by a person: quoted, re-encoded, no In-Reply-To
+    client: str | None = None  # replies in a real client's shape: a name of sandbox/mail/clients.py SHAPES
 
 
 @dataclass
@@ -279,11 +282,29 @@ class BelgianErpSimulator:
         behaviour = self.behaviour
         to = email.utils.parseaddr(request.get("Reply-To") or request.get("From") or "")[1]
         for _ in range(2 if behaviour.reply_twice else 1):
-            msg = self._reply_mail(request, to, reply, behaviour.mail_client)
-            await aiosmtplib.send(msg, hostname=self.mail.host, port=self.mail.smtp_port, sender=self.address,
-                                  recipients=[to], username=self.address, password=self.password,
-                                  start_tls=self.mail.tls is not None, tls_context=self.mail.client_context())
+            if behaviour.client:
+                raw = self._client_mail(request, to, reply, behaviour.client)
+                msg: Message = email.message_from_bytes(raw, policy=email.policy.default)
+                await aiosmtplib.send(raw, hostname=self.mail.host, port=self.mail.smtp_port, sender=self.address,
+                                      recipients=[to], username=self.address, password=self.password,
+                                      start_tls=self.mail.tls is not None, tls_context=self.mail.client_context())
+            else:
+                msg = self._reply_mail(request, to, reply, behaviour.mail_client)
+                await aiosmtplib.send(msg, hostname=self.mail.host, port=self.mail.smtp_port, sender=self.address,
+                                      recipients=[to], username=self.address, password=self.password,
+                                      start_tls=self.mail.tls is not None, tls_context=self.mail.client_context())
             await self._note(msg)
+
+    def _client_mail(self, request: Message, to: str, reply: BeFlatFile, client: str) -> bytes:
+        """The reply as a person would send it from `client` (sandbox/mail/clients.py): our request file
+        goes back too where that client sends the original's attachments."""
+        token = reply.header.correlation_token
+        shape = SHAPES[client]
+        context = ReplyTo(request_id=str(request.get("Message-ID", "")), request_subject=str(request.get("Subject", "")),
+                          hub=to, erp=self.address, reply_file=encode(reply), reply_name=attachment_name("RSP", token),
+                          request_file=find_attachment(request, b"HDR") or b"", request_name=attachment_name("REQ", token),
+                          seed=f"{token}:{len(self.sent)}", date=email.utils.formatdate(localtime=True))
+        return shape(context)
 
     def _reply_mail(self, request: Message, to: str, reply: BeFlatFile, mail_client: bool) -> Message:
         token = reply.header.correlation_token

@@ -73,20 +73,22 @@ async def section_monthly_pull(js: Any, records: Any, hub: Any, check: Check, wa
     print("\n  12. Ops run the monthly meter pull now (scheduled for the 2nd, 03:00 Europe/Brussels)")
     from datetime import datetime, timezone
 
+    from zoneinfo import ZoneInfo
+
     from engine.schedule import publish_ticks
-    from transforms.meter_pulls import ZONES
 
     now = datetime.now(timezone.utc)  # a first run: last month, from its first midnight in each vendor's zone
     year, month = now.year - (now.month == 1), (now.month - 2) % 12 + 1
-    first = {v: datetime(year, month, 1, tzinfo=tz) for v, tz in ZONES.items()}
     flow = next(lf.flow for lf in hub.project.flows if lf.flow.name == "meter-vendor-pulls")
-    vendors = [e["vendor"] for e in flow.source.each]
-    print(f"       $ runner.py trigger meter-vendor-pulls --payload '{{\"vendor\": …, \"from\": "
+    entries = list(flow.source.each)  # the vendors as the flow declares them: format and zone each
+    vendors = [e["vendor"] for e in entries]
+    first = {e["vendor"]: datetime(year, month, 1, tzinfo=ZoneInfo(e["zone"])) for e in entries}
+    print(f"       $ runner.py trigger meter-vendor-pulls --only vendor=… --payload '{{\"from\": "
           f"\"{year}-{month:02d}-01…\"}}'   (a first run: last month, inside the platforms' 3 months)")
     before = len(records.messages)
     started = time.monotonic()
     await publish_ticks(js, flow, "demo", manual=True,
-                        payloads=[{"vendor": v, "from": first[v].isoformat()} for v in vendors])
+                        payloads=[{**e, "from": first[e["vendor"]].isoformat()} for e in entries])
     ours = lambda: [json.loads(m.data) for m in records.messages[before:]  # noqa: E731
                     if json.loads(m.data).get("flow") == "meter-vendor-pulls"]
     ok = await wait_until(lambda: len(ours()) >= len(vendors), [records.changed], deadline)
@@ -98,7 +100,7 @@ async def section_monthly_pull(js: Any, records: Any, hub: Any, check: Check, wa
         print(f"       {r['checkpoint'].split(':')[1]:<10}{r['pages']:>6}{r['items']:>10}{total:>14}  {r['matched']}")
     count = sum(r["items"] for r in rows)
     check(ok and count > 0 and all(r["matched"] is not False for r in rows),
-          f"{count} readings pulled from four platforms in {took:.1f}s, each paged its own way, a "
+          f"{count} readings pulled from {len(vendors)} platforms in {took:.1f}s, each paged its own way, a "
           "reconciliation record per vendor")
 
 

@@ -29,7 +29,8 @@ HUB_MAIL, ERP_MAIL, MAIL_PASSWORD = "hub@plu.example", "erp-be@plu.example", "de
 SFTP_PASSWORD = "demo-sftp-secret"
 VENDOR3_SECRET, FIELD_TOKEN = "demo-vendor3-secret", "demo-field-app-token"
 METER_SECRETS = {"METER_VENDOR1_API_KEY": "v1-sandbox-api-key", "METER_VENDOR2_CLIENT_SECRET": "v2-sandbox-client-secret",
-                 "METER_VENDOR3_PASSWORD": "v3-sandbox-password", "METER_VENDOR4_SECRET": "v4-sandbox-signing-secret"}
+                 "METER_VENDOR3_PASSWORD": "v3-sandbox-password", "METER_VENDOR4_SECRET": "v4-sandbox-signing-secret",
+                 "METER_VENDOR5_CLIENT_SECRET": "v5 sandbox:s3cr=t+/é"}
 Check = Callable[[bool, str], None]
 LOOKUP = {"households": 3, "consumption": 4200, "postcode": "75001", "country": "FR", "gas": True}
 
@@ -67,8 +68,8 @@ class Outside:
                            "PDF_GENERATOR_URL": self.pdfs.url})
         from sandbox.meters import PLATFORMS
 
-        for vendor, cls in PLATFORMS.items():  # the four smart-meter platforms, 20 meters each
-            self.platforms[vendor] = await cls(20).start()
+        for vendor, cls in PLATFORMS.items():  # the smart-meter platforms, 20 meters each (ESPI: 2, 96 readings a day)
+            self.platforms[vendor] = await cls(2 if vendor == "vendor5" else 20).start()
             os.environ[f"METER_{vendor.upper()}_URL"] = self.platforms[vendor].url
         os.environ.update(METER_SECRETS)
         self.mqtt = await MqttBroker().start()

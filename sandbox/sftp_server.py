@@ -100,6 +100,19 @@ class SftpServer:
         return self._acceptor is not None
 
     @property
+    def directory(self) -> str:
+        """The drop as clients name it: the chroot's root."""
+        return "/"
+
+    def remote(self, name: str) -> str:
+        """A file's path as clients see it."""
+        return f"/{name}"
+
+    @property
+    def version(self) -> str:
+        return f"asyncssh {asyncssh.__version__} (sandbox)"
+
+    @property
     def host_key_line(self) -> str:
         """The server's public host key, "ssh-ed25519 AAAA..."."""
         return public_line(self.host_key)
@@ -158,6 +171,9 @@ class SftpServer:
             await self.drop_connections()
             await self._acceptor.wait_closed()
             self._acceptor = None
+
+    async def close(self) -> None:
+        await self.stop()
 
     async def restart(self, *, new_host_key: bool = False) -> "SftpServer":
         """Stop, then listen again on the same port, with a new host key when asked."""

@@ -92,3 +92,47 @@ async def broker_js(broker: EmbeddedNats):
 def unique() -> str:
     """A short lowercase token, valid in subjects and stream names, so tests never share state."""
     return "t" + uuid.uuid4().hex[:10]
+
+
+# --- production servers (sandbox/server_process.py): Dovecot, OpenSSH, Mosquitto, nats-server's MQTT ----------
+
+def require_server(name: str) -> None:
+    """Skip (a developer without the server) or fail (CI: HUB_REQUIRE_REAL_SERVERS=1) when `name` is missing."""
+    from sandbox.server_process import REQUIRE_ENV, missing_reason, required
+
+    why = missing_reason(name)
+    if why is None:
+        return
+    if required():
+        pytest.fail(f"{why} ({REQUIRE_ENV}=1: .ci/run installs it; a skip would hide the server)", pytrace=False)
+    pytest.skip(f"{why}; .ci/run installs it (set {REQUIRE_ENV}=1 to make this a failure)")
+
+
+MQTT_BACKENDS = ["nats", "mosquitto"]  # nats-server's MQTT listener (the wheel's) and Debian's Mosquitto
+
+
+@pytest.fixture(params=MQTT_BACKENDS)
+async def mqtt_broker(request: pytest.FixtureRequest):
+    """A QoS-1-persistent MQTT broker of the test's own, once per production broker."""
+    from sandbox.mqtt_broker import MqttBroker
+
+    if request.param == "mosquitto":
+        require_server("mosquitto")
+    async with MqttBroker(backend=request.param) as server:
+        yield server
+
+
+IMAP_SERVERS = ["pymap", "dovecot"]  # the project's mail sandbox (pymap) and Debian's Dovecot
+
+
+@pytest.fixture(scope="module", params=IMAP_SERVERS)
+async def imap_server(request: pytest.FixtureRequest):
+    """An IMAP server for a test module, once per server kind: both offer inject, messages, add_user,
+    stop_imap/start_imap, imap_port, ca_file; tests add a user of their own."""
+    if request.param == "dovecot":
+        require_server("dovecot")
+        from sandbox.dovecot import DovecotServer as Server
+    else:
+        from sandbox.mail import MailSandbox as Server
+    async with Server(users={"hub@plu.example": "imap-test-pw"}) as server:
+        yield server

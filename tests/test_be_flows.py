@@ -241,7 +241,7 @@ async def test_hostile_and_broken_mail_is_quarantined_with_its_raw_mime_and_the_
     finally:
         await hub.stop()
     classes = sorted(r.headers["Hub-Dlq-Error-Class"] for r in records)
-    assert classes == ["FlatFileError", "UnmatchedReply", "UnparseablePayload"]
+    assert classes == ["FlatFileError", "NotBelgianReply", "UnmatchedReply"]
     assert sorted(r.data for r in records) == sorted([no_file, broken, stray])
     assert all(r.headers.get("Hub-Dlq-Error") for r in records)
 
@@ -261,3 +261,93 @@ async def test_a_request_without_a_reply_by_its_deadline_raises_an_alert_and_sta
     finally:
         await hub.stop()
     assert json.loads(alert.data)["alert"] == "deadline" and record["key"] == "K-BE-8:v1" and record["alerted"]
+
+
+async def test_a_request_mail_that_bounces_fails_the_switch_alerts_ops_and_leaves_nothing_pending(
+        tmp_path: Path, broker, js, mail, parties, monkeypatch):
+    """The ERP's address is gone: the submission server accepts the request and then bounces it (an RFC 3464
+    report to the hub's mailbox). The CRM gets erp.contract.switch-failed "mail to the Belgian ERP bounced",
+    ops get ops.alert.be-erp-replies, nothing waits for a reply and nothing is dead-lettered."""
+    hub_user, erp = parties
+    gone = f"gone-{uuid.uuid4().hex[:8]}@erp.example.be"
+    mail.bounce(gone)
+    monkeypatch.setenv("BE_ERP_ADDRESS", gone)
+    hub = await hub_for(tmp_path, broker)
+    failed = await StreamReader.open(js, "erp.contract.switch-failed")
+    alerts = await StreamReader.open(js, "ops.alert.be-erp-replies")
+    dlq = await StreamReader.open(js, "dlq.be-erp-replies")
+    try:
+        await sign(js, contract(9))
+        [event] = await failed.wait_for(1, timeout=20)
+        [alert] = await alerts.wait_for(1, timeout=20)
+
+        track = hub.runners["be-contract-switch-track"]
+
+        async def tracking_ended() -> bool:  # acked only once `until` is done: UNDELIVERABLE ended the wait
+            return track.stats.acked >= 1 and await pending_records(js, "be-contract-switch-track") == []
+
+        await wait_until(tracking_ended, timeout=20)
+    finally:
+        await hub.stop()
+    body, raised = json.loads(event.data), json.loads(alert.data)
+    assert body["contract_id"] == "K-BE-9" and body["reason"].startswith(f"mail to the Belgian ERP bounced: 550 5.1.1 <{gone}>")
+    assert raised["alert"] == "request_undeliverable" and raised["recipient"] == gone and raised["request"] == "K-BE-9"
+    assert dlq.messages == [] and erp.handled == []
+    assert len(await mail.messages(hub_user, "Processed")) == 1
+
+
+@pytest.mark.parametrize("client", ["outlook-reply-with-attachments", "outlook-tnef", "apple-mail-inline",
+                                    "script-octet-stream"])
+async def test_replies_from_real_client_shapes_complete_the_switch(tmp_path: Path, broker, js, parties, client: str):
+    """The ERP's people answer from Outlook (our request first, or TNEF), Apple Mail (inline, RFC 2047 name) or
+    a script (octet-stream, no name): the ACK and the SWC travel by SMTP and IMAP and the switch completes."""
+    hub_user, erp = parties
+    erp.behaviour = BeErpBehaviour(completion_delay=0.3, client=client)
+    hub = await hub_for(tmp_path, broker)
+    switched = await StreamReader.open(js, "erp.contract.switched")
+    dlq = await StreamReader.open(js, "dlq.be-erp-replies")
+    try:
+        await sign(js, contract(10))
+        [done] = await switched.wait_for(1, timeout=20)
+    finally:
+        await hub.stop()
+    assert json.loads(done.data)["contract_id"] == "K-BE-10" and dlq.messages == []
+
+
+async def test_a_bounce_of_a_mail_we_did_not_send_and_an_echoed_request_are_dead_letters_that_say_so(
+        tmp_path: Path, broker, js, mail, parties):
+    """A DSN about another system's mail and an Outlook reply carrying only our own request land in
+    dlq.be-erp-replies with their raw MIME and a reason that says exactly that."""
+    from tests.mail_corpus.build import load
+
+    hub_user, erp = parties
+    for name in ("dsn-for-a-mail-we-did-not-send", "outlook-request-only"):
+        await mail.inject(hub_user, load(name))
+    hub = await hub_for(tmp_path, broker)
+    dlq = await StreamReader.open(js, "dlq.be-erp-replies")
+    try:
+        records = await dlq.wait_for(2, timeout=20)
+    finally:
+        await hub.stop()
+    reasons = {r.headers["Hub-Dlq-Error-Class"]: r.headers["Hub-Dlq-Error"] for r in records}
+    assert "for a mail the hub did not send" in reasons["UnknownBounce"]
+    assert "carries only our own request" in reasons["NotBelgianReply"]
+
+
+async def test_the_demo_section_on_real_mail_passes_and_puts_the_erp_back(tmp_path: Path, broker, js, mail, parties):
+    """sandbox/demo_mail.section_mail: an Outlook reply with our request first completes the switch, a bounce
+    fails the next one and alerts ops; every check passes and the ERP's mailbox takes mail again after."""
+    import types
+
+    from sandbox.demo_mail import section_mail
+
+    hub_user, erp = parties
+    hub = await hub_for(tmp_path, broker)
+    results: list[tuple[bool, str]] = []
+    try:
+        await section_mail(js._nc, js, types.SimpleNamespace(mail=mail, be_erp=erp), lambda ok, text: results.append(
+            (ok, text)), timeout=20)
+    finally:
+        await hub.stop()
+    assert len(results) == 3 and all(ok for ok, _ in results), results
+    assert erp.address.lower() not in mail.smtp._handler.bounces and erp.behaviour.client is None

@@ -130,7 +130,9 @@ async def test_an_unknown_tariff_comes_back_as_switch_failed_with_the_erps_reaso
 
 
 @pytest.mark.parametrize("country, fault, contract_id, lands, detail", [
-    ("DE", None, "BLOCKED-7", "dlq", "BusinessError: erp_de: TariffSwitchCreate: business error: Vertrag BLOCKED-7 ist für Tarifwechsel gesperrt"),
+    ("DE", None, "BLOCKED-7", "dlq", "BusinessError: erp_de: TariffSwitchCreate: refused: E ZISU 042: Vertrag BLOCKED-7 "
+                                     "ist für Tarifwechsel gesperrt | E ZISU 001: Wechselbeleg wurde nicht angelegt"),
+    ("FR", None, "BLOCKED-8", "dlq", "TargetRejected: erp_fr: demanderBascule: SOAP fault soap:Sender > BLOCKED: "),
     ("IT", "client_fault", None, "dlq", "TargetRejected"),
     ("FR", "server_fault", None, "switched", None),
     ("UK", "html_503", None, "switched", None),

@@ -51,8 +51,7 @@ async def adapters(sims):
             config: dict[str, Any] = {"adapter": "soap", "wsdl": sim.wsdl_url, "address": sim.url, "timeout": "3s"}
             if country == "de":
                 config["ws_security"] = {"username": "hub-de", "password": {"env": ENV}}
-                config["business_error"] = {"path": "Return.Type", "error_values": ["E", "A"],
-                                            "message_path": "Return.Message"}
+                config["business_error"] = {"table": "RETURN"}  # SAP BAPIRET2 rows
             adapter = SoapAdapter(f"erp_{country}", SoapEndpointConfig(**config), Services())
             await adapter.start()
             started[country.upper()] = adapter

@@ -1,4 +1,9 @@
-"""The `imap:` source (adapters.imap.ImapIngress) against the real mail sandbox and a real nats-server."""
+"""The `imap:` source (adapters.imap.ImapIngress) against real IMAP servers and a real nats-server.
+
+Every test runs against Dovecot (Debian's dovecot-imapd, what PLU's mailbox runs) and the project's mail
+sandbox (pymap): the `imap_server` fixture. A mail arrives by SMTP at the sandbox and by dovecot-lda at
+Dovecot, as a mail server delivers it.
+"""
 
 from __future__ import annotations
 
@@ -32,10 +37,9 @@ os.environ["IMAP_TEST_PASSWORD"] = PASSWORD
 MakeIngress = Callable[..., Awaitable[ImapIngress]]
 
 
-@pytest_asyncio.fixture(scope="module")
-async def mail() -> AsyncIterator[MailSandbox]:
-    async with MailSandbox(users={HUB: PASSWORD}) as sandbox:
-        yield sandbox
+@pytest.fixture(scope="module")
+def mail(imap_server: Any) -> Any:
+    return imap_server
 
 
 @pytest_asyncio.fixture(scope="module")
@@ -48,14 +52,14 @@ async def js(nats_url: str) -> AsyncIterator[Any]:
 
 
 @pytest_asyncio.fixture
-async def user(mail: MailSandbox) -> str:
+async def user(mail: Any) -> str:
     """A mailbox of this test's own."""
     address = f"u{uuid.uuid4().hex[:8]}@plu.example"
     await mail.add_user(address, PASSWORD)
     return address
 
 
-def endpoint_for(mail: MailSandbox, user: str) -> ImapEndpointConfig:
+def endpoint_for(mail: Any, user: str) -> ImapEndpointConfig:
     return ImapEndpointConfig.model_validate({
         "adapter": "imap", "host": mail.host, "port": mail.imap_port, "security": "tls" if mail.tls else "none",
         "username": user, "password": {"env": "IMAP_TEST_PASSWORD"}, "ca_bundle": str(mail.ca_file or "") or None,
@@ -67,7 +71,7 @@ async def make_ingress(js: Any, unique: str) -> AsyncIterator[MakeIngress]:
     """Builds, starts and finally stops an ingress for a flow of this test's own."""
     started: list[ImapIngress] = []
 
-    async def make(mail: MailSandbox, user: str, landing_cls: type[Landing] = Landing,
+    async def make(mail: Any, user: str, landing_cls: type[Landing] = Landing,
                    cls: type[ImapIngress] = ImapIngress, **spec: Any) -> ImapIngress:
         flow = Flow.model_validate({"name": f"mail-{unique}", "source": {"imap": {"endpoint": "mbox", **spec}},
                                     "steps": [{"publish": f"{unique}.mail"}]})
@@ -91,6 +95,19 @@ def a_mail(to: str, subject: str, message_id: bool = True) -> bytes:
     return msg.as_bytes(policy=email.policy.SMTP)
 
 
+async def delivered(mail: Any, user: str, msg: EmailMessage | bytes) -> None:
+    """Deliver a mail as a mail server would, whether or not IMAP is up: by SMTP to the sandbox, by
+    dovecot-lda to Dovecot."""
+    if isinstance(mail, MailSandbox):
+        if isinstance(msg, bytes):
+            await mail.inject(user, msg)  # the sandbox's SMTP builds its own envelope: raw bytes go to the store
+            return
+        await aiosmtplib.send(msg, hostname=mail.host, port=mail.smtp_port, start_tls=True, username=HUB,
+                              password=PASSWORD, tls_context=mail.client_context())
+        return
+    await mail.deliver(user, msg if isinstance(msg, bytes) else msg.as_bytes(policy=email.policy.SMTP))
+
+
 async def stored(js: Any, ingress: ImapIngress) -> list[Any]:
     """Every message JetStream holds on the flow's ingress subject, in order."""
     subject = ingress.landing.subject
@@ -103,7 +120,7 @@ async def stored(js: Any, ingress: ImapIngress) -> list[Any]:
         await reader.sub.unsubscribe()
 
 
-async def test_each_mail_is_stored_once_and_moved_only_after_the_store(mail: MailSandbox, js: Any, user: str,
+async def test_each_mail_is_stored_once_and_moved_only_after_the_store(mail: Any, js: Any, user: str,
                                                                        make_ingress: MakeIngress) -> None:
     """Each mail lands in JetStream with its raw bytes and mail headers while still in INBOX, then goes to Processed."""
     raws = [a_mail(user, "first"), a_mail(user, "second"), a_mail(user, "no id", message_id=False)]
@@ -135,7 +152,7 @@ async def test_each_mail_is_stored_once_and_moved_only_after_the_store(mail: Mai
     assert (ingress.stored, ingress.duplicates, ingress.failed) == (3, 0, 0)
 
 
-async def test_mail_arriving_during_idle_is_picked_up_promptly(mail: MailSandbox, js: Any, user: str,
+async def test_mail_arriving_during_idle_is_picked_up_promptly(mail: Any, js: Any, user: str,
                                                                make_ingress: MakeIngress) -> None:
     """A mail delivered by SMTP while the ingress waits in IDLE wakes it and is stored at once, not at a renew."""
     ingress = await make_ingress(mail, user)
@@ -144,8 +161,7 @@ async def test_mail_arriving_during_idle_is_picked_up_promptly(mail: MailSandbox
     msg["From"], msg["To"], msg["Subject"] = HUB, user, "while idle"
     msg.set_content("x")
     began = time.monotonic()
-    await aiosmtplib.send(msg, hostname=mail.host, port=mail.smtp_port, start_tls=True, username=HUB,
-                          password=PASSWORD, tls_context=mail.client_context())
+    await delivered(mail, user, msg)
     await ingress.wait_for(lambda i: i.moved == 1, timeout=5)
     assert time.monotonic() - began < 30  # IDLE renews only every 5 minutes: this was the push
     [stored_msg] = await stored(js, ingress)
@@ -159,7 +175,7 @@ class QuickRetryIngress(ImapIngress):
     BACKOFF_MAX = 0.05
 
 
-async def test_imap_restart_reconnects_and_goes_on(mail: MailSandbox, js: Any, user: str,
+async def test_imap_restart_reconnects_and_goes_on(mail: Any, js: Any, user: str,
                                                    make_ingress: MakeIngress) -> None:
     """Across an IMAP restart of several failed attempts the ingress warns once, reconnects and stores the new mail."""
     await mail.inject(user, a_mail(user, "before"))
@@ -168,7 +184,7 @@ async def test_imap_restart_reconnects_and_goes_on(mail: MailSandbox, js: Any, u
     with structlog.testing.capture_logs() as logs:
         await mail.stop_imap()
         await ingress.wait_for(lambda i: i.attempts >= 3)  # lost, then refused twice
-        await mail.inject(user, a_mail(user, "during the outage"))
+        await delivered(mail, user, a_mail(user, "during the outage"))
         await mail.start_imap()
         await ingress.wait_for(lambda i: i.moved == 2, timeout=10)
     assert ingress.reconnects == 1 and ingress.attempts == 0
@@ -177,7 +193,7 @@ async def test_imap_restart_reconnects_and_goes_on(mail: MailSandbox, js: Any, u
     assert await mail.messages(user) == []
 
 
-async def test_a_failed_store_leaves_the_mail_in_inbox(mail: MailSandbox, js: Any, user: str, unique: str,
+async def test_a_failed_store_leaves_the_mail_in_inbox(mail: Any, js: Any, user: str, unique: str,
                                                        make_ingress: MakeIngress) -> None:
     """While JetStream does not confirm (no stream captures the subject), the mail stays unseen in INBOX; then lands."""
     raw = a_mail(user, "keep me")
@@ -199,7 +215,7 @@ async def test_a_failed_store_leaves_the_mail_in_inbox(mail: MailSandbox, js: An
     assert await mail.messages(user) == []
 
 
-async def test_an_already_stored_mail_is_moved_not_stored_twice(mail: MailSandbox, js: Any, user: str,
+async def test_an_already_stored_mail_is_moved_not_stored_twice(mail: Any, js: Any, user: str,
                                                                 make_ingress: MakeIngress) -> None:
     """A mail stored before a crash (same Message-ID) is a JetStream duplicate: counted, moved, kept once."""
     raw = a_mail(user, "stored before the crash")
@@ -214,7 +230,7 @@ async def test_an_already_stored_mail_is_moved_not_stored_twice(mail: MailSandbo
     assert len(await mail.messages(user, "Processed")) == 2
 
 
-async def test_hostile_mail_is_stored_with_clean_headers(mail: MailSandbox, js: Any, user: str,
+async def test_hostile_mail_is_stored_with_clean_headers(mail: Any, js: Any, user: str,
                                                          make_ingress: MakeIngress) -> None:
     """Broken MIME with a folded, non-ASCII Message-ID is stored byte for byte; its header value is one ASCII line."""
     hostile = (b"Message-ID: <caf\xe9\r\n\t@evil.example>\r\nContent-Type: multipart/mixed; boundary=\"x\"\r\n\r\n"
@@ -228,7 +244,7 @@ async def test_hostile_mail_is_stored_with_clean_headers(mail: MailSandbox, js: 
     assert value.isascii() and value.isprintable() and value.startswith("<caf") and value.endswith("@evil.example>")
 
 
-async def test_without_move_it_copies_flags_and_expunges(mail: MailSandbox, js: Any, user: str,
+async def test_without_move_it_copies_flags_and_expunges(mail: Any, js: Any, user: str,
                                                          make_ingress: MakeIngress,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """On a server without MOVE the mail is copied to Processed, flagged \\Deleted and expunged from INBOX."""
@@ -241,9 +257,9 @@ async def test_without_move_it_copies_flags_and_expunges(mail: MailSandbox, js: 
     assert len(await mail.messages(user, "Traité")) == 1
 
 
-async def test_plain_imap_with_polling(user: str, js: Any, make_ingress: MakeIngress) -> None:
+async def test_plain_imap_with_polling(mail: Any, user: str, js: Any, make_ingress: MakeIngress) -> None:
     """With `security: none` on loopback and `idle: false`, the ingress polls and still lands each mail."""
-    async with MailSandbox(users={user: PASSWORD}, tls=False) as plain:
+    async with type(mail)(users={user: PASSWORD}, tls=False) as plain:
         ingress = await make_ingress(plain, user, idle=False, poll="100ms")
         await ingress.wait_for(lambda i: i.state == "polling")
         await plain.inject(user, a_mail(user, "polled"))
@@ -252,7 +268,7 @@ async def test_plain_imap_with_polling(user: str, js: Any, make_ingress: MakeIng
         assert ingress.state == "stopped" and ingress.stored == 1
 
 
-async def test_a_hub_runs_an_imap_flow_end_to_end(tmp_path: Path, mail: MailSandbox, js: Any, user: str,
+async def test_a_hub_runs_an_imap_flow_end_to_end(tmp_path: Path, mail: Any, js: Any, user: str,
                                                   unique: str, nats_url: str) -> None:
     """A Hub with an imap-sourced flow republishes each mail's raw bytes, and logs out when it stops."""
     project = project_from(tmp_path, f"""

@@ -1,19 +1,23 @@
-"""The monthly vendor pull (flows/meter-vendor-pulls.yaml) against the four real vendor simulators:
-each vendor's paging and auth end to end, a hub stopped mid-pagination that resumes with exact
-counts, a 429's Retry-After honoured, an OAuth2 token that expires mid-pull refreshed once, and a
-watermark older than the platforms' 3-month retention pulled from the edge with the gap raised."""
+"""The monthly vendor pull (flows/meter-vendor-pulls.yaml) against the real vendor simulators: each
+vendor's paging and auth end to end (the fifth, a Green Button ESPI Data Custodian, added by config and
+one transform), a hub stopped mid-pagination that resumes with exact counts, a 429's Retry-After
+honoured, an OAuth2 token that expires mid-pull refreshed once, and a watermark older than the
+platforms' 3-month retention pulled from the edge with the gap raised."""
 
 from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import aiohttp
 import pytest
 import pytest_asyncio
+import yaml
 
 from engine.adapter import CallContext, Services
 from adapters.http import HttpAdapter, HttpEndpointConfig
@@ -23,7 +27,8 @@ from engine.kv import bucket
 from engine.messages import Envelope
 from engine.paged_pull import BUCKET, checkpoint_key, run_now
 from engine.schedule import FIRED_AT, SCHEDULED_FOR, publish_ticks
-from sandbox.meters import ManualClock, Vendor1Platform, Vendor2Platform, Vendor3Platform, Vendor4Platform
+from sandbox.meters import (ManualClock, Vendor1Platform, Vendor2Platform, Vendor3Platform, Vendor4Platform,
+                            Vendor5Platform)
 from sandbox.meters.reference_pull import pull as reference_pull
 from schemas.meter import MeterReading
 from tests.helpers import StreamReader, project_from, started_hub, wait_until
@@ -37,8 +42,13 @@ RETENTION = timedelta(days=88)  # the flow's `retention`, under the platforms' 3
 ALERTS = f"ops.alert.{FLOW}"
 START = "2025-03-01T00:00:00Z"
 METERS = 20
+V5_METERS = 4  # 96 readings a day each: a month of 4 ESPI meters is ~12K readings
 SECRETS = {"METER_VENDOR1_API_KEY": "v1-sandbox-api-key", "METER_VENDOR2_CLIENT_SECRET": "v2-sandbox-client-secret",
-           "METER_VENDOR3_PASSWORD": "v3-sandbox-password", "METER_VENDOR4_SECRET": "v4-sandbox-signing-secret"}
+           "METER_VENDOR3_PASSWORD": "v3-sandbox-password", "METER_VENDOR4_SECRET": "v4-sandbox-signing-secret",
+           "METER_VENDOR5_CLIENT_SECRET": "v5 sandbox:s3cr=t+/é"}
+# the vendors as the shipped flow declares them (format and zone per vendor): config, not code
+ENTRIES = {e["vendor"]: e for e in yaml.safe_load((ROOT / "flows" / f"{FLOW}.yaml").read_text())["source"]["each"]}
+JSON_VENDORS = ["vendor1", "vendor2", "vendor3", "vendor4"]
 
 CONFIG = """
 nats: {urls: []}
@@ -79,6 +89,16 @@ endpoints:
     auth: {hmac_vendor4: {key_id: plu-hub, secret: {env: METER_VENDOR4_SECRET}}}
     max_concurrency: 2
     timeout: 10s
+  meter_vendor5:
+    adapter: http
+    base_url: ${METER_VENDOR5_URL}
+    method: GET
+    path: /DataCustodian/espi/1_1/resource/Batch/Subscription/5
+    headers: {Accept: application/atom+xml}
+    auth: {oauth2: {token_url: "${METER_VENDOR5_URL}/oauth/token", client_id: plu-hub,
+                    client_auth: client_secret_basic, client_secret: {env: METER_VENDOR5_CLIENT_SECRET}}}
+    max_concurrency: 2
+    timeout: 10s
 dlq: {stream: DLQ, max_age: 1d}
 """
 
@@ -110,6 +130,7 @@ async def sims(monkeypatch):
     v2 = Vendor2Platform(METERS, clock=clock, token_clock=token_clock)
     v2.expire_at = None
     platforms["vendor2"] = v2
+    platforms["vendor5"] = Vendor5Platform(V5_METERS, clock=clock)
     for name, sim in platforms.items():
         await sim.start()
         monkeypatch.setenv(f"METER_{name.upper()}_URL", sim.url)
@@ -126,7 +147,7 @@ def key(reading: dict[str, Any]) -> tuple[str, str, str]:
 
 async def expected(sim: Any, vendor: str) -> list[tuple[str, str, str]]:
     """What the plainest correct pull of the run's window answers (sandbox/meters/reference_pull.py)."""
-    start, end = meter_pulls.window({"vendor": vendor, "since": START})
+    start, end = meter_pulls.window({**ENTRIES[vendor], "since": START})
     async with aiohttp.ClientSession() as http:
         return sorted(key(r) for r in await reference_pull(http, sim, start, end, size=200))
 
@@ -142,8 +163,8 @@ async def run_pull(tmp_path: Path, broker: Any, js: Any, vendors: list[str], *, 
     records = await StreamReader.open(js, "ops.reconciliation")
     raised = await StreamReader.open(js, ALERTS)
     try:
-        await publish_ticks(js, flow, NOW.isoformat(), manual=True, payloads=[{"vendor": v} for v in vendors])
-        await records.wait_for(len(vendors), timeout=20)
+        await publish_ticks(js, flow, NOW.isoformat(), manual=True, payloads=[ENTRIES[v] for v in vendors])
+        await records.wait_for(len(vendors), timeout=30)
     finally:
         await hub.stop()
     if alerts is not None:  # published before the records: the stream knows how many there are
@@ -154,12 +175,13 @@ async def run_pull(tmp_path: Path, broker: Any, js: Any, vendors: list[str], *, 
 
 
 async def test_each_vendor_is_pulled_end_to_end_every_reading_once(tmp_path, broker, js, sims):
-    """One tick per vendor pages through all four platforms in their own paging and auth; every reading
+    """One tick per vendor pages through the four JSON platforms in their own paging and auth; every reading
     of the month lands once on meter.reading.collected as a valid MeterReading, and each vendor's
     reconciliation record counts exactly the platform's readings (matching its own total where it gives one)."""
     alerts: list = []
-    readings, records = await run_pull(tmp_path, broker, js, list(sims), alerts=alerts,
+    readings, records = await run_pull(tmp_path, broker, js, JSON_VENDORS, alerts=alerts,
                                        **{"page_size: 500": "page_size: 150"})
+    sims = {v: sims[v] for v in JSON_VENDORS}
     want = {vendor: await expected(sim, vendor) for vendor, sim in sims.items()}
     await readings.wait_for(sum(map(len, want.values())))
     got: dict[str, list] = {v: [] for v in sims}
@@ -203,7 +225,7 @@ async def test_a_hub_stopped_mid_pagination_resumes_at_the_next_page_with_exact_
         return await pages_done() >= 3
 
     try:
-        await publish_ticks(js, flow, NOW.isoformat(), manual=True, payloads=[{"vendor": "vendor4"}])
+        await publish_ticks(js, flow, NOW.isoformat(), manual=True, payloads=[ENTRIES["vendor4"]])
         await wait_until(midway, timeout=15)
     finally:
         await hub.stop(timeout=0.01)
@@ -273,7 +295,7 @@ async def test_a_watermark_older_than_the_retention_pulls_from_the_edge_and_rais
     readings, records = await run_pull(tmp_path, broker, js, ["vendor1"], alerts=alerts,
                                        **{"page_size: 500": "page_size: 200"})
     edge = (NOW - RETENTION).isoformat()
-    start, end = meter_pulls.window({"vendor": "vendor1", "since": edge})
+    start, end = meter_pulls.window({**ENTRIES["vendor1"], "since": edge})
     async with aiohttp.ClientSession() as http:
         want = sorted(key(r) for r in await reference_pull(http, sim, start, end, size=200))
     await readings.wait_for(len(want))
@@ -302,7 +324,7 @@ async def test_a_cursor_that_never_ends_stops_at_max_pages_with_its_pages_kept(t
     readings = await StreamReader.open(js, "meter.reading.collected")
     dead = await StreamReader.open(js, f"dlq.{FLOW}")
     try:
-        await publish_ticks(js, flow, NOW.isoformat(), manual=True, payloads=[{"vendor": "vendor1"}])
+        await publish_ticks(js, flow, NOW.isoformat(), manual=True, payloads=[ENTRIES["vendor1"]])
         [record] = await dead.wait_for(1)
         await readings.wait_for(100)
     finally:
@@ -327,6 +349,55 @@ def test_the_runs_now_is_the_ticks_slot_time_when_it_has_one():
     before = datetime.now(UTC)
     for label in (None, "t", "2025-04-02T01:00:00"):  # no label, not a time, a time without offset
         assert before <= run_now(env(label)) <= datetime.now(UTC)
+
+
+async def test_the_fifth_vendor_green_button_espi_is_pulled_by_the_same_flow(tmp_path, broker, js, sims):
+    """Vendor 5 joins by config alone (an endpoint, an `each` entry, the meter_espi format): its token
+    endpoint takes only HTTP Basic client authentication, its Atom feed of 15-minute IntervalBlocks is
+    read in full (a Paris day of 96 readings, 92 on 30 March), gas scaled by its multiplier; every
+    reading lands once and the record counts them."""
+    sim = sims["vendor5"]
+    readings, records = await run_pull(tmp_path, broker, js, ["vendor5"])
+    want = await expected(sim, "vendor5")
+    start, end = meter_pulls.window({**ENTRIES["vendor5"], "since": START})  # to 1 April 00:00 Paris
+    assert len(want) == V5_METERS * (end - start) // timedelta(minutes=15)
+    await readings.wait_for(len(want))
+    bodies = readings.payloads()
+    for body in bodies:
+        MeterReading.model_validate(body)
+    assert sorted(key(b) for b in bodies) == want
+    paris = ZoneInfo("Europe/Paris")
+    per_day = Counter(datetime.fromisoformat(b["interval_start"]).astimezone(paris).date().day for b in bodies
+                      if b["meter_id"] == "FR5-MTR-000000")
+    assert per_day[30] == 92 and per_day[29] == per_day[31] == 96  # 30 March 2025: clocks go forward
+    assert {b["source"] for b in bodies} == {"vendor5/pull"} and {b["unit"] for b in bodies} == {"kWh", "m3"}
+    rec = records["vendor5"]
+    assert rec["items"] == rec["published"] == len(want) and rec["matched"] is None and rec["pages"] >= V5_METERS
+    assert sim.tokens_issued == 2 and sim.refused_clients == []  # the hub's token and the reference pull's
+
+
+async def test_a_basic_only_token_endpoint_refuses_the_secret_in_the_body(sims, monkeypatch):
+    """client_secret_post against vendor 5 is refused 401 invalid_client (TargetRejected, never a pull);
+    client_secret_basic, with the secret's `:`, `+`, `=`, `/`, space and `é` form-urlencoded, is accepted."""
+    monkeypatch.setenv("METER_VENDOR5_CLIENT_SECRET", SECRETS["METER_VENDOR5_CLIENT_SECRET"])
+    sim = sims["vendor5"]
+    oauth = {"token_url": f"{sim.url}/oauth/token", "client_id": "plu-hub",
+             "client_secret": {"env": "METER_VENDOR5_CLIENT_SECRET"}}
+    query = {"published-min": "2025-03-30T22:00:00Z", "published-max": "2025-03-31T22:00:00Z", "max-results": 3}
+    path = "/DataCustodian/espi/1_1/resource/Batch/Subscription/5"
+    post = await adapter("v5", base_url=sim.url, path=path, headers={"Accept": "application/atom+xml"},
+                         auth={"oauth2": {**oauth, "client_auth": "client_secret_post"}})
+    basic = await adapter("v5", base_url=sim.url, path=path, headers={"Accept": "application/atom+xml"},
+                          auth={"oauth2": oauth})  # client_secret_basic is the default (RFC 6749 §2.3.1)
+    try:
+        with pytest.raises(TargetRejected) as err:
+            await post.call(None, query, ctx())
+        assert err.value.status == 401 and "invalid_client" in str(err.value) and "HTTP Basic" in str(err.value)
+        answer = await basic.call(None, query, ctx())
+        assert isinstance(answer, str) and "Relevé de consommation" in answer and answer.lstrip().startswith("<feed")
+    finally:
+        await post.close()
+        await basic.close()
 
 
 # --- the adapter's auth and `_url` rules, without a hub -------------------------------------
@@ -370,3 +441,28 @@ async def test_wrong_oauth2_client_secret_is_a_permanent_rejection(sims, monkeyp
         assert err.value.status == 401 and "oauth2 token" in str(err.value)
     finally:
         await a.close()
+
+
+# --- vendors by config ------------------------------------------------------------------------------
+
+def test_validate_checks_every_vendor_entry_with_file_and_line(tmp_path, monkeypatch):
+    """A format that does not exist and a zone that is not IANA are errors at the entry's line, before a run."""
+    from engine.errors import ConfigError
+
+    for n in range(1, 6):  # the endpoints' URLs, which no simulator set for this test alone
+        monkeypatch.setenv(f"METER_VENDOR{n}_URL", f"http://127.0.0.1:9/{n}")
+
+    bad = flow_text(**{"format: meter_espi.ESPI, zone: Europe/Paris": "format: meter_espi.GREEN, zone: Paris"})
+    with pytest.raises(ConfigError) as err:
+        project_from(tmp_path, CONFIG, bad)
+    issues = [i for i in err.value.issues if "source.each[4]" in i]
+    assert len(issues) == 2 and all(":18: source.each[4]." in i for i in issues), err.value.issues
+    assert "transforms.meter_espi has ESPI" in issues[0] and "unknown time zone 'Paris'" in issues[1]
+
+
+def test_a_tick_without_its_entrys_format_says_how_to_trigger_it():
+    """A hand-made tick naming only the vendor is refused with the command that carries the entry along."""
+    with pytest.raises(ValueError, match="--only vendor=<name>"):
+        meter_pulls.request({"vendor": "vendor1", "since": START, "cursor": None, "page_size": 10})
+    body = meter_pulls.request({**ENTRIES["vendor3"], "since": START, "cursor": None, "page_size": 10})
+    assert body == {"since": 1740787200, "until": 1743462000, "offset": 0, "limit": 10}  # 1 April, London

@@ -1,8 +1,8 @@
 """The `mqtt:` source (adapters.mqtt.MqttIngress) against a real MQTT broker and the session's nats-server.
 
 Hub tests run the shipped flow flows/meter-vendor4-push.yaml with its topic, client id and output
-subject made this test's own. Behaviour amqtt 0.12.1 lacks (re-sending a delivered but unacknowledged
-QoS 1 message, tests/test_mqtt_broker.py) is tested on mosquitto only, skipped when it is missing.
+subject made this test's own. Every test runs against both production brokers (the `mqtt_broker`
+fixture: nats-server's MQTT listener and Mosquitto).
 """
 
 from __future__ import annotations
@@ -28,29 +28,18 @@ from engine.runtime import Hub
 from engine.spec import Flow
 from engine.streams import ensure_streams
 from sandbox.meters import ManualClock, MqttPublisher, Vendor4Platform
-from sandbox.mqtt_broker import HUB_PASSWORD, HUB_USER, VENDOR4_PASSWORD, VENDOR4_USER, MqttBroker, mosquitto_available
+from sandbox.mqtt_broker import HUB_PASSWORD, HUB_USER, VENDOR4_PASSWORD, VENDOR4_USER, MqttBroker
 from schemas.meter import MeterReading
 from tests.helpers import StreamReader, project_from, started_hub
 
 ROOT = Path(__file__).resolve().parents[1]
-NEEDS_MOSQUITTO = pytest.mark.skipif(not mosquitto_available(), reason="mosquitto is not installed")
-BACKENDS = [pytest.param("amqtt"), pytest.param("mosquitto", marks=NEEDS_MOSQUITTO)]
 os.environ["MQTT_TEST_PASSWORD"] = HUB_PASSWORD
 UTC = timezone.utc
 
 
-@pytest_asyncio.fixture(params=BACKENDS)
-async def broker(request: pytest.FixtureRequest) -> AsyncIterator[MqttBroker]:
-    async with MqttBroker(backend=request.param) as server:
-        yield server
-
-
-@pytest_asyncio.fixture
-async def mosquitto() -> AsyncIterator[MqttBroker]:
-    if not mosquitto_available():
-        pytest.skip("mosquitto is not installed")
-    async with MqttBroker(backend="mosquitto") as server:
-        yield server
+@pytest.fixture
+def broker(mqtt_broker: MqttBroker) -> MqttBroker:
+    return mqtt_broker
 
 
 @pytest_asyncio.fixture(scope="module")
@@ -208,15 +197,15 @@ async def stored(js: Any, ingress: MqttIngress, count: int) -> list[Any]:
 
 
 async def test_a_failed_store_is_not_acked_and_comes_again_after_a_reconnect(
-        mosquitto: MqttBroker, js: Any, unique: str) -> None:
+        broker: MqttBroker, js: Any, unique: str) -> None:
     """A message whose store fails gets no PUBACK; the ingress reconnects and the broker's redelivery is stored."""
-    ingress = ingress_for(mosquitto, js, unique, FailingOnce)
+    ingress = ingress_for(broker, js, unique, FailingOnce)
     with structlog.testing.capture_logs() as logs:
         await ingress.start()
         try:
             await ingress.wait_for(lambda i: i.connected)
             [record] = records(1)
-            await publish(mosquitto, unique, [record])
+            await publish(broker, unique, [record])
             await ingress.wait_for(lambda i: i.stored == 1 and i.reconnects == 1)  # the backlog may beat the SUBACK
         finally:
             await ingress.stop()

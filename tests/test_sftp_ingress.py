@@ -1,4 +1,9 @@
-"""The `sftp:` source (adapters.sftp.SftpIngress) against the real asyncssh SFTP drop and a real nats-server."""
+"""The `sftp:` source (adapters.sftp.SftpIngress) against real SFTP servers and a real nats-server.
+
+Every test that talks SFTP runs against OpenSSH (Debian's sshd with its sftp-server, what drops run in
+the field) and the project's asyncssh drop: the `server` fixture. OpenSSH logs in by key only (its
+passwords are the system's accounts), the sandbox by password.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ import hashlib
 import io
 import json
 import os
+import posixpath
 import threading
 import time
 import tracemalloc
@@ -29,6 +35,7 @@ from engine.spec import Flow
 from engine.streams import ensure_streams
 from sandbox.pdf_generator import PdfGenerator
 from sandbox.sftp_server import Janitor, SftpServer, write_client_key
+from tests.conftest import require_server
 from tests.helpers import StreamReader, project_from, settled, started_hub, wait_until
 
 PASSWORD = "sftp-ingress-test-pw"
@@ -58,16 +65,35 @@ async def js(nats_url: str) -> AsyncIterator[Any]:
     await nc.close()
 
 
-@pytest_asyncio.fixture
-async def server(tmp_path: Path) -> AsyncIterator[SftpServer]:
-    """A drop of the test's own: restarts and host key changes touch nobody else."""
-    srv = await SftpServer(tmp_path / "drop", password=PASSWORD).start()
+SFTP_SERVERS = ["asyncssh", "openssh"]
+
+
+@pytest_asyncio.fixture(params=SFTP_SERVERS)
+async def server(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Any]:
+    """A drop of the test's own, once per server kind: restarts and host key changes touch nobody else."""
+    if request.param == "openssh":
+        require_server("openssh")
+        from sandbox.openssh import OpenSshServer
+
+        srv: Any = OpenSshServer(tmp_path / "drop")
+        srv.client_key = tmp_path / "id_hub"
+        srv.authorize_key(write_client_key(srv.client_key))
+        await srv.start()
+    else:
+        srv = await SftpServer(tmp_path / "drop", password=PASSWORD).start()
     yield srv
-    await srv.stop()
+    await srv.close()
+
+
+def login_of(server: Any) -> dict[str, Any]:
+    """The endpoint's login fields for this server: a password for the sandbox, the test's key for OpenSSH."""
+    if server.password is not None:
+        return {"password": {"env": "SFTP_INGRESS_TEST_PASSWORD"}}
+    return {"private_key": str(server.client_key)}
 
 
 @pytest.fixture
-def gen(server: SftpServer) -> PdfGenerator:
+def gen(server: Any) -> PdfGenerator:
     return PdfGenerator(server.root)  # only its drop_* controls: no HTTP needed here
 
 
@@ -81,10 +107,10 @@ async def alerts(js: Any, unique: str) -> AsyncIterator[StreamReader]:
     await js.delete_stream(f"ALERTS_{unique}")
 
 
-def endpoint_for(server: SftpServer, known_hosts: Path, **extra: Any) -> SftpEndpointConfig:
+def endpoint_for(server: Any, known_hosts: Path, **extra: Any) -> SftpEndpointConfig:
     return SftpEndpointConfig.model_validate({
-        "adapter": "sftp", "host": server.host, "port": server.port, "username": "hub",
-        "password": {"env": "SFTP_INGRESS_TEST_PASSWORD"}, "known_hosts": str(known_hosts), "timeout": "5s", **extra})
+        "adapter": "sftp", "host": server.host, "port": server.port, "username": server.username,
+        **login_of(server), "known_hosts": str(known_hosts), "timeout": "5s", **extra})
 
 
 @pytest_asyncio.fixture
@@ -92,13 +118,14 @@ async def make_ingress(js: Any, unique: str, alerts: StreamReader, tmp_path: Pat
     """Builds, starts and finally stops an ingress for a flow and bucket of this test's own."""
     started: list[SftpIngress] = []
 
-    async def make(server: SftpServer, known_hosts: Path | None = None, **spec: Any) -> SftpIngress:
+    async def make(server: Any, known_hosts: Path | None = None, login: dict[str, Any] | None = None,
+                   cls: type[SftpIngress] = QuickIngress, **spec: Any) -> SftpIngress:
         known_hosts = known_hosts or server.write_known_hosts(tmp_path / "known_hosts")
         flow = Flow.model_validate({"name": f"sftp-{unique}", "source": {"sftp": {
-            "endpoint": "drop", "pattern": PATTERN, "bucket": f"b{unique}", "poll": "0.2s", **spec}},
-            "steps": [{"publish": f"{unique}.pdf"}]})
-        ingress = QuickIngress(flow, flow.source.sftp, endpoint_for(server, known_hosts),  # type: ignore[union-attr]
-                               Landing(flow, js, 5.0, "sftp"), None)
+            "endpoint": "drop", "directory": server.directory, "pattern": PATTERN, "bucket": f"b{unique}",
+            "poll": "0.2s", **spec}}, "steps": [{"publish": f"{unique}.pdf"}]})
+        endpoint = endpoint_for(server, known_hosts, **(login or {}))
+        ingress = cls(flow, flow.source.sftp, endpoint, Landing(flow, js, 5.0, "sftp"), None)  # type: ignore[arg-type]
         await ingress.start()
         started.append(ingress)
         return ingress
@@ -160,7 +187,7 @@ def test_the_endpoint_needs_known_hosts_and_a_login_and_cannot_be_called() -> No
 
 
 async def test_a_missing_known_hosts_file_stops_the_start_with_a_clear_error(
-        server: SftpServer, make_ingress: MakeIngress, tmp_path: Path) -> None:
+        server: Any, make_ingress: MakeIngress, tmp_path: Path) -> None:
     """Without its known_hosts file the ingress does not start: the error names the file and how to pin the key."""
     with pytest.raises(ConfigError, match=r"known_hosts file .*nowhere does not exist: pin the server's host key"):
         await make_ingress(server, tmp_path / "nowhere")
@@ -169,7 +196,7 @@ async def test_a_missing_known_hosts_file_stops_the_start_with_a_clear_error(
 # --- fetching ----------------------------------------------------------------------------------
 
 async def test_pdfs_are_fetched_once_with_the_checksum_of_the_file(
-        js: Any, server: SftpServer, gen: PdfGenerator, make_ingress: MakeIngress) -> None:
+        js: Any, server: Any, gen: PdfGenerator, make_ingress: MakeIngress) -> None:
     """Each PDF lands once with its invoice id, size and SHA-256, and the Object Store holds exactly its bytes."""
     paths = [gen.drop_pdf("DE-INV-000001"), gen.drop_pdf("FR-INV-000002", mb=3), gen.drop_pdf("IT-INV-000003")]
     ingress = await make_ingress(server)
@@ -216,7 +243,7 @@ class OverBound:
 
 
 async def test_a_50_mb_pdf_is_streamed_without_holding_it_in_memory(
-        js: Any, server: SftpServer, gen: PdfGenerator, make_ingress: MakeIngress) -> None:
+        js: Any, server: Any, gen: PdfGenerator, make_ingress: MakeIngress) -> None:
     """Python's peak allocation while a 50 MiB PDF goes into the Object Store stays a fraction of its size."""
     path = gen.drop_pdf("BIG-50", mb=50)
     with OverBound(12 * 1024 * 1024) as watch:
@@ -231,21 +258,24 @@ async def test_a_50_mb_pdf_is_streamed_without_holding_it_in_memory(
 
 @pytest.mark.parametrize("crash_after", ["put", "stored"])
 async def test_a_crash_between_steps_neither_loses_the_file_nor_announces_it_twice(
-        tmp_path: Path, nats_url: str, js: Any, server: SftpServer, gen: PdfGenerator, unique: str,
+        tmp_path: Path, nats_url: str, js: Any, server: Any, gen: PdfGenerator, unique: str,
         crash_after: str) -> None:
     """A hub dying after the object put or after the landing (before the done mark) fetches the file again
     on restart; the flow still announces it exactly once, with the file's checksum."""
     known_hosts = server.write_known_hosts(tmp_path / "known_hosts")
+    login = ("password: {env: SFTP_INGRESS_TEST_PASSWORD}" if server.password is not None
+             else f"private_key: {server.client_key}")
     config = f"""
         streams:
           - {{name: T_{unique}, subjects: ["{unique}.>", "ops.alert.drop-{unique}"]}}
         endpoints:
-          drop: {{adapter: sftp, host: 127.0.0.1, port: {server.port}, username: hub,
-                  password: {{env: SFTP_INGRESS_TEST_PASSWORD}}, known_hosts: {known_hosts}, timeout: 5s}}
+          drop: {{adapter: sftp, host: 127.0.0.1, port: {server.port}, username: {server.username},
+                  {login}, known_hosts: {known_hosts}, timeout: 5s}}
         """
     flow = f"""
         name: drop-{unique}
-        source: {{sftp: {{endpoint: drop, pattern: '{PATTERN}', bucket: b{unique}, poll: 0.2s}}}}
+        source: {{sftp: {{endpoint: drop, directory: '{server.directory}', pattern: '{PATTERN}', bucket: b{unique},
+                         poll: 0.2s}}}}
         steps:
           - publish: {unique}.pdf.available
         """
@@ -283,7 +313,7 @@ async def test_a_crash_between_steps_neither_loses_the_file_nor_announces_it_twi
 # --- the connection ----------------------------------------------------------------------------
 
 async def test_a_server_restart_is_one_outage_after_which_the_ingress_reconnects_and_goes_on(
-        server: SftpServer, gen: PdfGenerator, make_ingress: MakeIngress) -> None:
+        server: Any, gen: PdfGenerator, make_ingress: MakeIngress) -> None:
     """While the server is down the ingress backs off with one warning; back up, it reconnects and fetches
     what arrived meanwhile; a connection the server drops later is re-established the same way."""
     ingress = await make_ingress(server)
@@ -307,7 +337,7 @@ async def test_a_server_restart_is_one_outage_after_which_the_ingress_reconnects
 
 
 async def test_an_unknown_host_key_is_refused_with_its_fingerprint_and_nothing_is_fetched(
-        js: Any, server: SftpServer, gen: PdfGenerator, make_ingress: MakeIngress, alerts: StreamReader,
+        js: Any, server: Any, gen: PdfGenerator, make_ingress: MakeIngress, alerts: StreamReader,
         tmp_path: Path) -> None:
     """A known_hosts file without the server's key: the login is refused naming host, port and the offered
     fingerprint, the file stays unfetched, known_hosts is left as it was and an sftp_host_key alert fires."""
@@ -330,7 +360,7 @@ async def test_an_unknown_host_key_is_refused_with_its_fingerprint_and_nothing_i
 
 
 async def test_a_changed_host_key_is_refused_until_known_hosts_is_corrected(
-        js: Any, server: SftpServer, gen: PdfGenerator, make_ingress: MakeIngress, alerts: StreamReader,
+        js: Any, server: Any, gen: PdfGenerator, make_ingress: MakeIngress, alerts: StreamReader,
         tmp_path: Path) -> None:
     """After the server restarts with a new host key, the ingress refuses it naming both fingerprints and
     fetches nothing; once ops pin the new key the same ingress (re-reading known_hosts) resumes."""
@@ -353,14 +383,14 @@ async def test_a_changed_host_key_is_refused_until_known_hosts_is_corrected(
 
 
 async def test_a_private_key_logs_in_without_any_password(
-        js: Any, server: SftpServer, gen: PdfGenerator, unique: str, alerts: StreamReader, tmp_path: Path) -> None:
+        js: Any, server: Any, gen: PdfGenerator, unique: str, alerts: StreamReader, tmp_path: Path) -> None:
     """An endpoint with only `private_key` logs in by public key and fetches like a password login."""
     server.authorize_key(write_client_key(tmp_path / "id_ed25519"))
     flow = Flow.model_validate({"name": f"sftp-{unique}", "source": {"sftp": {
-        "endpoint": "drop", "pattern": PATTERN, "bucket": f"b{unique}", "poll": "0.2s"}},
+        "endpoint": "drop", "directory": server.directory, "pattern": PATTERN, "bucket": f"b{unique}", "poll": "0.2s"}},
         "steps": [{"publish": f"{unique}.pdf"}]})
     endpoint = SftpEndpointConfig.model_validate({
-        "adapter": "sftp", "host": server.host, "port": server.port, "username": "hub",
+        "adapter": "sftp", "host": server.host, "port": server.port, "username": server.username,
         "private_key": str(tmp_path / "id_ed25519"), "known_hosts": str(server.write_known_hosts(tmp_path / "kh"))})
     ingress = QuickIngress(flow, flow.source.sftp, endpoint, Landing(flow, js, 5.0, "sftp"), None)  # type: ignore[union-attr]
     gen.drop_pdf("DE-INV-000250")
@@ -369,22 +399,27 @@ async def test_a_private_key_logs_in_without_any_password(
         await ingress.wait_for(lambda i: i.fetched == 1)
     finally:
         await ingress.stop()
-    assert server.logins == [("hub", "publickey")]
+    assert server.logins == [(server.username, "publickey")]
 
 
 async def test_a_wrong_password_is_refused_as_a_login_error(
-        server: SftpServer, make_ingress: MakeIngress, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A password the server refuses leaves the ingress `refused` with the user named, not retrying in a storm."""
+        server: Any, make_ingress: MakeIngress, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A password (or, for OpenSSH, a key) the server refuses leaves the ingress `refused` with the user named,
+    not retrying in a storm."""
     monkeypatch.setenv("SFTP_INGRESS_TEST_PASSWORD", "wrong")
-    ingress = await make_ingress(server)
+    login = None
+    if server.password is None:
+        write_client_key(tmp_path / "id_unknown")
+        login = {"private_key": str(tmp_path / "id_unknown")}
+    ingress = await make_ingress(server, login=login)
     await ingress.wait_for(lambda i: i.state == "refused")
-    assert "login of 'hub' refused" in (ingress.last_error or "") and server.logins == []
+    assert f"login of {server.username!r} refused" in (ingress.last_error or "") and server.logins == []
 
 
 # --- quarantine, deadlines, losses ---------------------------------------------------------------
 
 async def test_a_misnamed_file_and_a_non_pdf_are_quarantined_once_with_the_reason(
-        js: Any, server: SftpServer, gen: PdfGenerator, make_ingress: MakeIngress, unique: str) -> None:
+        js: Any, server: Any, gen: PdfGenerator, make_ingress: MakeIngress, unique: str) -> None:
     """Each refused file is dead-lettered directly with its reason and its bytes kept under quarantine/;
     the good PDF beside them lands normally and nothing is reported twice."""
     bad_name, not_pdf = gen.drop_bad_name(), gen.drop_not_pdf("DE-INV-000400")
@@ -414,7 +449,7 @@ async def test_a_misnamed_file_and_a_non_pdf_are_quarantined_once_with_the_reaso
 
 
 async def test_a_file_deleted_by_the_janitor_before_it_was_fetched_is_reported_by_name(
-        js: Any, server: SftpServer, gen: PdfGenerator, make_ingress: MakeIngress, alerts: StreamReader,
+        js: Any, server: Any, gen: PdfGenerator, make_ingress: MakeIngress, alerts: StreamReader,
         unique: str) -> None:
     """While the Object Store refuses the file, the janitor deletes it: `sftp_file_lost` names it, once."""
     await refuse_chunks(js, f"b{unique}")
@@ -428,13 +463,13 @@ async def test_a_file_deleted_by_the_janitor_before_it_was_fetched_is_reported_b
         await janitor.stop()
     by_alert = {json.loads(m.data)["alert"]: json.loads(m.data) for m in await alerts.wait_for(2)}
     lost = by_alert["sftp_file_lost"]
-    assert lost["file"] == "/" + path.name and lost["state"] == "firing" and "max" in lost["error"].lower()
-    assert by_alert["sftp_deadline"]["file"] == "/" + path.name  # it was due before it went
+    assert lost["file"] == server.remote(path.name) and lost["state"] == "firing" and "max" in lost["error"].lower()
+    assert by_alert["sftp_deadline"]["file"] == server.remote(path.name)  # it was due before it went
     assert ingress.failed >= 1 and ingress.fetched == 0 and await landed(js, ingress) == []
 
 
 async def test_a_file_near_its_deadline_raises_one_alert_however_often_it_fails(
-        js: Any, server: SftpServer, gen: PdfGenerator, make_ingress: MakeIngress, alerts: StreamReader,
+        js: Any, server: Any, gen: PdfGenerator, make_ingress: MakeIngress, alerts: StreamReader,
         unique: str) -> None:
     """A file 23 h old that cannot be stored raises `sftp_deadline` once with its age and the error, across polls."""
     await refuse_chunks(js, f"b{unique}")
@@ -445,6 +480,74 @@ async def test_a_file_near_its_deadline_raises_one_alert_however_often_it_fails(
     [alert] = await alerts.wait_for(1)
     await ingress.wait_for(lambda i: i.failed >= 3)
     body = json.loads(alert.data)
-    assert (body["alert"], body["file"], body["state"]) == ("sftp_deadline", "/" + path.name, "firing")
+    assert (body["alert"], body["file"], body["state"]) == ("sftp_deadline", server.remote(path.name), "firing")
     assert 23 * 3600 - 5 < body["age"] < 23 * 3600 + 60 and 3500 < body["deleted_in"] < 3605
     assert "not stored" in body["error"] and len(alerts.messages) == 1 and ingress.deadline_alerts == 1
+
+
+# --- names as servers really list them -----------------------------------------------------------
+
+def drop_bytes_named(server: Any, name: bytes, content: bytes) -> bytes:
+    """A file whose name is raw bytes (any but / and NUL, as POSIX file systems allow); answers its path
+    as SFTP clients see it."""
+    with open(os.fsencode(server.root) + b"/" + name, "wb") as fh:
+        fh.write(content)
+    return posixpath.join(os.fsencode(server.directory), name)
+
+
+async def test_a_name_that_is_not_utf8_is_quarantined_by_its_bytes_and_the_drop_goes_on(
+        js: Any, server: Any, gen: PdfGenerator, make_ingress: MakeIngress, alerts: StreamReader,
+        unique: str) -> None:
+    """A file named with a byte that is not UTF-8 is quarantined with its bytes and an alert, once; the PDFs
+    beside it land and the ingress keeps its one session (it blocked the whole drop before)."""
+    bad = drop_bytes_named(server, b"INV-DE-INV-000700-20250101120000-\xff\xfe.pdf", b"%PDF-1.4 latin-1 named\n")
+    good = [gen.drop_pdf("DE-INV-000701"), gen.drop_pdf("DE-INV-000702")]
+    dead = await StreamReader.open(js, f"dlq.sftp-{unique}")
+    try:
+        ingress = await make_ingress(server)
+        await ingress.wait_for(lambda i: i.fetched == 2 and i.quarantined == 1)
+        await ingress.wait_for(lambda i: i.state == "listing")
+        await ingress.wait_for(lambda i: i.state == "idle")
+        [record] = await dead.wait_for(1)
+        [alert] = await alerts.wait_for(1)
+    finally:
+        await dead.sub.unsubscribe()
+    body = json.loads(record.data)
+    assert bytes.fromhex(body["path_bytes_hex"]) == bad
+    assert "not valid UTF-8" in record.headers["Hub-Quarantine"] and "\\xff\\xfe" in body["file_name"]
+    assert await object_bytes(js, body["bucket"], body["object"]) == b"%PDF-1.4 latin-1 named\n"
+    notice = json.loads(alert.data)
+    assert (notice["alert"], notice["path_bytes_hex"]) == ("sftp_quarantined", body["path_bytes_hex"])
+    assert sorted(r["file_name"] for r in await landed(js, ingress)) == sorted(p.name for p in good)
+    assert len(server.logins) == 1 and ingress.reconnects == 0 and len(dead.messages) == 1
+
+
+async def test_full_width_digits_do_not_pass_a_digit_pattern(
+        js: Any, server: Any, gen: PdfGenerator, make_ingress: MakeIngress, unique: str) -> None:
+    """`\\d{14}` in the pattern means ASCII digits: a name with full-width digits (valid UTF-8) is quarantined."""
+    odd = server.root / "INV-DE-INV-000710-\uff12\uff10\uff12\uff15\uff10\uff11\uff10\uff11\uff11\uff12\uff10\uff10\uff10\uff10.pdf"
+    odd.write_bytes(b"%PDF-1.4 full-width\n")
+    good = gen.drop_pdf("DE-INV-000711")
+    ingress = await make_ingress(server)
+    await ingress.wait_for(lambda i: i.fetched == 1 and i.quarantined == 1)
+    [record] = await landed(js, ingress)
+    assert record["file_name"] == good.name
+
+
+class SlowlyBackingOff(SftpIngress):
+    """The production doubling from a shorter start, so several attempts fit in a test."""
+
+    BACKOFF_START = 0.05
+    BACKOFF_MAX = 0.4
+
+
+async def test_a_session_that_fails_after_login_does_not_reset_the_backoff(
+        server: Any, make_ingress: MakeIngress, tmp_path: Path) -> None:
+    """A server that accepts the login but cannot list the drop is one outage: attempts add up, the wait
+    doubles and one warning is logged (a reset after each login made it 1.5 logins a second, for ever)."""
+    with structlog.testing.capture_logs() as logs:
+        ingress = await make_ingress(server, directory=server.directory + "/missing", cls=SlowlyBackingOff)
+        await ingress.wait_for(lambda i: i.attempts >= 4, timeout=10)
+    assert [e["event"] for e in logs if e["log_level"] == "warning"] == ["sftp_unavailable"]
+    assert "does not exist" in (ingress.last_error or "") and ingress.reconnects == 0
+    assert ingress.outage._backoff == SlowlyBackingOff.BACKOFF_MAX  # 0.05, 0.1, 0.2, 0.4: doubled, not reset

@@ -12,10 +12,10 @@ import structlog
 from structlog.testing import LogCapture
 
 from engine.adapter import CallContext, Services
-from adapters.soap import (BusinessErrorRule, SoapAdapter, SoapEndpointConfig, business_error, clear_wsdl_cache,
-                           redact)
+from adapters.soap import SoapAdapter, SoapEndpointConfig, clear_wsdl_cache, redact
 from engine.errors import (BusinessError, ConfigError, RoutingError, TargetRejected, TargetServerError,
-                           TargetTimeout, TargetUnavailable, Throttled, UnparseablePayload, ValidationFailed)
+                           TargetTimeout, TargetUnavailable, Throttled, UnparseableAnswer, UnparseablePayload,
+                           ValidationFailed)
 from tests.soap.server import PASSWORD, USERNAME, SoapServer
 
 DE_WSDL = "tests/soap/erp_de.wsdl"
@@ -56,7 +56,8 @@ async def make():
 
 def de_config(**extra):
     return {"ws_security": {"username": USERNAME, "password": {"env": ENV}},
-            "business_error": {"path": "Return.Type", "error_values": ["E", "A"], "message_path": "Return.Message"},
+            "business_error": {"table": "Return", "type_field": "Type", "message_field": "Message", "id_field": None,
+                               "number_field": "Code", "operations": ["CreateContract"]},  # GetContract has none
             **extra}
 
 
@@ -183,11 +184,15 @@ async def test_business_error_row_in_a_200_is_a_business_error(server, make):
     assert "Tariff is old" not in str(err.value)
 
 
-async def test_malformed_xml_answer_is_unparseable_with_a_snippet(server, make):
+async def test_malformed_xml_answer_is_named_the_targets_unparseable_answer(server, make):
+    """Broken XML in a 200 is the target's fault, not the message's: UnparseableAnswer (permanent), never
+    UnparseablePayload ("the payload is not JSON"), with the status and a snippet of what came."""
     server.mode = "malformed"
     adapter = await de(server, make)
-    with pytest.raises(UnparseablePayload, match="unclosed"):
+    with pytest.raises(UnparseableAnswer, match="unclosed") as err:
         await adapter.call("GetContract", {"ContractId": "X"}, ctx())
+    assert "-> 200" in str(err.value) and "target's answer" in str(err.value)
+    assert not isinstance(err.value, UnparseablePayload)
 
 
 async def test_slow_answer_times_out(server, make):
@@ -288,7 +293,7 @@ async def test_debug_log_redacts_password_and_personal_data(server, make):
         assert secret not in text
 
 
-def test_redact_and_business_error_rules():
+def test_redact_blanks_named_elements_and_secrets():
     names = ("password", "iban", "email", "phone")
     xml = b"<a xmlns:w='urn:w'><w:Password>pw</w:Password><MobilePhone>01</MobilePhone><Name>N</Name></a>"
     out = redact(xml, names)
@@ -296,12 +301,3 @@ def test_redact_and_business_error_rules():
     broken = "<x><Email>e@x</Email><Name>N</Name"
     assert "e@x" not in redact(broken, names) and "N" in redact(broken, names)
     assert "tok" not in redact("<html>tok</html>", names, ("tok",))
-
-    rule = BusinessErrorRule(path="Return.Type", message_path="Return.Message")
-    rows = {"Return": [{"Type": "S", "Message": "ok"}, {"Type": "A", "Message": "abort"}]}
-    assert business_error(rows, rule) == "business error: abort"
-    assert business_error({"Return": {"Type": "S", "Message": "ok"}}, rule) is None
-    assert business_error({"Other": 1}, rule) is None
-    nested = {"Result": {"Items": [{"Status": {"Code": "E"}}]}, "Text": "bad"}
-    assert business_error(nested, BusinessErrorRule(path="Result.Items.Status.Code", message_path="Text")) \
-        == "business error: bad"

@@ -10,7 +10,13 @@ The call body: POST/PUT/PATCH send it as JSON; GET/DELETE send its top-level sca
 repeat the parameter) as query parameters, less the fields used in the path template. A reserved
 top-level key `_url` holds an absolute URL to call as given (a vendor's next-page link), which must
 be on the endpoint's own scheme, host and port; the other fields still go along. `auth:` adds an API
-key header, basic auth, OAuth2 client credentials or vendor 4's request signature (adapters/http/auth.py).
+key header, basic auth, OAuth2 client credentials (client_secret_basic, client_secret_post or
+private_key_jwt) or vendor 4's request signature (adapters/http/auth.py).
+
+Answers: JSON (application/json, +json) is parsed; XML (application/xml, text/xml, +xml) is handed over
+as text decoded in the encoding it declares (BOM, then the charset parameter, then the XML declaration;
+RFC 7303), without its declaration so `lxml.etree.fromstring(text)` reads it; anything else as text.
+An answer that is not what it says is UnparseableAnswer (the target's fault, not the message's).
 
 Every failure leaves `call()` as an engine.errors class, so retry, breaker and DLQ policies never
 see a protocol exception.

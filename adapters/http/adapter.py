@@ -14,10 +14,11 @@ from yarl import URL
 
 from engine.adapter import Adapter, CallContext, EndpointConfig
 from adapters.http.auth import Auth, AuthConfig, build_auth
-from adapters.http.wire import URL_KEY, http_url, query, snippet, status_error, template_fields, text_of
+from adapters.http.wire import (URL_KEY, http_url, is_xml, query, snippet, status_error, template_fields, text_of,
+                                xml_text)
 from engine.durations import Duration
 from engine.errors import (ConfigError, RoutingError, TargetServerError, TargetTimeout, TargetUnavailable,
-                           UnparseablePayload)
+                           UnparseableAnswer)
 from engine.messages import encode
 from engine.registry import register
 from engine.secrets import SecretRef, resolve_value
@@ -71,8 +72,9 @@ class HttpEndpointConfig(EndpointConfig):
     verify_tls: bool = Field(True, description="Verify the server certificate (https only).")
     ca_bundle: str | None = Field(None, description="PEM file of CAs to trust instead of the system's.",
                                   examples=["/etc/plu/ca/powersales.pem"])
-    auth: AuthConfig | None = Field(None, description="One of api_key, basic, oauth2 (client credentials, "
-                                    "token cached and refreshed) or hmac_vendor4 (a signature per request).",
+    auth: AuthConfig | None = Field(None, description="One of api_key, basic, oauth2 (client credentials with "
+                                    "client_secret_basic, client_secret_post or private_key_jwt; token cached and "
+                                    "refreshed) or hmac_vendor4 (a signature per request).",
                                     examples=[{"basic": {"username": "plu-hub", "password": {"env": "V3_PASSWORD"}}}])
 
     @field_validator("base_url")
@@ -205,14 +207,16 @@ class HttpAdapter(Adapter):
                         if not body:
                             return None
                         ctype = resp.content_type
+                        if is_xml(ctype):
+                            return self._xml(route, url, body, resp.charset)
                         if ctype != "application/json" and not ctype.endswith("+json"):
                             return text_of(resp, body)
                     break
             try:
                 return orjson.loads(body)
             except ValueError as exc:
-                raise UnparseablePayload(
-                    f"{self._where(route, url)}: answer is not valid JSON: {snippet(text_of(resp, body))}") from exc
+                raise UnparseableAnswer(f"{self._where(route, url)} -> {status}: the target's answer is not valid "
+                                        f"JSON: {snippet(text_of(resp, body))}") from exc
         except TimeoutError as exc:  # asyncio.timeout, aiohttp's ServerTimeoutError are both
             raise TargetTimeout(f"{self._where(route, url)}: no answer within {timeout:g}s") from exc
         except aiohttp.ClientResponseError as exc:
@@ -223,6 +227,15 @@ class HttpAdapter(Adapter):
             # no connection (refused, DNS, TLS handshake): nothing was sent, a create may be resent
             sent = False if isinstance(exc, aiohttp.ClientConnectorError) else None
             raise TargetUnavailable(f"{where}: {type(exc).__name__}: {snippet(str(exc))}", sent=sent) from exc
+
+    def _xml(self, route: "_Route", url: URL, body: bytes, charset: str | None) -> str:
+        """An XML answer (application/xml, text/xml, *+xml) as text, decoded as it declares (BOM, charset,
+        XML declaration; RFC 7303) and without its declaration, ready for lxml in a transform."""
+        try:
+            return xml_text(body, charset)
+        except (LookupError, ValueError) as exc:  # an unknown encoding name, bytes not in the encoding
+            raise UnparseableAnswer(f"{self._where(route, url)}: the target's XML answer is not in the encoding "
+                                    f"it declares ({type(exc).__name__}: {snippet(str(exc), 160)})") from None
 
     def _target(self, route: "_Route", payload: Any) -> URL:
         """The URL before query parameters: `_url` when the body gives one, else base_url + path."""

@@ -4,8 +4,10 @@ an HTTP status onto the error taxonomy. Other adapters (SOAP, SMTP, Power Sales)
 
 from __future__ import annotations
 
+import codecs
 import email.utils
 import math
+import re
 import string
 import time
 from datetime import timezone
@@ -62,10 +64,61 @@ def text_of(resp: aiohttp.ClientResponse, body: bytes) -> str:
     return body.decode(resp.charset or "utf-8", errors="replace")
 
 
+def is_xml(media_type: str) -> bool:
+    """application/xml, text/xml and every +xml type (RFC 7303), e.g. application/atom+xml."""
+    return media_type in ("application/xml", "text/xml") or media_type.endswith("+xml")
+
+
+_BOMS = ((codecs.BOM_UTF32_LE, "utf-32-le"), (codecs.BOM_UTF32_BE, "utf-32-be"), (codecs.BOM_UTF8, "utf-8"),
+         (codecs.BOM_UTF16_LE, "utf-16-le"), (codecs.BOM_UTF16_BE, "utf-16-be"))
+_DECLARED = re.compile(rb"""\A\s*<\?xml\s[^>]*?\bencoding\s*=\s*["']([A-Za-z][A-Za-z0-9._-]*)["']""")
+_DECLARATION = re.compile(r"\A\s*<\?xml\s[^>]*?\?>")
+
+
+def xml_encoding(body: bytes, charset: str | None) -> tuple[str, int]:
+    """(encoding, bytes to skip) of an XML answer: a byte order mark, else the Content-Type charset,
+    else the XML declaration's encoding, else UTF-8 (RFC 7303 §3, XML 1.0 §4.3.3 and Appendix F)."""
+    for bom, encoding in _BOMS:
+        if body.startswith(bom):
+            return encoding, len(bom)
+    if charset:
+        return charset, 0
+    declared = _DECLARED.match(body[:512])
+    return (declared.group(1).decode("ascii") if declared else "utf-8"), 0
+
+
+def xml_text(body: bytes, charset: str | None) -> str:
+    """An XML answer as text in the encoding it declares (see xml_encoding), without its XML
+    declaration: the text is no longer bytes in that encoding, and lxml refuses a str that still says
+    `encoding=…`. ValueError (LookupError, UnicodeDecodeError) when it is not what it declares."""
+    encoding, skip = xml_encoding(body, charset)
+    text = body[skip:].decode(encoding)  # strict: a wrong byte is the target's error, not ours to guess
+    return _DECLARATION.sub("", text, count=1)
+
+
 def snippet(text: str, limit: int = SNIPPET) -> str:
-    """The start of a body for error texts, one line, at most `limit` characters."""
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    """The start of a body for error texts, one line, at most about `limit` characters (see `bounded`)."""
+    return bounded(" ".join(text.split()), limit)
+
+
+_TRAIL = " \t\n;,|"  # separators left dangling at a cut
+_BREAKS = frozenset(" \t\n<>;,|()[]{}\"'")  # not "=": a `key=value` pair stays whole
+
+
+def bounded(text: str, limit: int) -> str:
+    """`text` when it fits in `limit` characters; else its start, cut where a word or markup ends (never
+    inside an identifier such as a transaction id) and told how much is left out, all within `limit`.
+    Only a single word longer than most of `limit` is cut inside itself."""
+    if len(text) <= limit:
+        return text
+    room = max(limit - len(f"… (+{len(text)} chars)"), 1)
+    floor = room // 4
+    at = room
+    while at > floor and not (text[at - 1] in _BREAKS or text[at] in _BREAKS):
+        at -= 1
+    if at <= floor:
+        at = room
+    return f"{text[:at].rstrip(_TRAIL)}… (+{len(text) - at} chars)"
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:

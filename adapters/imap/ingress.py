@@ -4,7 +4,9 @@ Principle 1 in mail form: a mail leaves the watched folder only after `Landing.s
 after JetStream confirmed it (or said it already had it: a crash between storing and moving stores it
 again, and JetStream drops the copy by its Nats-Msg-Id, taken from the Message-ID). Fetching uses
 BODY.PEEK[] so nothing is marked \\Seen before it is safe. A store that fails leaves the mail where it
-is and the folder is looked at again later with a backoff. Between looks the ingress waits in IDLE
+is and the folder is looked at again later with a backoff. A mail too big for one NATS message goes
+by claim check (engine/claim_check.py: the flow gets the same bytes); one over the claim-check limit is
+moved to the Quarantine folder with a `mail_quarantined` alert, so it is not fetched for ever. Between looks the ingress waits in IDLE
 (new mail wakes it) or polls; any connection trouble reconnects with a backoff of 0.5 s doubling to
 30 s, with one warning per outage rather than one per attempt.
 """
@@ -22,6 +24,8 @@ import structlog
 
 from adapters.imap.config import ImapEndpointConfig, cleartext_risk, tls_context
 from adapters.imap.session import ConnectionLost, ImapRefused, ImapSession
+from engine.alerts import publish_alert
+from engine.claim_check import Unstorable
 from engine.errors import ConfigError, PublishFailed
 from engine.ingress import Landing
 from engine.outage import ReconnectingIngress
@@ -53,7 +57,9 @@ class ImapIngress(ReconnectingIngress):
     """Watches one folder of one mailbox for a flow; counters and `state` show what it did."""
 
     STOP_GRACE = 5.0  # stop() waits this long for the mail in hand and LOGOUT, then cancels
-    FETCH_CHUNK = 16  # mails per UID FETCH: bounds memory (each may be up to 1 MB) and round trips
+    FETCH_CHUNK = 16  # mails per UID FETCH: bounds round trips ...
+    FETCH_BYTES = 16 * 1024 * 1024  # ... and memory (a bigger mail is fetched alone)
+    QUARANTINE = "Quarantine"  # where a mail too big to store at all is moved (with a mail_quarantined alert)
 
     spec: ImapMailbox
     endpoint: ImapEndpointConfig
@@ -61,7 +67,7 @@ class ImapIngress(ReconnectingIngress):
     def __init__(self, flow: Flow, spec: ImapMailbox, endpoint: ImapEndpointConfig, landing: Landing,
                  services: Any) -> None:
         super().__init__(flow, spec, endpoint, landing, services)
-        self.stored = self.duplicates = self.moved = self.failed = 0
+        self.stored = self.duplicates = self.moved = self.failed = self.quarantined = 0
         # states (self.state, engine/ingress.py): connecting, reading, idle, polling, retrying, down, stopped
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -164,15 +170,22 @@ class ImapIngress(ReconnectingIngress):
             await asyncio.wait_for(self._stop.wait(), self.spec.poll if seconds is None else seconds)
 
     async def _drain(self, session: ImapSession, validity: int) -> tuple[int, int]:
-        """Store and move every mail in the folder; answers (mails found, mails left in place)."""
+        """Store and move every mail in the folder; answers (mails found, mails left in place). Sizes
+        come first: a mail over the claim-check limit is quarantined unread, and a fetch holds at most
+        FETCH_CHUNK mails and FETCH_BYTES bytes (a big mail is fetched alone)."""
         uids = await session.uids()
         left = 0
-        for start in range(0, len(uids), self.FETCH_CHUNK):
+        sizes = await session.sizes(uids) if uids else {}
+        limit = self.landing.claims.max_bytes
+        for uid in [u for u in uids if sizes.get(u, 0) > limit]:
+            reason = f"{sizes[uid]} bytes exceed the claim-check limit of {limit} bytes"
+            if not await self._quarantine(session, uid, None, reason):
+                left += 1
+        for chunk in _chunks([u for u in uids if sizes.get(u, 0) <= limit], sizes, self.FETCH_CHUNK, self.FETCH_BYTES):
             if self._stop.is_set():
                 return len(uids), left
-            chunk = uids[start:start + self.FETCH_CHUNK]
             mails = await session.fetch(chunk)
-            landed = await self._land(mails, validity)
+            landed = await self._land(session, mails, validity)
             left += len(mails) - len(landed)  # a UID missing from the answer is gone (another reader moved it)
             if landed:
                 try:
@@ -185,7 +198,30 @@ class ImapIngress(ReconnectingIngress):
                 self._changed.set()
         return len(uids), left
 
-    async def _land(self, mails: list[tuple[int, bytes]], validity: int) -> list[int]:
+    async def _quarantine(self, session: ImapSession, uid: int, message_id: str | None, reason: str) -> bool:
+        """A mail the hub cannot store at all: moved to the QUARANTINE folder (where ops find it, never
+        fetched again) with an alert naming it and the reason; False when that did not happen (tried again)."""
+        try:
+            await session.ensure_folder(self.QUARANTINE)
+            await publish_alert(self.landing.js, self.flow.name, "mail_quarantined", "firing", uid=uid,
+                                message_id=message_id, folder=self.spec.folder, moved_to=self.QUARANTINE,
+                                reason=reason)
+            await session.move([uid], self.QUARANTINE)
+        except ImapRefused as exc:
+            log.warning("imap_quarantine_failed", flow=self.flow.name, uid=uid, error=_short(exc))
+            return False
+        except Exception as exc:  # JetStream did not take the alert: the mail stays, the next look tries again
+            if isinstance(exc, TROUBLE):
+                raise
+            log.warning("imap_quarantine_failed", flow=self.flow.name, uid=uid, error=_short(exc))
+            return False
+        self.quarantined += 1
+        log.error("imap_quarantined", flow=self.flow.name, uid=uid, message_id=message_id, reason=reason,
+                  folder=self.QUARANTINE)
+        self._changed.set()
+        return True
+
+    async def _land(self, session: ImapSession, mails: list[tuple[int, bytes]], validity: int) -> list[int]:
         """Store a fetched chunk (one wait for all acks); the UIDs JetStream now has (new or duplicate),
         which alone may be moved."""
         items = []
@@ -197,7 +233,10 @@ class ImapIngress(ReconnectingIngress):
                 headers["Hub-Mail-Message-Id"] = message_id
             items.append((raw, message_id or f"uid:{validity}:{uid}", headers))
         landed = []
-        for (uid, _), (_, identity, _), outcome in zip(mails, items, await self.landing.store_many(items)):
+        for (uid, _), (_, identity, headers), outcome in zip(mails, items, await self.landing.store_many(items)):
+            if isinstance(outcome, Unstorable):
+                await self._quarantine(session, uid, headers.get("Hub-Mail-Message-Id"), outcome.reason)
+                continue
             if isinstance(outcome, PublishFailed):
                 self.failed += 1
                 if uid not in self._failing:
@@ -213,6 +252,19 @@ class ImapIngress(ReconnectingIngress):
             landed.append(uid)
         self._changed.set()
         return landed
+
+
+def _chunks(uids: list[int], sizes: dict[int, int], most: int, budget: int) -> list[list[int]]:
+    """UIDs in fetch groups of at most `most` mails and `budget` bytes (a bigger mail is a group alone)."""
+    groups: list[list[int]] = []
+    size = 0
+    for uid in uids:
+        if not groups or len(groups[-1]) >= most or size + sizes.get(uid, 0) > budget:
+            groups.append([])
+            size = 0
+        groups[-1].append(uid)
+        size += sizes.get(uid, 0)
+    return groups
 
 
 def _short(exc: BaseException) -> str:

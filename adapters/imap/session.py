@@ -24,6 +24,7 @@ _FETCH_START = re.compile(rb"^\d+ FETCH \(")
 _UID = re.compile(rb"\bUID (\d+)")
 _UIDVALIDITY = re.compile(rb"\[UIDVALIDITY (\d+)\]")
 _EXISTS = re.compile(rb"^(\d+) EXISTS$")
+_SIZE = re.compile(rb"\bRFC822\.SIZE (\d+)")
 
 
 class ConnectionLost(ConnectionError):
@@ -136,6 +137,15 @@ class ImapSession:
         response = await self._ok("UID SEARCH", self.imap.uid_search("UNDELETED", charset=None))
         return sorted({int(u) for line in response.lines[:-1] if isinstance(line, bytes)
                        for u in line.split() if u.isdigit()})
+
+    async def sizes(self, uids: list[int]) -> dict[int, int]:
+        """RFC822.SIZE of each UID: what a fetch would bring, known before fetching it."""
+        response = await self._ok("UID FETCH", self.imap.uid("fetch", uid_set(uids), "(UID RFC822.SIZE)"))
+        found = {}
+        for line in response.lines[:-1]:
+            if isinstance(line, bytes) and (uid := _UID.search(line)) and (size := _SIZE.search(line)):
+                found[int(uid.group(1))] = int(size.group(1))
+        return found
 
     async def fetch(self, uids: list[int]) -> list[tuple[int, bytes]]:
         """The raw MIME of each UID (BODY.PEEK[]: nothing gets \\Seen), in the order asked."""

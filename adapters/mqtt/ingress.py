@@ -1,15 +1,18 @@
 """The `mqtt:` flow source: every QoS 1 message is stored in JetStream, then acknowledged (PUBACK).
 
 Principle 1 in MQTT form. The hub connects as MQTT 3.1.1 with its stable client id and
-clean_session=False (both sandbox brokers, amqtt and mosquitto, speak 3.1.1; amqtt has no MQTT 5), so
-the broker keeps the subscriptions and queues what is published while the hub is away (3.1.1 cannot
-say the source's `session_expiry`: the broker's own setting rules, mosquitto's
+clean_session=False (what every broker speaks; tested against Mosquitto and nats-server's MQTT
+listener), so the broker keeps the subscriptions and queues what is published while the hub is away
+(3.1.1 cannot say the source's `session_expiry`: the broker's own setting rules, mosquitto's
 `persistent_client_expiration`, by default never). paho's manual acks are on: a PUBACK goes out
 only after `Landing.store_many()` returned with the server's confirmation. A store that fails is not acknowledged and the ingress drops the connection (after a
 backoff) so the broker sends it again on the reconnect; what was stored but not acknowledged (a crash
 in between) comes again too and JetStream drops it by its Nats-Msg-Id (topic + SHA-256 of the payload).
 PUBACKs go in the order the messages came (MQTT-4.6.0-2), so after a failure nothing later is acked.
-Connection trouble reconnects with a backoff of 0.5 s doubling to 30 s, one warning per outage.
+Connection trouble reconnects with a backoff of 0.5 s doubling to 30 s, one warning per outage. A
+payload too big for one NATS message goes by claim check (engine/claim_check.py); one over the
+claim-check limit raises a `payload_too_large` alert (topic, size, SHA-256) and is then acknowledged,
+since a broker would otherwise send it again for ever.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ import structlog
 
 from adapters.imap.ingress import header_value
 from adapters.mqtt.config import MqttEndpointConfig, cleartext_risk, tls_context
+from engine.alerts import publish_alert
+from engine.claim_check import Unstorable
 from engine.errors import ConfigError, PublishFailed
 from engine.ingress import Landing
 from engine.outage import ReconnectingIngress
@@ -65,7 +70,7 @@ class MqttIngress(ReconnectingIngress):
     def __init__(self, flow: Flow, spec: MqttSubscription, endpoint: MqttEndpointConfig, landing: Landing,
                  services: Any) -> None:
         super().__init__(flow, spec, endpoint, landing, services)
-        self.received = self.stored = self.duplicates = self.acked = self.failed = 0
+        self.received = self.stored = self.duplicates = self.acked = self.failed = self.refused = 0
         # states (self.state, engine/ingress.py): connecting, waiting, storing, down, retrying, stopped
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -124,7 +129,7 @@ class MqttIngress(ReconnectingIngress):
             try:
                 async with self._client() as client:
                     # SUBSCRIBE while serving: a broker may hold our SUBACK until the session's backlog
-                    # is PUBACKed (amqtt does), and those PUBACKs wait for the stores
+                    # is PUBACKed, and those PUBACKs wait for the stores
                     subscribing = asyncio.create_task(self._subscribe(client))
                     try:
                         if not await self._serve(client):  # a store failed: drop the session so it is redelivered
@@ -153,7 +158,7 @@ class MqttIngress(ReconnectingIngress):
                 await asyncio.wait_for(self._stop.wait(), wait)
 
     async def _subscribe(self, client: aiomqtt.Client) -> None:
-        """Subscribe on every connect (a broker that lost the session, amqtt after a restart, needs it;
+        """Subscribe on every connect (a broker that lost the session, e.g. one without persistence, needs it;
         for one that kept it, the same subscription is replaced and nothing queued is lost). A refusal
         or a timeout ends the connection, so the loop backs off and tries again."""
         self._refused = None
@@ -205,6 +210,16 @@ class MqttIngress(ReconnectingIngress):
                 self._in_hand = False
         return True
 
+    async def _refuse(self, message: aiomqtt.Message, payload: bytes, why: Unstorable) -> bool:
+        """A payload over the claim-check limit: an alert names topic, size, SHA-256 and reason; False when
+        the alert was not stored (then nothing is acked and the broker sends it again)."""
+        if not await _refuse_alert(self, message, payload, why):
+            return False
+        self.refused += 1
+        log.error("mqtt_payload_refused", flow=self.flow.name, topic=message.topic.value, size=len(payload),
+                  reason=why.reason)
+        return True
+
     async def _land(self, client: aiomqtt.Client, batch: list[aiomqtt.Message]) -> bool:
         """Store a batch (one wait for all acks), then PUBACK in order up to the first failure."""
         items = []
@@ -213,7 +228,13 @@ class MqttIngress(ReconnectingIngress):
             items.append((payload, identity_of(topic, payload),
                           {"content-type": content_type(payload), "Hub-Mqtt-Topic": header_value(topic)}))
         outcomes = await self.landing.store_many(items)
-        for message, (_, identity, _), outcome in zip(batch, items, outcomes):
+        for message, (payload, identity, _), outcome in zip(batch, items, outcomes):
+            if isinstance(outcome, Unstorable):  # never storable: said loudly, then acked (else redelivered for ever)
+                if not await self._refuse(message, payload, outcome):
+                    return False
+                if message.qos > 0 and client._client.ack(message.mid, message.qos) == 0:
+                    self.acked += 1
+                continue
             if isinstance(outcome, PublishFailed):
                 self.failed += 1
                 if not self._store_failing:
@@ -234,6 +255,17 @@ class MqttIngress(ReconnectingIngress):
         self._store_failing, self._store_backoff = False, self.BACKOFF_START
         self._changed.set()
         return True
+
+
+async def _refuse_alert(ingress: "MqttIngress", message: aiomqtt.Message, payload: bytes, why: Unstorable) -> bool:
+    try:
+        await publish_alert(ingress.landing.js, ingress.flow.name, "payload_too_large", "firing",
+                            topic=message.topic.value, size=len(payload), sha256=hashlib.sha256(payload).hexdigest(),
+                            reason=why.reason, then="acknowledged and dropped: the publisher must send it smaller")
+    except Exception as exc:
+        log.warning("mqtt_alert_failed", flow=ingress.flow.name, error=_short(exc))
+        return False
+    return True
 
 
 def _bytes(payload: Any) -> bytes:

@@ -5,8 +5,12 @@ Per file, in this order, each step confirmed before the next: stream the bytes i
 (Landing.store, Nats-Msg-Id from name+size+mtime), mark it done in KV (adapters/sftp/ledger.py). A
 crash between two steps repeats the earlier ones at the next start: the object is put again under the
 same name, the landing is dropped by JetStream as a duplicate, so the flow announces the file once.
-A file whose name does not match the pattern, or named .pdf but not starting with %PDF-, is kept in
-the Object Store under quarantine/ and dead-lettered with the reason (adapters/sftp/records.py).
+A file whose name does not match the pattern (compiled with re.ASCII: `\d` is 0-9 only, a name with
+full-width digits does not pass), whose name is not valid UTF-8 (read and kept by its bytes), or named
+.pdf but not starting with %PDF-, is kept in the Object Store under quarantine/, dead-lettered with the
+reason (adapters/sftp/records.py) and announced by an `sftp_quarantined` alert; the rest of the drop
+goes on. The backoff is reset only once a session has listed the directory: a server that accepts
+the login and then fails is retried 0.5 s doubling to 30 s, not at a constant 0.5 s.
 
 Deadline and loss alerts: adapters/sftp/reports.py. paramiko blocks, so it runs on a worker thread of
 this ingress's own; a dropped connection reconnects with a backoff of 0.5 s doubling to 30 s, one
@@ -61,7 +65,7 @@ class SftpIngress(ReconnectingIngress):
         self.last_error: str | None = None
         # tests and drills: awaited after the object put ("put") and after the landing ("stored")
         self.between_steps: Callable[[str, RemoteFile], Awaitable[None]] | None = None
-        self.pattern = re.compile(spec.pattern)
+        self.pattern = re.compile(spec.pattern, re.ASCII)  # \d, \w: ASCII only, as file names are meant
         self.js = landing.js
         self.ledger = Ledger(self.js, flow.name)
         self.reports = FileReports(self.js, flow.name, spec, self.ledger, self._changed_now)
@@ -122,7 +126,6 @@ class SftpIngress(ReconnectingIngress):
             self._set_state("connecting")
             try:
                 await self._blocking(session.open)
-                await self._up()
                 await self._serve(session)
             except REFUSED as exc:
                 await self._down(exc, refused=True)
@@ -169,12 +172,16 @@ class SftpIngress(ReconnectingIngress):
     # --- the drop directory --------------------------------------------------------------------
 
     async def _serve(self, session: SftpSession) -> None:
+        first = True
         while not self._stop.is_set():
             self._set_state("listing")
             try:
                 files = await self._blocking(session.listdir, self.spec.directory)
             except FileNotFoundError:
                 raise FileNotFoundError(f"directory {self.spec.directory!r} does not exist on {self._where()}") from None
+            if first:  # the session works (a login alone does not say so): the outage, if any, is over
+                await self._up()
+                first = False
             try:
                 await self._cycle(session, files)
             except JETSTREAM_TROUBLE as exc:  # the SFTP side is fine: keep the session, look again later
@@ -246,6 +253,10 @@ class SftpIngress(ReconnectingIngress):
             except Exception as exc:
                 raise PublishFailed(f"{subject}: quarantine record not stored: {exc!r}") from exc
             log.warning("sftp_quarantined", flow=self.flow.name, file=remote.path, reason=problem, object=name)
+            if not await self.reports.alert("sftp_quarantined", "firing", file=remote.path, reason=problem,
+                                            object=f"{stored.bucket}/{stored.name}", size=stored.size,
+                                            path_bytes_hex=remote.raw_path.hex() if remote.raw_path else None):
+                raise PublishFailed(f"ops.alert.{self.flow.name}: sftp_quarantined alert not stored")
         elif not await self.landing.store(encode(records.landing_record(self.pattern, remote, stored, now)),
                                           remote.identity, headers={"content-type": "application/json"}):
             self.duplicates += 1

@@ -35,6 +35,8 @@ def iso(seconds: float) -> str:
 
 def name_problem(pattern: re.Pattern[str], remote: RemoteFile) -> str | None:
     """Why a file name is refused, or None when it matches the source's pattern."""
+    if remote.raw_path is not None:
+        return f"file name is not valid UTF-8: {remote.raw_path.rsplit(b'/', 1)[-1]!r}"
     if pattern.search(remote.name):
         return None
     return f"file name {remote.name!r} does not match the pattern {pattern.pattern!r}"
@@ -57,9 +59,12 @@ def landing_record(pattern: re.Pattern[str], remote: RemoteFile, stored: Stored,
 
 
 def quarantine_record(remote: RemoteFile, stored: Stored, reason: str, now: float) -> dict[str, Any]:
-    return {"file_name": remote.name, "path": remote.path, "size": stored.size, "sha256": stored.sha256,
-            "bucket": stored.bucket, "object": stored.name, "fetched_at": iso(now),
-            "server_mtime": iso(remote.mtime), "quarantine": reason}
+    record = {"file_name": remote.name, "path": remote.path, "size": stored.size, "sha256": stored.sha256,
+              "bucket": stored.bucket, "object": stored.name, "fetched_at": iso(now),
+              "server_mtime": iso(remote.mtime), "quarantine": reason}
+    if remote.raw_path is not None:  # the name's own bytes, for whoever must find or rename the file
+        record["path_bytes_hex"] = remote.raw_path.hex()
+    return record
 
 
 def quarantine_error(reason: str, *, name_refused: bool) -> HubError:

@@ -4,6 +4,10 @@ paramiko blocks: every method here is called from a worker thread, never on the 
 known_hosts file is loaded read-only (paramiko's "system" keys, never saved back) and a key it does
 not list, or a key that differs from the one it lists, is refused with an error naming host, port and
 both fingerprints, so whoever reads the log can check them with the server's owner.
+
+File names are bytes on an SFTP v3 server (OpenSSH sends what the file system holds): paramiko's
+`listdir_attr` decodes them as UTF-8 and raises for the whole listing on one name that is not, so the
+directory is read here with the same requests, keeping each name's bytes (MEASURED.md).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import paramiko
+from paramiko.sftp import CMD_CLOSE, CMD_HANDLE, CMD_NAME, CMD_OPENDIR, CMD_READDIR
 
 from adapters.sftp.config import Credentials, SftpEndpointConfig
 from engine.errors import TargetRejected
@@ -42,15 +47,51 @@ CONNECTION_TROUBLE = (OSError, EOFError, paramiko.SSHException)
 class RemoteFile:
     """A regular file in the watched directory as one listing saw it."""
 
-    name: str
+    name: str   # as text; a name that is not UTF-8 has its bad bytes escaped (\xff): see raw_path
     path: str
     size: int
     mtime: int  # seconds since the epoch, the server's clock (SFTP v3 has whole seconds)
+    raw_path: bytes | None = None  # the path's bytes when the name is not valid UTF-8 (opened by these)
 
     @property
     def identity(self) -> str:
         """Stable for one version of one file: a file replaced under the same name is a new one."""
-        return f"{self.path}:{self.size}:{self.mtime}"
+        where = self.path if self.raw_path is None else "bytes:" + self.raw_path.hex()
+        return f"{where}:{self.size}:{self.mtime}"
+
+    @property
+    def name_is_text(self) -> bool:
+        return self.raw_path is None
+
+
+def list_raw(sftp: paramiko.SFTPClient, directory: str) -> list[tuple[bytes, paramiko.SFTPAttributes]]:
+    """(name bytes, attributes) of every entry but . and .., the directory handle always closed.
+    paramiko's own requests (OPENDIR, READDIR until EOF, CLOSE) without its UTF-8 decoding of names."""
+    t, msg = sftp._request(CMD_OPENDIR, directory)  # noqa: SLF001 - the public API decodes names
+    if t != CMD_HANDLE:
+        raise paramiko.SFTPError("Expected handle")
+    handle = msg.get_binary()
+    entries = []
+    try:
+        while True:
+            try:
+                t, msg = sftp._request(CMD_READDIR, handle)  # noqa: SLF001
+            except EOFError:
+                break
+            if t != CMD_NAME:
+                raise paramiko.SFTPError("Expected name response")
+            for _ in range(msg.get_int()):
+                name, longname = msg.get_string(), msg.get_string()
+                attr = paramiko.SFTPAttributes._from_msg(  # noqa: SLF001
+                    msg, name.decode("utf-8", "backslashreplace"), longname.decode("utf-8", "backslashreplace"))
+                if name not in (b".", b".."):
+                    entries.append((name, attr))
+    finally:
+        try:
+            sftp._request(CMD_CLOSE, handle)  # noqa: SLF001
+        except (OSError, EOFError, paramiko.SSHException):
+            pass
+    return entries
 
 
 def describe_key(key: paramiko.PKey) -> str:
@@ -114,15 +155,20 @@ class SftpSession:
         self._client, self.sftp = client, sftp
 
     def listdir(self, directory: str) -> list[RemoteFile]:
-        """Regular files of `directory`, oldest first; hidden names (a writer's `.x.part`) are skipped."""
+        """Regular files of `directory`, oldest first; hidden names (a writer's `.x.part`) are skipped. A
+        name that is not valid UTF-8 is listed with its bytes (`raw_path`), not a reason to fail the rest."""
         assert self.sftp is not None
         found = []
-        for attr in self.sftp.listdir_attr(directory):
-            name = attr.filename
-            if name.startswith(".") or attr.st_mode is None or not stat.S_ISREG(attr.st_mode):
+        for raw, attr in list_raw(self.sftp, directory):
+            if raw.startswith(b".") or attr.st_mode is None or not stat.S_ISREG(attr.st_mode):
                 continue
+            try:
+                name, raw_path = raw.decode("utf-8"), None
+            except UnicodeDecodeError:
+                name = raw.decode("utf-8", "backslashreplace")
+                raw_path = posixpath.join(directory.encode("utf-8"), raw)
             found.append(RemoteFile(name, posixpath.join(directory, name), int(attr.st_size or 0),
-                                    int(attr.st_mtime or 0)))
+                                    int(attr.st_mtime or 0), raw_path))
         found.sort(key=lambda f: (f.mtime, f.name))
         return found
 
@@ -130,7 +176,7 @@ class SftpSession:
         """Open for reading with a bounded read-ahead (pipelined requests, so loopback speed is not
         round-trip bound, and never more than PREFETCH_REQUESTS x 32 KiB buffered)."""
         assert self.sftp is not None
-        fh = self.sftp.open(remote.path, "rb")
+        fh = self.sftp.open(remote.raw_path or remote.path, "rb")  # paramiko sends a bytes path as it is
         fh.prefetch(remote.size, max_concurrent_requests=PREFETCH_REQUESTS)
         return fh
 
@@ -138,7 +184,7 @@ class SftpSession:
         """Whether the file is still there (False after the janitor or someone else removed it)."""
         assert self.sftp is not None
         try:
-            self.sftp.stat(remote.path)
+            self.sftp.stat(remote.raw_path or remote.path)
         except FileNotFoundError:
             return False
         return True

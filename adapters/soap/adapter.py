@@ -14,13 +14,15 @@ from zeep.proxy import AsyncServiceProxy
 
 from engine.adapter import Adapter, CallContext, EndpointConfig
 from adapters.http import snippet
+from adapters.soap.answer_types import rule_problems, zeep_unwraps
 from adapters.soap.config import SoapEndpointConfig
-from adapters.soap.faults import business_error, call_error, http_error
+from adapters.soap.faults import call_error, http_error
+from adapters.soap.rules import business_error
 from adapters.soap.jsonable import to_jsonable
 from adapters.soap.redaction import LOG_LIMIT, element_pattern, redact
 from adapters.soap.security import tls_context, ws_security
 from adapters.soap.transport import CURRENT, Exchange, HubTransport
-from adapters.soap.wsdl import find_port, load_document, local_operations, wsdl_location
+from adapters.soap.wsdl import find_port, load_document, local_operations, local_port, wsdl_location
 from engine.errors import BusinessError, ConfigError, HubError, RoutingError, ValidationFailed
 from engine.registry import register
 
@@ -46,6 +48,7 @@ class SoapAdapter(Adapter):
         self._client: AsyncClient | None = None
         self._service: AsyncServiceProxy | None = None
         self._operations: list[str] = []
+        self._bare: dict[str, str] = {}  # operation -> the single child zeep hands back bare
         self._http: httpx.AsyncClient | None = None
         self._wsdl_http: httpx.Client | None = None
 
@@ -75,6 +78,30 @@ class SoapAdapter(Adapter):
         """Operation names of a local WSDL (cached per file version); ([], None) for a URL."""
         return local_operations(self.endpoint, self.location, self.config)
 
+    def check_settings_for(self, operation: str | None) -> list[tuple[tuple[str | int, ...], str]]:
+        """The business-error rule against `operation`'s answer type in a local WSDL: a table or field the
+        answer can never hold is a problem at that rule key (a WSDL by URL is judged at start)."""
+        rule = self.config.business_error
+        operation = self.config.aliases.get(operation, operation) if operation else operation
+        if rule is None or operation is None:
+            return []
+        port, _ = local_port(self.endpoint, self.location, self.config)
+        return self._rule_problems(port, [operation]) if port is not None else []
+
+    def _rule_problems(self, port: Any, operations: list[str]) -> list[tuple[tuple[str | int, ...], str]]:
+        rule = self.config.business_error
+        assert rule is not None
+        known = set(port.binding.all())
+        problems: list[tuple[tuple[str | int, ...], str]] = []
+        for i, name in enumerate(rule.operations or ()):
+            if name not in known:
+                problems.append((("business_error", "operations", i), f"WSDL has no operation {name!r}"))
+        for name in operations:
+            if name in known and rule.applies_to(name):
+                problems.extend((("business_error", *loc), why)
+                                for loc, why in rule_problems(rule, name, port.binding.get(name)))
+        return problems
+
     # --- lifecycle -----------------------------------------------------------------------------
 
     async def start(self) -> None:
@@ -87,6 +114,8 @@ class SoapAdapter(Adapter):
         self._wsdl_http = httpx.Client(verify=tls, timeout=c.wsdl_timeout)
         transport = HubTransport(self, self._http, self._wsdl_http, c.wsdl_timeout)
         settings = Settings()
+        # answers: SOAP forbids a DTD in a message, and an entity declaration is how XML bombs arrive
+        answers = Settings(forbid_dtd=True, forbid_entities=True, forbid_external=True)
         try:
             doc = await asyncio.wait_for(
                 asyncio.to_thread(load_document, self.location, transport, settings), c.wsdl_timeout + 1)
@@ -95,17 +124,24 @@ class SoapAdapter(Adapter):
             await self.close()
             raise ConfigError([f"endpoint {self.endpoint!r}: cannot load WSDL {c.wsdl!r}: "
                                f"{snippet(str(exc) or type(exc).__name__)}"]) from exc
-        self._client = AsyncClient(doc, wsse=wsse, transport=transport, settings=settings)
+        self._client = AsyncClient(doc, wsse=wsse, transport=transport, settings=answers)
         options = dict(port.binding_options)
         if c.address:
             options["address"] = c.address
         self._service = AsyncServiceProxy(self._client, port.binding, **options)
         self._operations = sorted(port.binding.all())
+        self._bare = {op: child for op in self._operations if (child := zeep_unwraps(port.binding.get(op)))}
         missing = [op for op in [*(c.operations or ()), *c.aliases.values()] if op not in self._operations]
         if missing:
             await self.close()
             raise ConfigError([f"endpoint {self.endpoint!r}: operations {', '.join(missing)} not in the WSDL "
                                f"(known: {', '.join(self._operations)})"])
+        if c.business_error is not None:  # a WSDL by URL is first seen here; a local one was validated too
+            named = sorted({*(c.operations or ()), *c.aliases.values(), *(c.business_error.operations or ())})
+            if problems := self._rule_problems(port, named):
+                await self.close()
+                raise ConfigError([f"endpoint {self.endpoint!r}: {'.'.join(map(str, loc))}: {why}"
+                                   for loc, why in problems])
 
     async def close(self) -> None:
         self._service = None
@@ -151,8 +187,10 @@ class SoapAdapter(Adapter):
         finally:
             CURRENT.reset(token)
         data = to_jsonable(serialize_object(result, dict))
-        if self.config.business_error is not None:
-            message = business_error(data, self.config.business_error)
+        rule = self.config.business_error
+        if rule is not None and rule.applies_to(operation):
+            bare = self._bare.get(operation)  # the rule names the response element's children
+            message = business_error({bare: data} if bare else data, rule)
             if message is not None:
                 raise BusinessError(f"{where}: {message}")
         return data

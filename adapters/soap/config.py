@@ -5,9 +5,9 @@ Kept apart from the adapter so docs, schemas and validation can read it without 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from engine.adapter import EndpointConfig
 from engine.durations import Duration
@@ -26,22 +26,69 @@ class WsSecurity(BaseModel):
 
 
 class BusinessErrorRule(BaseModel):
-    """Where a successful answer says the ERP refused the request (SAP BAPI `RETURN` table style)."""
+    """Which rows of a successful answer say the ERP refused the request.
+
+    Written for SAP's RFC/BAPI answers, whose RETURN table (rows of structure BAPIRET2) holds one row
+    per message: TYPE E (error) or A (abort) is a refusal, S, I and W (success, information, warning)
+    are not. SAP sends a table as `<RETURN><item>…</item>…</RETURN>` (zeep: `{"item": [rows]}`) and some
+    BAPIs a single BAPIRET2 structure; `table: RETURN` finds the rows of both (`RETURN.item` works too):
+
+        business_error: {table: RETURN}          # SAP: the defaults name BAPIRET2's fields
+
+    Paths start at the response element's children (also when zeep hands a single child back bare).
+    Every row whose type is in `error_values` becomes part of one BusinessError (permanent), each
+    with its id, number and message: `E ZISU 042: Vertrag 4711 ist gesperrt | E ZISU 001: …`.
+    `runner.py validate` checks the table and fields against each called operation's answer in the
+    WSDL: a rule that can never match is an error there, not a silent success at run time.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
-    path: str = Field(description="Dotted path into the answer; a list on the way matches any element.",
-                      examples=["Return.Type"])
-    error_values: list[str] = Field(["E", "A"], description="Values at `path` that mean a business error.")
-    message_path: str | None = Field(None, description="Dotted path of the ERP's message; taken from the same "
-                                     "row when it shares the row's prefix with `path`.", examples=["Return.Message"])
+    table: str = Field(description="Dotted path from the answer to its result rows. A list on the way fans out "
+                       "(every element is a row); a single structure is one row; an SAP table's `<item>` rows "
+                       "(zeep: `{item: [...]}`) are its rows.", examples=["RETURN", "Return", "Result.Messages"])
+    type_field: str = Field("TYPE", description="Field of a row that holds its type.", examples=["TYPE", "Severity"])
+    error_values: list[str] = Field(["E", "A"], min_length=1, description="Row types that mean a refusal "
+                                    "(SAP: E error, A abort; S, I and W are success, information and warning).")
+    message_field: str | None = Field("MESSAGE", description="Field of a row with the ERP's text; null: none.")
+    id_field: str | None = Field("ID", description="Field of a row with the message class (SAP: ID); null: none.")
+    number_field: str | None = Field("NUMBER", description="Field of a row with the message number (SAP: NUMBER); "
+                                     "null: none.")
+    ignore_case: bool = Field(False, description="Match the table path and field names, and the type values, "
+                              "without regard to case: `Return.Type` then finds `RETURN.TYPE`, `e` counts as `E`.")
+    when_absent: Literal["success", "error"] = Field(
+        "success", description="What an answer without the table means at run time. SAP leaves an empty RETURN "
+        "table out of a successful answer, so `success` is usual; `error` for an ERP that always sends it. Whether "
+        "the table can exist at all is decided before: `runner.py validate` checks it against the WSDL.")
+    operations: list[str] | None = Field(None, description="WSDL operations whose answers carry the table (all "
+                                         "when omitted); validation checks the rule against each one it applies to.",
+                                         examples=[["TariffSwitchCreate", "TariffSwitchGetStatus"]])
 
-    @field_validator("path", "message_path")
+    @model_validator(mode="before")
     @classmethod
-    def _dotted(cls, v: str | None) -> str | None:
-        if v is not None and (not v or any(not part for part in v.split("."))):
-            raise ValueError(f"expected a dotted path like Return.Type, got {v!r}")
+    def _old_spelling(cls, data: Any) -> Any:
+        if isinstance(data, dict) and ("path" in data or "message_path" in data):
+            raise ValueError("`path`/`message_path` were replaced by `table` and row fields: for path "
+                             "RETURN.item.TYPE write `table: RETURN` (type_field TYPE, message_field MESSAGE, "
+                             "id_field ID, number_field NUMBER are the defaults)")
+        return data
+
+    @field_validator("table")
+    @classmethod
+    def _dotted(cls, v: str) -> str:
+        if not v or any(not part for part in v.split(".")):
+            raise ValueError(f"expected a dotted path like RETURN.item, got {v!r}")
         return v
+
+    @field_validator("type_field", "message_field", "id_field", "number_field")
+    @classmethod
+    def _one_name(cls, v: str | None) -> str | None:
+        if v is not None and (not v or "." in v):
+            raise ValueError(f"a field of the row, without dots, got {v!r}")
+        return v
+
+    def applies_to(self, operation: str) -> bool:
+        return self.operations is None or operation in self.operations
 
 
 class SoapEndpointConfig(EndpointConfig):
@@ -73,8 +120,12 @@ class SoapEndpointConfig(EndpointConfig):
                                     examples=[{"submit_switch": "TariffSwitchCreate",
                                                "switch_status": "TariffSwitchGetStatus"}])
     business_error: BusinessErrorRule | None = Field(
-        None, description="Turns error rows inside a successful answer into a BusinessError (permanent).",
-        examples=[{"path": "Return.Type", "error_values": ["E", "A"], "message_path": "Return.Message"}])
+        None, description="Turns refusal rows inside a successful answer (SAP's BAPIRET2 RETURN table and the like) "
+        "into one BusinessError (permanent) naming every such row's id, number and message.",
+        examples=[{"table": "RETURN", "type_field": "TYPE", "error_values": ["E", "A"],
+                   "message_field": "MESSAGE", "id_field": "ID", "number_field": "NUMBER"},
+                  {"table": "Return", "type_field": "Type", "message_field": "Message", "id_field": None,
+                   "number_field": "Code"}])
     redact: list[str] = Field(["Password", "Iban", "Email", "Phone"], description="Element names (case-insensitive, "
                               "substring) whose text is blanked in debug logs and error snippets.")
 

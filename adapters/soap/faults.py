@@ -1,5 +1,7 @@
 """Every way a SOAP call can fail, mapped onto engine.errors so retry, breaker and DLQ policies never
-see a zeep, lxml or httpx exception: HTTP-level answers, SOAP faults, transport errors, business-error rows.
+see a zeep, lxml or httpx exception: HTTP-level answers, SOAP faults (code, SOAP 1.2 subcode chain and
+detail as text, in full up to a bound), transport errors, answers the hub cannot read. Business-error
+rows inside a successful answer are adapters/soap/rules.py.
 """
 
 from __future__ import annotations
@@ -11,9 +13,9 @@ from lxml import etree
 from zeep import exceptions as zx
 
 from adapters.http import parse_retry_after, snippet
-from adapters.soap.config import BusinessErrorRule
+from adapters.http.wire import bounded
 from engine.errors import (HubError, TargetRejected, TargetServerError, TargetTimeout, TargetUnavailable, Throttled,
-                           UnparseablePayload, ValidationFailed)
+                           UnparseableAnswer, ValidationFailed)
 
 if TYPE_CHECKING:
     from adapters.soap.transport import Exchange
@@ -40,17 +42,52 @@ def http_error(where: str, status: int, ctype: str, body: bytes, headers: Any, r
     return TargetRejected(f"{where}{detail}", status=status)
 
 
+DETAIL_LIMIT = 2000  # characters of a fault detail in an error text: ids and codes fit whole
+BODY_LIMIT = 600  # characters of an answer body quoted in an error text
+_WHOLE = 10**7  # "no limit" for redaction before the text is rendered and bounded here
+_PARSER = etree.XMLParser(resolve_entities=False, no_network=True, huge_tree=False)
+
+
+def detail_text(detail: Any, redact: Redact) -> str:
+    """A fault detail as text: each element with text as `Name=text`, `; ` between them, redacted and
+    bounded at a boundary (not inside an identifier). zeep hands over an element, or the whole answer
+    as bytes when a non-2xx XML answer holds no Fault element."""
+    if detail is None:
+        return ""
+    if isinstance(detail, etree._Element):
+        raw = etree.tostring(detail)
+    elif isinstance(detail, bytes | bytearray):
+        raw = bytes(detail)
+    else:
+        raw = str(detail).encode("utf-8")
+    shown = redact(raw, limit=_WHOLE)
+    try:
+        root = etree.fromstring(shown.encode("utf-8"), _PARSER)
+    except (etree.XMLSyntaxError, ValueError):
+        return bounded(shown, DETAIL_LIMIT)
+    parts = []
+    for el in root.iter():
+        text = " ".join((el.text or "").split()) if isinstance(el.tag, str) else ""
+        if text:
+            parts.append(f"{etree.QName(el).localname}={text}")
+    return bounded("; ".join(parts), DETAIL_LIMIT)
+
+
+def code_chain(fault: zx.Fault) -> str:
+    """The fault code and, for SOAP 1.2, its Subcode chain: `soap:Sender > ContractLocked > Audit`."""
+    chain = [fault.code or "(no code)"]
+    for sub in fault.subcodes or ():
+        chain.append(etree.QName(sub).localname if isinstance(sub, etree.QName | str) and str(sub) else str(sub))
+    return " > ".join(chain)
+
+
 def fault_error(where: str, fault: zx.Fault, status: int, redact: Redact) -> HubError:
     """A SOAP fault by its code: Server/Receiver is the target's failure, Client/Sender and the rest a refusal."""
     code = fault.code or ""
     kind = code.rsplit(":", 1)[-1].split(".", 1)[0].lower()
-    text = f"{where}: SOAP fault {code or '(no code)'}: {fault.message or ''}".rstrip()
-    detail = fault.detail
-    if detail is not None:
-        raw = etree.tostring(detail) if isinstance(detail, etree._Element) else str(detail).encode()
-        shown = redact(raw, limit=300)
-        if shown:
-            text = f"{text} (detail: {shown})"
+    text = f"{where}: SOAP fault {code_chain(fault)}: {fault.message or ''}".rstrip()
+    if shown := detail_text(fault.detail, redact):
+        text = f"{text} (detail: {shown})"
     if kind in ("server", "receiver"):
         return TargetServerError(text)
     if kind in ("client", "sender", "versionmismatch", "mustunderstand", "dataencodingunknown"):
@@ -73,48 +110,16 @@ def call_error(where: str, exc: Exception, ex: Exchange, timeout: float, redact:
                                  sent=sent)
     if isinstance(exc, zx.Fault):
         return fault_error(where, exc, ex.status, redact)
+    if isinstance(exc, zx.DTDForbidden | zx.EntitiesForbidden):  # whatever the status: never retried
+        return UnparseableAnswer(f"{where} -> {ex.status}: the target's answer is hostile XML ({type(exc).__name__}: "
+                                 f"SOAP forbids DTDs and entity declarations): {redact(ex.body, limit=BODY_LIMIT)}")
     if isinstance(exc, TypeError | ValueError | zx.Error | etree.LxmlError):
         if not ex.sent:  # zeep could not build the request from this payload
             return ValidationFailed(f"{where}: payload does not fit the operation's input: "
                                     f"{snippet(str(exc) or type(exc).__name__)}")
         if ex.status >= 500:
-            return TargetServerError(f"{where} -> {ex.status}: unreadable answer: {redact(ex.body, limit=300)}")
-        return UnparseablePayload(f"{where}: answer is not a valid SOAP message ({snippet(str(exc), 160)}): "
-                                  f"{redact(ex.body, limit=300)}")
+            return TargetServerError(f"{where} -> {ex.status}: unreadable answer: {redact(ex.body, limit=BODY_LIMIT)}")
+        return UnparseableAnswer(f"{where} -> {ex.status}: the target's answer is not a valid SOAP message "
+                                 f"({snippet(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, 160)}): "
+                                 f"{redact(ex.body, limit=BODY_LIMIT)}")
     return None
-
-
-def _walk(node: Any, parts: list[str]) -> list[Any]:
-    """Every value at the dotted `parts` below `node`; lists on the way fan out."""
-    if isinstance(node, list):
-        return [found for item in node for found in _walk(item, parts)]
-    if not parts:
-        return [node]
-    if not isinstance(node, dict) or parts[0] not in node:
-        return []
-    return _walk(node[parts[0]], parts[1:])
-
-
-def business_error(data: Any, rule: BusinessErrorRule) -> str | None:
-    """The ERP's message when a row at `rule.path` holds an error value; None when the answer is clean."""
-    parts = rule.path.split(".")
-    row_path, leaf = parts[:-1], parts[-1]
-    values = set(rule.error_values)
-    msg_parts = rule.message_path.split(".") if rule.message_path else None
-    relative = msg_parts is not None and msg_parts[:len(row_path)] == row_path and len(msg_parts) > len(row_path)
-    hits: list[str] = []
-    for row in _walk(data, row_path):
-        for value in _walk(row, [leaf]):
-            if value is None or str(value) not in values:
-                continue
-            if relative:
-                found = [str(m) for m in _walk(row, msg_parts[len(row_path):]) if m not in (None, "")]  # type: ignore[index]
-                hits.append("; ".join(found) or f"{rule.path} = {value}")
-            else:
-                hits.append(f"{rule.path} = {value}")
-    if not hits:
-        return None
-    if msg_parts is not None and not relative:
-        found = [str(m) for m in _walk(data, msg_parts) if m not in (None, "")]
-        hits = found or hits
-    return "business error: " + " | ".join(dict.fromkeys(hits))

@@ -1,6 +1,6 @@
 """The process-wide WSDL cache: each WSDL is parsed at most once per process, never per call.
 
-Validation also reads a local WSDL's operation names from here without starting an endpoint.
+Validation also reads a local WSDL's operations (names, answer types) from here without starting an endpoint.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from adapters.soap.config import SoapEndpointConfig
 ROOT = Path(__file__).resolve().parents[2]  # relative WSDL paths are taken from the project root
 
 _DOCS: dict[str, Document] = {}
-_OPS: dict[tuple[str, int, str | None, str | None], tuple[list[str], str | None]] = {}
+_PORTS: dict[tuple[str, int, str | None, str | None], tuple[Any, str | None]] = {}
 _LOCK = threading.Lock()
 
 
@@ -49,7 +49,7 @@ def clear_wsdl_cache() -> None:
     """Forget every parsed WSDL (tests; a deliberate reload)."""
     with _LOCK:
         _DOCS.clear()
-        _OPS.clear()
+        _PORTS.clear()
 
 
 def find_port(doc: Document, service: str | None, port: str | None) -> Any:
@@ -66,23 +66,31 @@ def find_port(doc: Document, service: str | None, port: str | None) -> Any:
     return found
 
 
-def local_operations(endpoint: str, location: str, config: SoapEndpointConfig) -> tuple[list[str], str | None]:
-    """Operation names of a local WSDL (cached per file version) or a problem text; ([], None) for a URL."""
+def local_port(endpoint: str, location: str, config: SoapEndpointConfig) -> tuple[Any, str | None]:
+    """The port of a local WSDL (parsed once per file version) or a problem text; (None, None) for a URL."""
     if is_url(location):
-        return [], None
+        return None, None
     c = config
     try:
         mtime = Path(location).stat().st_mtime_ns
     except OSError as exc:
-        return [], f"endpoint {endpoint!r}: WSDL {c.wsdl!r} cannot be read: {exc.strerror or exc}"
+        return None, f"endpoint {endpoint!r}: WSDL {c.wsdl!r} cannot be read: {exc.strerror or exc}"
     key = (location, mtime, c.service, c.port)
-    cached = _OPS.get(key)
+    cached = _PORTS.get(key)
     if cached is None:
         try:
             doc = load_document(location, Transport(timeout=c.wsdl_timeout), Settings())
-            cached = (sorted(find_port(doc, c.service, c.port).binding.all()), None)
+            cached = (find_port(doc, c.service, c.port), None)
         except Exception as exc:  # noqa: BLE001 - any WSDL problem is a validation message
-            cached = ([], f"endpoint {endpoint!r}: WSDL {c.wsdl!r} cannot be loaded: "
-                          f"{snippet(str(exc) or type(exc).__name__)}")
-        _OPS[key] = cached
+            cached = (None, f"endpoint {endpoint!r}: WSDL {c.wsdl!r} cannot be loaded: "
+                            f"{snippet(str(exc) or type(exc).__name__)}")
+        _PORTS[key] = cached
     return cached
+
+
+def local_operations(endpoint: str, location: str, config: SoapEndpointConfig) -> tuple[list[str], str | None]:
+    """Operation names of a local WSDL (cached per file version) or a problem text; ([], None) for a URL."""
+    port, problem = local_port(endpoint, location, config)
+    if port is None:
+        return [], problem
+    return sorted(port.binding.all()), None

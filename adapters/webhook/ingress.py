@@ -3,7 +3,8 @@
 A request goes through, in order: POST only (405), `max_body` (413), authentication (HMAC: 401 for a
 missing, malformed, stale or wrong signature, 409 for a replayed one; token: 401), JSON (400 with the
 parser's reason), then the `items` list (each element its own message, its Nats-Msg-Id from `item_id`
-or a hash of the element) is stored with one wait for all publish acks. Any refusal stores nothing.
+or a hash of the element) is stored with one wait for all publish acks; an element too big for one
+message goes by claim check (engine/claim_check.py), one over the claim-check limit is refused (413). Any refusal stores nothing.
 If JetStream did not confirm every item the answer is 503 with Retry-After: the sender retries the
 whole batch and the items that did land come back as duplicates, which JetStream drops.
 """
@@ -25,7 +26,9 @@ from adapters.webhook import server as shared_server
 from adapters.webhook.auth import HmacCheck, Refused, TokenCheck
 from adapters.webhook.identity import compile_identity
 from engine.errors import ConfigError, PublishFailed
-from engine.ingress import MAX_PAYLOAD, Ingress, Landing
+from engine.alerts import publish_alert
+from engine.claim_check import Unstorable
+from engine.ingress import Ingress, Landing
 from engine.sources import WebhookEndpoint
 from engine.spec import Flow
 
@@ -112,6 +115,11 @@ class WebhookIngress(Ingress):
         stored = False
         try:
             outcomes = await self.landing.store_many(self._parse(body))
+            if unstorable := [o for o in outcomes if isinstance(o, Unstorable)]:
+                with contextlib.suppress(Exception):  # the 413 is the answer that matters; the alert is for ops
+                    await publish_alert(self.landing.js, self.flow.name, "payload_too_large", "firing",
+                                        path=self.path, reason=unstorable[0].reason, remote=request.remote)
+                raise Refused(413, "item_too_large", unstorable[0].reason)
             failures = [o for o in outcomes if isinstance(o, PublishFailed)]
             new = sum(1 for o in outcomes if o is True)
             dup = sum(1 for o in outcomes if o is False)
@@ -164,9 +172,7 @@ class WebhookIngress(Ingress):
         headers = {"content-type": "application/json", "Hub-Webhook-Path": self.path}
         items = []
         for i, item in enumerate(found):
-            data = orjson.dumps(item)
-            if len(data) > MAX_PAYLOAD:
-                raise Refused(413, "item_too_large", f"item {i} is {len(data)} bytes; a message holds {MAX_PAYLOAD}")
+            data = orjson.dumps(item)  # an item too big for one message goes by claim check (Landing)
             items.append((data, self._identity(i, item), headers))
         return items
 

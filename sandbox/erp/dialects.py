@@ -6,10 +6,10 @@ the inner XML of its answer. The generic behaviour (state, delays, idempotency, 
 
 | country | SOAP | naming | security | refusals | paging (invoices and payments) |
 |---------|------|--------|----------|----------|--------------------------------|
-| de | 1.1 | PascalCase, SAP-like | WS-Security UsernameToken | Return rows Type E in a 200 | PageToken |
-| fr | 1.2 | lowerCamel French | none | soap:Sender fault | page number |
+| de | 1.1 | PascalCase, SAP IS-U like | WS-Security UsernameToken | SAP RETURN table (BAPIRET2) E rows in a 200 | PageToken |
+| fr | 1.2 | lowerCamel French | none | soap:Sender fault, Subcode = the code | page number |
 | it | 1.1 | snake_case Italian | none | soap:Client fault, coded detail | offset/limite + totale |
-| pt | 1.2 | PascalCase Portuguese, Cabecalho/Dados | none | soap:Sender fault | keyset cursor |
+| pt | 1.2 | PascalCase Portuguese, Cabecalho/Dados | none | soap:Sender fault, Subcode = the code | keyset cursor |
 | uk | 1.1 | PascalCase, *Request/*Response, pence | none; HTML 503 when over capacity | soap:Client fault | PageNumber/TotalPages |
 """
 
@@ -20,21 +20,13 @@ from xml.sax.saxutils import escape
 
 from lxml import etree
 
+from sandbox.erp.sap import de_ok as _de_ok, de_refusal as _de_refusal
 from sandbox.erp.wire import Dialect, Op, Parse, e
 
 __all__ = ["COUNTRIES", "DIALECTS", "Dialect", "Op", "e"]
 
 
 # --- DE ---------------------------------------------------------------------------------------
-
-def _de_return(rows: list[tuple[str, str, str, str]]) -> str:
-    return "".join(f"<Return>{e('Type', t)}{e('Id', i)}{e('Number', n)}{e('Message', m)}</Return>"
-                   for t, i, n, m in rows)
-
-
-def _de_ok(message: str) -> str:
-    return _de_return([("S", "ZISU", "000", message)])
-
 
 def _de_changed_list(b: etree._Element, d: Dialect) -> dict[str, Any]:
     return {"since": d.text(b, "ChangedSince"), "size": d.integer(b, "MaxRows", 100),
@@ -46,7 +38,7 @@ def _de_next_page(r: dict[str, Any]) -> str:
 
 
 DE = Dialect(
-    country="de", ns="urn:plu:sandbox:erp:de:isu:v1", soap=11, wsdl="de.wsdl", ws_security=True, return_table=True,
+    country="de", ns="urn:plu:sandbox:erp:de:isu:v1", soap=11, wsdl="de.wsdl", ws_security=True, refusal_rows=_de_refusal,
     account_key=lambda n: f"{1000000 + n:010d}", switch_ref=lambda n: f"SW{4500000000 + n}",
     messages={"blocked": "Vertrag {contract} ist für Tarifwechsel gesperrt",
               "not_found": "Wechselbeleg {ref} existiert nicht",

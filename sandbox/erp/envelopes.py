@@ -47,8 +47,10 @@ def ok(soap: int, inner: str) -> web.Response:
     return web.Response(body=body.encode(), content_type=ctype, charset="utf-8")
 
 
-def fault(soap: int, side: str, message: str, detail: str, lang: str = "en") -> web.Response:
-    """A SOAP fault: `side` is client, server or a SOAP 1.2 code such as VersionMismatch."""
+def fault(soap: int, side: str, message: str, detail: str, lang: str = "en",
+          subcode: tuple[str, str] | None = None) -> web.Response:
+    """A SOAP fault: `side` is client, server or a SOAP 1.2 code such as VersionMismatch; a SOAP 1.2
+    fault may carry `subcode` (namespace, local name), the application's own code under the standard one."""
     if soap == 11:
         fc = {"client": "soap:Client", "server": "soap:Server"}.get(side, f"soap:{side}")
         body = (f'<soap:Envelope xmlns:soap="{SOAP11}"><soap:Body><soap:Fault><faultcode>{fc}</faultcode>'
@@ -57,11 +59,18 @@ def fault(soap: int, side: str, message: str, detail: str, lang: str = "en") -> 
         return web.Response(status=500, body=body.encode(), content_type="text/xml", charset="utf-8")
     fc = {"client": "soap:Sender", "server": "soap:Receiver"}.get(side, f"soap:{side}")
     body = (f'<soap:Envelope xmlns:soap="{SOAP12}"><soap:Body><soap:Fault>'
-            f"<soap:Code><soap:Value>{fc}</soap:Value></soap:Code>"
+            f"<soap:Code><soap:Value>{fc}</soap:Value>{_subcode(subcode)}</soap:Code>"
             f'<soap:Reason><soap:Text xml:lang="{lang}">{escape(message)}</soap:Text></soap:Reason>'
             f"<soap:Detail>{detail}</soap:Detail></soap:Fault></soap:Body></soap:Envelope>")
     status = 400 if side == "client" else 500
     return web.Response(status=status, body=body.encode(), content_type="application/soap+xml", charset="utf-8")
+
+
+def _subcode(subcode: tuple[str, str] | None) -> str:
+    if subcode is None:
+        return ""
+    ns, local = subcode
+    return f'<soap:Subcode><soap:Value xmlns:app="{escape(ns)}">app:{escape(local)}</soap:Value></soap:Subcode>'
 
 
 def html(status: int, text: str, headers: dict[str, str] | None = None) -> web.Response:

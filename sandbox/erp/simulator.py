@@ -34,7 +34,6 @@ import argparse
 import asyncio
 from collections import Counter
 from pathlib import Path
-from xml.sax.saxutils import escape
 
 from aiohttp import web
 from lxml import etree
@@ -259,10 +258,9 @@ class ErpSimulator(ErpBook):
         try:
             result = self.run(op.kind, args)
         except Refusal as ref:
-            if d.return_table:
-                row = (f"<Return><Type>E</Type><Id>ZISU</Id><Number>{escape(ref.code)}</Number>"
-                       f"<Message>{escape(ref.message)}</Message></Return>")
-                return envelopes.ok(d.soap, f'<{op.response} xmlns="{d.ns}">{row}</{op.response}>')
+            if d.refusal_rows is not None:
+                rows = d.refusal_rows(ref.code, ref.message)
+                return envelopes.ok(d.soap, f'<{op.response} xmlns="{d.ns}">{rows}</{op.response}>')
             return self._fault("client", ref.code, ref.message)
         result.setdefault("request_id", args.get("request_id"))
         self.calls[d.operation_names[op.kind]] += 1
@@ -270,7 +268,9 @@ class ErpSimulator(ErpBook):
 
     def _fault(self, side: str, code: str, message: str) -> web.Response:
         lang = {"fr": "fr", "pt": "pt"}.get(self.country, "en")
-        return envelopes.fault(self.dialect.soap, side, message, self.dialect.fault_detail(code, message), lang)
+        d = self.dialect  # SOAP 1.2 ERPs name their own code as the Subcode of the standard one
+        subcode = (d.ns, code) if d.soap == 12 and side in ("client", "server") else None
+        return envelopes.fault(d.soap, side, message, d.fault_detail(code, message), lang, subcode)
 
 
 async def _serve(country: str, host: str, port: int, delay: float) -> None:

@@ -45,7 +45,7 @@ class Dialect:
     ops: dict[str, Op]  # by request element local name
     messages: dict[str, str]  # refusal and failure texts, str.format'ed with the refusal's fields
     ws_security: bool = False
-    return_table: bool = False  # DE: refusals are Type E rows inside a 200 answer
+    refusal_rows: Callable[[str, str], str] | None = None  # DE: refusals as RETURN rows (code, text) in a 200
     account_key: Callable[[int], str] = str
     switch_ref: Callable[[int], str] = str
     fault_detail: Callable[[str, str], str] = lambda code, msg: f"<code>{escape(code)}</code>"

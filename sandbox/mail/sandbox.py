@@ -89,6 +89,16 @@ class MailSandbox:
         if self._started:
             await self.store.add_user(address, password)
 
+    def bounce(self, address: str, reply: str = "550 5.1.1 <{rcpt}>: Recipient address rejected: User unknown in "
+               "local recipient table", ret: str = "full") -> None:
+        """Mail to `address` is accepted and then bounced to its sender, as a real MTA does when the next hop
+        refuses it: a Postfix-style RFC 3464 report in the sender's INBOX (RET full or hdrs)."""
+        self.smtp.bounce(address, reply, ret)
+
+    def deliver_again(self, address: str) -> None:
+        """Undo `bounce`: mail for a local `address` is delivered again."""
+        self.smtp.deliver_again(address)
+
     async def stop_imap(self) -> None:
         """Close the IMAP listener and drop its clients (each gets `* BYE`); SMTP and the store go on."""
         await self.imap.stop()

@@ -3,6 +3,9 @@
 aiosmtpd's `Controller` runs the server on a thread with its own event loop; the store's pymap mailboxes
 belong to the test's loop, so the sandbox serves `aiosmtpd.smtp.SMTP` on that loop instead. Mail for a
 user of the store lands in that user's INBOX; any other recipient is refused at RCPT (no relaying).
+A recipient set to bounce (`bounces`) is accepted at RCPT, as a submission server accepts mail for a
+remote domain, and then bounced the way Postfix does when the next hop refuses it: an RFC 3464 report
+(sandbox/mail/bounces.py) delivered to the envelope sender's INBOX.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from typing import Any
 
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
+from sandbox.mail.bounces import postfix_dsn
 from sandbox.mail.store import MailStore
 
 
@@ -39,9 +43,13 @@ class _Delivery:
     def __init__(self, store: MailStore, hostname: str) -> None:
         self.store = store
         self.hostname = hostname
+        self.bounces: dict[str, tuple[str, str]] = {}  # address -> (the next hop's SMTP reply, RET: full | hdrs)
 
     async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope, address: str,  # noqa: N802
                           rcpt_options: list[str]) -> str:
+        if address.lower() in self.bounces:
+            envelope.rcpt_tos.append(address)
+            return "250 2.1.5 OK"
         if self.store.user_for(address) is None:
             return f"550 5.1.1 <{address}>: no such mailbox here (this server does not relay)"
         envelope.rcpt_tos.append(address)
@@ -53,10 +61,21 @@ class _Delivery:
                     f"\tby {self.hostname} with ESMTP{'S' if session.ssl else ''}A;"
                     f" {email.utils.formatdate(localtime=False)}\r\n").encode("ascii", "replace")
         for address in envelope.rcpt_tos:
+            if address.lower() in self.bounces:
+                await self._bounce(address, envelope.mail_from or "", received + raw)
+                continue
             user = self.store.user_for(address)
             if user is not None:
                 await self.store.deliver(user, received + raw)
         return "250 2.0.0 OK: queued"
+
+    async def _bounce(self, address: str, sender: str, raw: bytes) -> None:
+        """What the submission server does once the next hop refused `address`: a DSN to the sender."""
+        owner = self.store.user_for(sender)
+        if owner is None:
+            return  # a bounce to a sender we do not host would leave the sandbox: dropped
+        reply, ret = self.bounces[address.lower()]
+        await self.store.deliver(owner, postfix_dsn(raw, address, sender, reply, ret=ret, host=self.hostname))
 
 
 class SmtpServer:
@@ -90,6 +109,15 @@ class SmtpServer:
             if user and self.store.check_password(user, auth_data.password.decode("utf-8", "replace")):
                 return AuthResult(success=True, auth_data=user)
         return AuthResult(success=False, handled=False)
+
+    def bounce(self, address: str, reply: str = "550 5.1.1 <{rcpt}>: Recipient address rejected: User unknown in "
+               "local recipient table", ret: str = "full") -> None:
+        """Accept mail for `address`, then bounce it to its sender with `reply` (RET=full or hdrs)."""
+        self._handler.bounces[address.lower()] = (reply, ret)
+
+    def deliver_again(self, address: str) -> None:
+        """Stop bouncing mail for `address` (a local user gets mail again)."""
+        self._handler.bounces.pop(address.lower(), None)
 
     async def start(self) -> None:
         if self._server is None:

@@ -1,7 +1,7 @@
-"""Run the four vendor platforms alone, to poke at them with curl: `python -m sandbox.meters --meters 1000`.
+"""Run the vendor platforms alone, to poke at them with curl: `python -m sandbox.meters --meters 1000`.
 
 Prints each platform's URL and credentials, serves until Ctrl-C. `--latency` delays each page,
-`--rate` caps requests per second (429 beyond), `--port` picks the first of four consecutive ports.
+`--rate` caps requests per second (429 beyond), `--port` picks the first of five consecutive ports.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ CREDENTIALS = {
     "vendor2": lambda p: f"POST /oauth2/token client_id={p.client_id} client_secret={p.client_secret}",
     "vendor3": lambda p: f"basic {p.username}:{p.password}",
     "vendor4": lambda p: f"HMAC key {p.key_id} secret {p.secret}",
+    "vendor5": lambda p: f"POST /oauth/token with HTTP Basic only: {p.client_id!r} / {p.client_secret!r} (form-urlencoded)",
 }
 
 
@@ -37,7 +38,7 @@ async def _serve(args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=0, help="first of four ports (0 = free ports)")
+    parser.add_argument("--port", type=int, default=0, help="first of five ports (0 = free ports)")
     parser.add_argument("--meters", type=int, default=1000)
     parser.add_argument("--latency", type=float, default=0.0, help="seconds per page")
     parser.add_argument("--rate", type=int, default=0, help="requests per second before 429 (0 = no limit)")

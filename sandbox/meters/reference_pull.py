@@ -10,8 +10,9 @@ error handling on purpose; any non-2xx answer raises.
 from __future__ import annotations
 
 import time
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
+from urllib.parse import quote_plus
 
 import aiohttp
 
@@ -21,6 +22,8 @@ from sandbox.meters.vendor1 import Vendor1Platform
 from sandbox.meters.vendor2 import Vendor2Platform
 from sandbox.meters.vendor3 import Vendor3Platform
 from sandbox.meters.vendor4 import Vendor4Platform
+from sandbox.meters.vendor5 import FEED_PATH, Vendor5Platform
+from transforms import meter_espi
 from transforms import meter_vendors as mv
 
 
@@ -29,6 +32,15 @@ async def bearer(session: aiohttp.ClientSession, sim: Vendor2Platform) -> dict[s
     form = {"grant_type": "client_credentials", "client_id": sim.client_id, "client_secret": sim.client_secret}
     async with session.post(f"{sim.url}/oauth2/token", data=form, raise_for_status=True) as answer:
         return {"Authorization": f"Bearer {(await answer.json())['access_token']}"}
+
+
+async def basic_bearer(session: aiohttp.ClientSession, sim: Vendor5Platform) -> dict[str, str]:
+    """A vendor-5 token, the client authenticated by HTTP Basic of the form-urlencoded id and secret."""
+    auth = {"Authorization": aiohttp.encode_basic_auth(quote_plus(sim.client_id), quote_plus(sim.client_secret))}
+    async with session.post(f"{sim.url}/oauth/token", data={"grant_type": "client_credentials"}, headers=auth,
+                            raise_for_status=True) as answer:
+        token = (await answer.json())["access_token"]
+    return {"Authorization": f"Bearer {token}", "Accept": "application/atom+xml"}
 
 
 def v4_headers(sim: Vendor4Platform, params: dict[str, str], *, at: float | None = None) -> dict[str, str]:
@@ -48,6 +60,10 @@ def first_request(sim: VendorPlatform, start: datetime, end: datetime) -> tuple[
     if isinstance(sim, Vendor4Platform):
         params = {"start": vendor4.utc_ms(start), "end": vendor4.utc_ms(end)}
         return f"{sim.url}/v4/readings", v4_headers(sim, params), params
+    if isinstance(sim, Vendor5Platform):
+        def rfc3339(moment: datetime) -> str:
+            return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return f"{sim.url}{FEED_PATH}", {}, {"published-min": rfc3339(start), "published-max": rfc3339(end)}
     raise TypeError(f"not a vendor platform: {sim!r}")
 
 
@@ -77,6 +93,17 @@ async def pull(session: aiohttp.ClientSession, sim: VendorPlatform, start: datet
         while offset is not None:
             result = mv.vendor3_page(await _json(session, url, headers, params | {"offset": offset, "limit": size}))
             items, offset = items + result["items"], result["next"]
+    elif isinstance(sim, Vendor5Platform):
+        headers = await basic_bearer(session, sim)
+        link: str | None = None
+        query: Any = params | {"max-results": str(size)}
+        while True:
+            async with session.get(link or url, params=None if link else query, headers=headers,
+                                   raise_for_status=True) as answer:
+                result = meter_espi.espi_page(await answer.read())
+            items, link = items + result["items"], result["next"]
+            if not link:
+                break
     else:
         token: str | None = ""
         while token is not None:

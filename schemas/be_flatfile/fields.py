@@ -18,14 +18,20 @@ class FlatFileError(UnparseablePayload):
     """A Belgian flat file that cannot be read or written; names the line, the field and what was expected."""
 
     def __init__(self, line: int, field: str, expected: str, found: str | None = None,
-                 columns: tuple[int, int] | None = None) -> None:
+                 columns: tuple[int, int] | None = None, *, part: str | None = None) -> None:
         where = f"line {line}, field {field}" + (f" (columns {columns[0]}-{columns[1]})" if columns else "")
-        super().__init__(f"{where}: expected {expected}" + (f", found {found}" if found is not None else ""))
+        text = f"{where}: expected {expected}" + (f", found {found}" if found is not None else "")
+        super().__init__(f"{part}: {text}" if part else text)
         self.line = line
         self.field = field
         self.expected = expected
         self.found = found
         self.columns = columns
+        self.part = part
+
+    def in_part(self, part: str) -> "FlatFileError":
+        """The same error, said of the mail part that held the file (`part 2 (text/plain, ...)`)."""
+        return FlatFileError(self.line, self.field, self.expected, self.found, self.columns, part=part)
 
 
 class FieldProblem(ValueError):

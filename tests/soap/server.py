@@ -6,10 +6,17 @@ Two services on one loopback port:
   style Return rows; customer id `BIZERR` gets an error row inside a 200 answer).
 - `POST /erp-fr`: the FR ERP of erp_fr.wsdl (SOAP 1.2; customer `PANNE` gets a Receiver fault,
   `INCONNU` a Sender fault).
+  `BLOQUE` a Sender fault with a SOAP 1.2 Subcode chain and a long detail ending in a transaction id).
+- `POST /sap`: an SAP RFC service of sap_isu.wsdl as SAP answers (SOAP 1.1, RETURN as BAPIRET2 rows):
+  contract `BLOCKED…` gets a W row and two E rows in a 200, `ABORT…` an A row, `EMPTY…` an empty RETURN,
+  anything else an S row; BAPI_TRANSACTION_COMMIT answers one BAPIRET2 structure (E when
+  `server.commit_fails`).
 - `GET /wsdl/<file>`: serves a WSDL of this folder and counts the fetches (`server.fetches`).
 
 `server.mode` makes every SOAP answer misbehave: `html503`, `html500`, `empty502`, `malformed`,
-`slow`, `server_fault`; None answers normally. Every SOAP request is kept in `server.requests`.
+`slow`, `server_fault`, `hostile` (an entity-expansion bomb, status `server.hostile_status`),
+`gateway500` (a 500 whose XML is no SOAP Fault, the transaction id past the 300th character); None
+answers normally. Every SOAP request is kept in `server.requests`.
 """
 
 from __future__ import annotations
@@ -32,6 +39,12 @@ WSSE = "http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-wssecurity-secex
 WSU = "http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-wssecurity-utility-1.0.xsd"
 DE = "urn:plu:erp:de:vertrag:v1"
 FR = "http://erp.plu.fr/abonnement/2024"
+FR_ERR = "http://erp.plu.fr/erreurs/2024"
+SAP = "urn:sap-com:document:sap:rfc:functions"
+TRANSACTION = "TX-2025-03-0001-7f3a9c2e-41d8-4b6e-9a0c-5e7d2f1b8a64"
+HOSTILE = (b'<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY lol "lol"><!ENTITY lol2 "&lol;&lol;&lol;&lol;&lol;">'
+           b'<!ENTITY lol3 "&lol2;&lol2;&lol2;&lol2;&lol2;">]><soap:Envelope xmlns:soap="'
+           + SOAP11.encode() + b'"><soap:Body><x>&lol3;</x></soap:Body></soap:Envelope>')
 
 USERNAME = "hub-de"
 PASSWORD = "s3cret-de"
@@ -62,6 +75,8 @@ class Seen:
 class SoapServer:
     def __init__(self) -> None:
         self.mode: str | None = None
+        self.hostile_status = 200
+        self.commit_fails = False
         self.slow_seconds = 2.0
         self.requests: list[Seen] = []
         self.fetches: Counter[str] = Counter()
@@ -73,6 +88,7 @@ class SoapServer:
         app.router.add_get("/wsdl/{name}", self._wsdl)
         app.router.add_post("/erp-de", self._de)
         app.router.add_post("/erp-fr", self._fr)
+        app.router.add_post("/sap", self._sap)
         self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -87,6 +103,8 @@ class SoapServer:
 
     def reset(self) -> None:
         self.mode = None
+        self.hostile_status = 200
+        self.commit_fails = False
         self.requests.clear()
 
     # --- handlers ------------------------------------------------------------------------------
@@ -110,6 +128,13 @@ class SoapServer:
         if mode == "malformed":
             return web.Response(status=200, body=b"<soap:Envelope xmlns:soap='" + SOAP11.encode() +
                                 b"'><soap:Body><Broken>unclosed & wrong</soap:Body>", content_type="text/xml")
+        if mode == "hostile":
+            return web.Response(status=self.hostile_status, body=HOSTILE, content_type="text/xml")
+        if mode == "gateway500":  # an API gateway's own XML error: no SOAP Fault in it
+            body = ("<?xml version='1.0' encoding='utf-8'?><gatewayError><status>500</status><reason>"
+                    + "Upstream ERP connection pool exhausted while waiting for a free work process; " * 4
+                    + f"</reason><transactionId>{TRANSACTION}</transactionId></gatewayError>")
+            return web.Response(status=500, body=body.encode(), content_type="text/xml")
         if mode == "slow":
             await asyncio.sleep(self.slow_seconds)
         return None
@@ -157,6 +182,33 @@ class SoapServer:
                          "</GetContractResponse>")
         return _fault11("soap:Client", f"Unknown operation {op}", "")
 
+    async def _sap(self, request: web.Request) -> web.Response:
+        seen = await self._read(request)
+        if (bad := await self._misbehave()) is not None:
+            return bad
+        body = seen.doc.find(f"{{{SOAP11}}}Body")[0]
+        op = etree.QName(body).localname
+        if op == "BAPI_TRANSACTION_COMMIT":
+            row = (bapiret2("E", "BAPI", "001", "Commit work failed: update task terminated", tag="RETURN")
+                   if self.commit_fails else bapiret2("", "", "", "", tag="RETURN"))
+            return _ok11(f'<n0:BAPI_TRANSACTION_COMMITResponse xmlns:n0="{SAP}">{row}'
+                         "</n0:BAPI_TRANSACTION_COMMITResponse>")
+        contract = body.findtext("IV_CONTRACT") or ""
+        doc = ""
+        if contract.startswith("BLOCKED"):
+            rows = (bapiret2("W", "ZISU", "108", f"Tarif für Vertrag {contract} läuft aus", contract)
+                    + bapiret2("E", "ZISU", "042", f"Vertrag {contract} ist für Tarifwechsel gesperrt", contract)
+                    + bapiret2("E", "ZISU", "001", "Wechselbeleg wurde nicht angelegt"))
+        elif contract.startswith("ABORT"):
+            rows = bapiret2("A", "ZISU", "900", "Verbuchung abgebrochen")
+        elif contract.startswith("EMPTY"):
+            rows, doc = "", f"SW{contract[-6:]:0>10}"
+        else:
+            doc = "SW4500000001"
+            rows = bapiret2("S", "ZISU", "000", f"Wechselbeleg {doc} angelegt", doc)
+        return _ok11(f'<n0:Z_ISU_TARIFF_SWITCHResponse xmlns:n0="{SAP}"><EV_SWITCH_DOC>{doc}</EV_SWITCH_DOC>'
+                     f"<RETURN>{rows}</RETURN></n0:Z_ISU_TARIFF_SWITCHResponse>")
+
     async def _fr(self, request: web.Request) -> web.Response:
         seen = await self._read(request)
         if (bad := await self._misbehave()) is not None:
@@ -168,12 +220,32 @@ class SoapServer:
             return _fault12("soap:Receiver", "Base de données indisponible", "<code>DB-17</code>")
         if client == "INCONNU":
             return _fault12("soap:Sender", "Client inconnu", f"<numeroClient>{client}</numeroClient>")
+        if client == "BLOQUE":  # SOAP 1.2 Subcode chain, and a detail longer than an error snippet
+            subcodes = (f'<soap:Subcode><soap:Value xmlns:err="{FR_ERR}">err:ContratBloque</soap:Value>'
+                        f'<soap:Subcode><soap:Value xmlns:err="{FR_ERR}">err:AuditEnCours</soap:Value>'
+                        "</soap:Subcode></soap:Subcode>")
+            detail = (f'<err:blocage xmlns:err="{FR_ERR}"><err:motif>'
+                      + "Le contrat fait l'objet d'un contrôle de conformité en cours de traitement; " * 5
+                      + f"</err:motif><err:idTransaction>{TRANSACTION}</err:idTransaction></err:blocage>")
+            return _fault12("soap:Sender", "Contrat bloqué", detail, subcodes)
         options = "".join(f"<option>{o.text.upper()}</option>" for o in ab.iter(f"{{{FR}}}option"))
         return _ok12(
             f'<creerAbonnementReponse xmlns="{FR}"><numeroAbonnement>FR-{client}</numeroAbonnement>'
             f'<dateEffet>{ab.findtext(f"{{{FR}}}dateDebut")}</dateEffet>'
             "<horodatage>2025-03-01T10:15:00+01:00</horodatage><statut>EN_COURS</statut>"
             f"<options>{options}</options></creerAbonnementReponse>")
+
+
+_BAPIRET2 = ("TYPE", "ID", "NUMBER", "MESSAGE", "LOG_NO", "LOG_MSG_NO", "MESSAGE_V1", "MESSAGE_V2", "MESSAGE_V3",
+             "MESSAGE_V4", "PARAMETER", "ROW", "FIELD", "SYSTEM")
+
+
+def bapiret2(kind: str, msg_id: str, number: str, message: str, v1: str = "", tag: str = "item") -> str:
+    """One BAPIRET2 row as SAP serialises it: every field present, empty ones as <X/>."""
+    values = {"TYPE": kind, "ID": msg_id, "NUMBER": number, "MESSAGE": message, "MESSAGE_V1": v1,
+              "LOG_MSG_NO": "000000", "ROW": "0", "SYSTEM": "ISUCLNT100"}
+    return f"<{tag}>" + "".join(f"<{f}>{values[f]}</{f}>" if values.get(f) else f"<{f}/>" for f in _BAPIRET2) \
+        + f"</{tag}>"
 
 
 def _ok11(inner: str) -> web.Response:
@@ -192,9 +264,9 @@ def _ok12(inner: str) -> web.Response:
     return web.Response(body=body.encode(), content_type="application/soap+xml", charset="utf-8")
 
 
-def _fault12(code: str, text: str, detail: str) -> web.Response:
+def _fault12(code: str, text: str, detail: str, subcodes: str = "") -> web.Response:
     body = (f'<soap:Envelope xmlns:soap="{SOAP12}"><soap:Body><soap:Fault>'
-            f"<soap:Code><soap:Value>{code}</soap:Value></soap:Code>"
+            f"<soap:Code><soap:Value>{code}</soap:Value>{subcodes}</soap:Code>"
             f'<soap:Reason><soap:Text xml:lang="fr">{text}</soap:Text></soap:Reason>'
             f"<soap:Detail>{detail}</soap:Detail></soap:Fault></soap:Body></soap:Envelope>")
     status = 400 if code.endswith("Sender") else 500

@@ -1,74 +1,35 @@
-"""Replies from Belgium's ERP: parse the mail, match it to its pending request, decide the events.
+"""The pending Belgian request: recorded before its mail leaves, moved by replies and bounces, and the
+events the CRM and ops see.
 
-The pending request is a `state` record keyed by token (bucket be_requests). Each request record
-(a CSW per site, an ACC) moves SENT → ACCEPTED → COMPLETED, or to REJECTED / LINKED; a reply that
-moves nothing (the same reply mailed twice) produces no event. Events carry a stable `event_id`
-(token, record, status), so the same fact is one message even when two copies race.
+The request is a `state` record keyed by token (bucket be_requests). Each request record (a CSW per
+site, an ACC) moves SENT → ACCEPTED → COMPLETED, or to REJECTED / LINKED; a bounce of the request mail
+moves SENT → UNDELIVERABLE. A reply that moves nothing (the same reply mailed twice) produces no event.
+Events carry a stable `event_id` (token, status), so the same fact is one message even when two copies race.
+
+A bounce is told to the CRM as the failure it already knows from every country (erp.contract.switch-failed,
+erp.account.link-failed) with reason "mail to the Belgian ERP bounced: <diagnostic>" and the bounce's
+details under `undeliverable`: the CRM shows it without new code, and be-contract-switch-track stops
+waiting (status UNDELIVERABLE) instead of alerting 48 h later. `undeliverable_alerts` turns it into
+ops.alert.be-erp-replies. A resend of the request (same token) starts over at SENT; a reply that still
+comes after a bounce (the ERP got a copy after all) moves the request on as usual.
 """
 
 from __future__ import annotations
 
-import email
-import email.policy
-import re
-from email.message import Message
 from typing import Any
 
-from engine.errors import PermanentError, UnparseablePayload
-from schemas.be_flatfile import decode, token_in_subject
+from engine.errors import PermanentError
 
-from transforms.be_erp.mail import MAIL_DOMAIN
-
-_MSGID_TOKEN = re.compile(r"<([A-Za-z0-9._-]+)@" + re.escape(MAIL_DOMAIN) + r">")
+NOTES_KEPT = 10
 
 
 class UnmatchedReply(PermanentError):
-    """A reply that belongs to no pending request (unknown token, or one long expired)."""
-
-
-# --- parsing -------------------------------------------------------------------------------------
-
-
-def _flat_file(msg: Message) -> bytes | None:
-    """The attached flat file wherever the client nested it (base64 or quoted-printable)."""
-    for part in msg.walk():
-        if part.is_multipart():
-            continue
-        name = part.get_filename() or ""
-        if part.get_content_disposition() == "attachment" or name.upper().endswith(".TXT"):
-            data = part.get_payload(decode=True)
-            if data:
-                return data
-    return None
-
-
-def parse_reply(raw: Any) -> dict[str, Any]:
-    """Raw MIME bytes into {token, mail, file_type, records}; no attachment or a bad file is permanent."""
-    if isinstance(raw, str):
-        raw = raw.encode("utf-8", "surrogateescape")
-    if not isinstance(raw, (bytes, bytearray)):
-        raise UnparseablePayload(f"expected a raw mail, got {type(raw).__name__}")
-    msg = email.message_from_bytes(bytes(raw), policy=email.policy.compat32)
-    mail = {"message_id": (msg.get("Message-ID") or "").strip(), "from": msg.get("From", ""),
-            "subject": str(msg.get("Subject", "")), "in_reply_to": (msg.get("In-Reply-To") or "").strip(),
-            "references": " ".join(str(msg.get("References", "")).split())}
-    data = _flat_file(msg)
-    if data is None:
-        raise UnparseablePayload(f"mail {mail['message_id'] or '(no Message-ID)'} from {mail['from']!r} has no "
-                                 "flat-file attachment")
-    file = decode(data)   # FlatFileError names the line and field
-    threaded = _MSGID_TOKEN.findall(f"{mail['in_reply_to']} {mail['references']}")
-    candidates = [file.header.correlation_token, token_in_subject(mail["subject"]), *threaded]
-    token = next(t for t in candidates if t)
-    return {"token": token, "mail": mail, "file_type": file.header.file_type,
-            "records": [r.model_dump(mode="json") for r in file.records]}
-
-
-# --- the pending request -------------------------------------------------------------------------
+    """A reply or bounce that belongs to no pending request (unknown token, or one long expired)."""
 
 
 def open_request(ctx: dict[str, Any]) -> dict[str, Any]:
-    """Record a request before its mail goes out; a redelivery finds it and keeps it as it is."""
+    """Record a request before its mail goes out; a redelivery keeps the record as it is, a resend after a
+    bounce starts its records over at SENT."""
     message, state = ctx["message"], ctx["state"]
     if state is None:
         kind = "switch" if "contract_id" in message else "account"
@@ -78,6 +39,9 @@ def open_request(ctx: dict[str, Any]) -> dict[str, Any]:
         count = len(message.get("sites", [])) if kind == "switch" else 1
         for n in range(1, count + 1):
             state["records"][str(n)] = {"status": "SENT"}
+    elif state.get("outcome") == "undeliverable":
+        state = {**state, "outcome": None, "resent": state.get("resent", 0) + 1,
+                 "records": {k: {"status": "SENT"} for k in state["records"]}}
     return {"state": state, "payload": message}
 
 
@@ -86,23 +50,27 @@ def request_status(ctx: dict[str, Any]) -> dict[str, Any]:
     state, message = ctx["state"], ctx["message"]
     if state is None:
         raise UnmatchedReply(f"no pending Belgian request for token {message.get('erp_ref')!r}")
-    status = {"switched": "COMPLETED", "switch-failed": "FAILED", "linked": "COMPLETED",
-              "link-failed": "FAILED"}.get(state["outcome"] or "", "PENDING")
+    status = {"switched": "COMPLETED", "switch-failed": "FAILED", "linked": "COMPLETED", "link-failed": "FAILED",
+              "undeliverable": "UNDELIVERABLE"}.get(state["outcome"] or "", "PENDING")
     return {"state": state, "payload": {**message, "status": status}}
 
 
 _MOVES = {"ACK": "ACCEPTED", "REJ": "REJECTED", "SWC": "COMPLETED", "LNK": "LINKED"}
-_ORDER = {"SENT": 0, "ACCEPTED": 1, "REJECTED": 2, "COMPLETED": 2, "LINKED": 2}
+_ORDER = {"SENT": 0, "UNDELIVERABLE": 0, "ACCEPTED": 1, "REJECTED": 2, "COMPLETED": 2, "LINKED": 2}
 
 
 def apply_reply(ctx: dict[str, Any]) -> dict[str, Any]:
-    """Move the request's records as the reply says; emit the events the CRM knows from SOAP countries."""
-    state, reply = ctx["state"], ctx["message"]
+    """Move the request's records as the reply (or bounce) says; emit the events the CRM knows."""
+    state, message = ctx["state"], ctx["message"]
+    if message.get("kind") == "bounce":
+        return _apply_bounce(state, message)
     if state is None:
-        raise UnmatchedReply(f"reply {reply['mail']['message_id'] or '(no Message-ID)'} carries token "
-                             f"{reply['token']!r}, which matches no pending request")
+        raise UnmatchedReply(f"reply {message['mail']['message_id'] or '(no Message-ID)'} carries token "
+                             f"{message['token']!r}, which matches no pending request")
     state = {**state, "records": {k: dict(v) for k, v in state["records"].items()}, "replies": state["replies"] + 1}
-    for rec in reply["records"]:
+    if state["outcome"] == "undeliverable":
+        state["outcome"] = None  # the ERP answered after all: the request is alive again
+    for rec in message["records"]:
         seq = str(rec["ref_seq"])
         if seq not in state["records"]:
             raise UnmatchedReply(f"reply record answers request record {seq}; the request had "
@@ -118,6 +86,52 @@ def apply_reply(ctx: dict[str, Any]) -> dict[str, Any]:
     if events:
         state["outcome"] = events[-1]["outcome"]
     return {"state": state, "payload": events}
+
+
+def _apply_bounce(state: dict[str, Any] | None, message: dict[str, Any]) -> dict[str, Any]:
+    bounce, token = message["bounce"], message["token"]
+    if state is None:
+        raise UnmatchedReply(f"bounce {message['mail']['message_id'] or '(no Message-ID)'} ({bounce['shape']}) is "
+                             f"about request mail {bounce['original_message_id'] or token} (token {token!r}), which "
+                             "matches no pending request: answered and expired, or not sent by this hub")
+    note = {k: bounce[k] for k in ("action", "recipient", "status", "diagnostic", "at")}
+    state = {**state, "records": {k: dict(v) for k, v in state["records"].items()},
+             "deliveries": [*state.get("deliveries", []), note][-NOTES_KEPT:]}
+    statuses = {r["status"] for r in state["records"].values()}
+    if bounce["action"] != "failed" or statuses != {"SENT"}:
+        return {"state": state, "payload": []}  # a delay warning, the same bounce again, or the ERP answered
+    for record in state["records"].values():
+        record["status"] = "UNDELIVERABLE"
+    state["bounces"] = state.get("bounces", 0) + 1
+    state["outcome"] = "undeliverable"
+    reason = f"mail to the Belgian ERP bounced: {bounce['diagnostic']}"
+    details = {k: bounce[k] for k in ("recipient", "status", "diagnostic", "reporting_mta", "at",
+                                      "original_message_id", "shape")}
+    event_id = f"{token}:UNDELIVERABLE:{state['bounces']}"
+    if state["kind"] == "account":
+        event = {"topic": "account.link-failed", "outcome": "link-failed", "event_id": event_id,
+                 "account_id": state["request"]["account_id"], "country": "BE", "reason": reason}
+    else:
+        event = _switch_event(state, "FAILED", reason) | {"event_id": event_id}
+    return {"state": state, "payload": [event | {"undeliverable": details, "token": token}]}
+
+
+def undeliverable_alerts(events: Any) -> list[dict[str, Any]]:
+    """ops.alert.be-erp-replies for every bounced request among the events just published (usually none),
+    shaped as the engine's alerts (engine/alerts.py publish_alert): flow, alert, state, details, at."""
+    alerts = []
+    for event in events if isinstance(events, list) else []:
+        details = event.get("undeliverable") if isinstance(event, dict) else None
+        if not details:
+            continue
+        subject = event.get("contract_id") or event.get("account_id")
+        alerts.append({"flow": "be-erp-replies", "alert": "request_undeliverable", "state": "firing",
+                       "alert_id": f"{event['event_id']}:alert", "token": event.get("token"), "request": subject,
+                       "told_crm": f"erp.{event['topic']}", **details,
+                       "message": f"the request mail for {subject} to the Belgian ERP bounced ({details['status']}: "
+                                  f"{details['diagnostic']}); the CRM got erp.{event['topic']}. Check the ERP's "
+                                  "address (endpoint be_erp_mail), then resend the request"})
+    return alerts
 
 
 def _events(state: dict[str, Any]) -> list[dict[str, Any]]:
