@@ -139,7 +139,7 @@ async def count(js, stream: str, subject: str | None = None) -> int:
 async def run_drill(fault: str, n: int, work: Path, *, runners: int = 2, concurrency: int = 16,
                     target_delay: float = 0.005, fault_at: float = 0.3, timeout: float = 300.0,
                     verbose: bool = False) -> Figures:
-    """One drill: `fault` is term, kill (the broker) or runner-kill (one runner, then a new one)."""
+    """One drill: `fault` is term, kill (the broker), runner-kill (one runner, then a new one) or none."""
     figures = Figures(fault, n)
     server = EmbeddedNats(data_dir=work / "store").start()
     procs: list[Runner] = []
@@ -203,7 +203,8 @@ async def run_drill(fault: str, n: int, work: Path, *, runners: int = 2, concurr
 async def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=10_000)
-    parser.add_argument("--fault", choices=["term", "kill", "runner-kill", "all"], default="all")
+    parser.add_argument("--fault", choices=["none", "term", "kill", "runner-kill", "all"], default="all",
+                        help="none: the same drain without a fault, for comparison; all: term, kill, runner-kill")
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--target-delay", type=float, default=0.005, help="seconds the HTTP target takes per call")
     parser.add_argument("--verbose", action="store_true", help="print progress every second after the fault")
