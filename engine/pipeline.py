@@ -283,8 +283,7 @@ class Pipeline:
         breaker = self.breakers.get(name)
         slots = endpoint_slots(adapter)
         msg_key = env.msg_id
-        unsafe = not adapter.config.is_idempotent(operation)
-        verifier = self._verifiers.get(label or "") if unsafe else None
+        unsafe = self.has_unsafe_calls and not adapter.config.is_idempotent(operation)
 
         async def through_breaker(op: str | None, payload: Any, seconds: float) -> Any:
             # the wait for a local slot is ours, not the target's: it stays outside the breaker, so a
@@ -311,15 +310,17 @@ class Pipeline:
         def record(err: HubError, number: int = 0) -> None:
             note_attempt(env, label, name, operation, err)
 
-        async def attempt() -> Any:
-            if not unsafe:
-                return await through_breaker(operation, body, timeout)
+        def attempt() -> Any:  # the coroutine itself: no extra frame on the hot path
+            return through_breaker(operation, body, timeout)
+
+        async def unsafe_attempt() -> Any:
             try:
                 return await through_breaker(operation, body, timeout)
             except HubError as exc:
                 if not needs_verdict(exc, unsafe):
                     raise  # answered, or nothing was sent: retried (or not) as any call
                 where = f"{name}: {operation or 'call'}"
+                verifier = self._verifiers.get(label or "")
                 if verifier is None:
                     raise unknown_outcome(where, exc, key=ctx.msg_id) from exc
                 record(exc)  # the lost create is an attempt of its own; the verdict follows
@@ -327,7 +328,7 @@ class Pipeline:
 
         started = time.monotonic()
         try:
-            return await self.guard.call(name, attempt, record, msg_id=env.msg_id, step=label)
+            return await self.guard.call(name, unsafe_attempt if unsafe else attempt, record, env.msg_id, label)
         except HubError as exc:
             exc.endpoint = name
             raise

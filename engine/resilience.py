@@ -49,9 +49,10 @@ class CallGuard:
         return max(base * (1 + random.uniform(-self.jitter, self.jitter)), retry_after)
 
     async def call(self, endpoint: str, attempt: Callable[[], Awaitable[Any]],
-                   on_failure: Callable[[HubError, int], None] | None = None, **log_fields: Any) -> Any:
+                   on_failure: Callable[[HubError, int], None] | None = None, msg_id: str | None = None,
+                   step: str | None = None) -> Any:
         """`attempt()` until it succeeds, fails permanently or the schedule is spent. `on_failure(err,
-        attempt_number)` hears of every failed attempt; `log_fields` (message id, step) go on its log line."""
+        attempt_number)` hears of every failed attempt; its log line names the message and the step."""
         tries = 0
         last = len(self.schedule) + 1
 
@@ -69,7 +70,8 @@ class CallGuard:
                 quiet = isinstance(err, _NOT_A_CALL)
                 (log.info if quiet else log.warning)(
                     "call_attempt_failed", flow=self.flow, endpoint=endpoint, attempt=tries,
-                    error_class=err.error_class, error=str(err)[:300], retried_in_process=again, **log_fields)
+                    error_class=err.error_class, error=str(err)[:300], retried_in_process=again, msg_id=msg_id,
+                    step=step)
                 if on_failure is not None:
                     on_failure(err, tries)
                 if err is exc:
