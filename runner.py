@@ -154,11 +154,21 @@ def cmd_run(args: argparse.Namespace) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         hub = Hub(project, servers=args.nats)
+        lost: str | None = None
         try:
             await hub.start()
-            await stop.wait()
+            # never run on without NATS: a connection closed for good ends the runner (exit 1)
+            waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(hub.wait_closed())]
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            for w in waits:
+                w.cancel()
+            lost = hub.closed_reason if hub.closed_for_good else None
         finally:
             await hub.stop()
+        if lost is not None:
+            print(f"runner stopped: the NATS connection closed for good ({lost}); exiting 1 so a supervisor "
+                  "restarts the runner", file=sys.stderr)
+            return 1
         return 0
 
     try:

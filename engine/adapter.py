@@ -28,6 +28,21 @@ class EndpointConfig(BaseModel):
     max_concurrency: int | None = Field(
         None, ge=1, le=4096, description="Calls in flight to this endpoint at once, per runner, over all flows; "
         "a call waits for a slot within its own timeout, then fails as Throttled (so a fallback can answer).")
+    idempotent: bool | dict[str, bool] = Field(
+        True, description="Whether calling an operation twice has the effect of calling it once. `false` (the "
+        "whole endpoint) or `{operation: false}` (operations as flows name them) declares creates that the "
+        "target does not deduplicate (SAP ignores the Idempotency-Key header the hub sends): after a timeout "
+        "or a connection cut once the request was sent, such a call is not resent blindly; the call step's "
+        "`verify` decides, else the message goes to the DLQ as OutcomeUnknown. A refused connection (nothing "
+        "sent) is retried as usual. Default: idempotent (the hub sends an Idempotency-Key with every HTTP and "
+        "SOAP call; targets that honour it, or that key creates by a business key, are).",
+        examples=[{"submit_switch": False}, False])
+
+    def is_idempotent(self, operation: str | None) -> bool:
+        """What config declares for `operation` (an operation the map does not name is idempotent)."""
+        if isinstance(self.idempotent, bool):
+            return self.idempotent
+        return self.idempotent.get(operation or "", True)
 
 
 class CallContext:

@@ -5,6 +5,11 @@ flows that call it stop pulling and their messages wait in JetStream. The state 
 per endpoint so every runner acts on the same decision; writes are compare-and-set so concurrent
 failures from several runners are all counted. Each process keeps a local copy fed by a KV watch,
 so `allow()` costs no round trip on the hot path and successes while closed write nothing.
+
+Poison is not an outage either: the circuit opens on `failures` *different messages* failing in a row
+(within `window`). A message counts once however often it is retried, and a success in between
+starts the count again, so one message whose own calls keep failing while the endpoint serves the
+others never opens it: it follows its own schedule to the DLQ.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from nats.js.kv import KV_DEL, KV_PURGE
 from pydantic import BaseModel, ConfigDict, Field
 
 from engine.durations import Duration, format_duration
-from engine.errors import CircuitOpen, SlotsBusy, classify
+from engine.errors import BrokerUnavailable, CircuitOpen, SlotsBusy, classify
 from engine.kv import bucket
 from engine.tasks import cancel_and_wait
 
@@ -42,7 +47,9 @@ class BreakerSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    failures: int = Field(5, ge=1, description="Failures within `window` that open the circuit.")
+    failures: int = Field(5, ge=1, description="Different messages failing in a row within `window` that open "
+                          "the circuit. A message counts once, however often it is retried; a success starts "
+                          "the count again (a message that fails alone while others pass is poison, not an outage).")
     window: Duration = Field(30.0, description="How far back failures are counted.", examples=["30s"])
     slow_call: Duration | None = Field(
         None, description="A call slower than this counts as a failure even if it succeeded.", examples=["2s"])
@@ -61,17 +68,27 @@ def _closed(reason: str = "") -> dict[str, Any]:
     return {"state": "closed", "failures": [], "opened_at": None, "probe_ok": 0, "reason": reason}
 
 
+def _failure_entries(doc: dict[str, Any], since: float) -> list[list[Any]]:
+    """The closed state's counted failures as [time, message key] (older states stored times only)."""
+    entries = [f if isinstance(f, list) else [f, None] for f in doc["failures"]]
+    return [e for e in entries if e[0] > since]
+
+
 def _next(doc: dict[str, Any], failed: bool, reason: str, epoch: Any, s: BreakerSettings,
-          now: float) -> dict[str, Any] | None:
+          now: float, key: str | None = None) -> dict[str, Any] | None:
     """The new shared state after one call outcome, or None when nothing changes (no write)."""
     state = doc["state"]
     if state == "closed":
-        if not failed:
-            return None
-        fails = [t for t in doc["failures"] if t > now - s.window] + [now]
+        if not failed:  # the endpoint served a call: the failures before it were not an outage
+            return {**doc, "failures": []} if doc["failures"] else None
+        fails = _failure_entries(doc, now - s.window)
+        if key is not None and any(k == key for _, k in fails):
+            return None  # this message already counts: its retries are not more evidence
+        fails.append([now, key])
         if len(fails) >= s.failures:
             return {**doc, "state": "open", "failures": [], "opened_at": now, "probe_ok": 0,
-                    "reason": f"{len(fails)} failures in {format_duration(s.window)}; last: {reason}"}
+                    "reason": f"{len(fails)} failures in a row within {format_duration(s.window)} (each a "
+                              f"different message); last: {reason}"}
         return {**doc, "failures": fails}
     if state == "open":  # outcomes of calls that began before it opened say nothing new
         return None
@@ -130,12 +147,13 @@ class Breaker:
         self._listeners.append(callback)
         return lambda: self._listeners.remove(callback) if callback in self._listeners else None
 
-    async def record(self, ok: bool, latency: float) -> None:
+    async def record(self, ok: bool, latency: float, key: str | None = None) -> None:
         """Count one call outcome. Never raises: a KV hiccup must not fail the caller's message."""
-        await self._count(ok, latency, _ANY, "call failed")
+        await self._count(ok, latency, _ANY, "call failed", key)
 
-    async def call(self, factory: Callable[[], Awaitable[T]]) -> T:
-        """Run one call through the breaker: refuse while open, count transient failures and slow calls."""
+    async def call(self, factory: Callable[[], Awaitable[T]], key: str | None = None) -> T:
+        """Run one call through the breaker: refuse while open, count transient failures and slow calls.
+        `key` names the message the call is for: its failures count once (engine/breaker.py docstring)."""
         if not self.allow():
             err = CircuitOpen(f"circuit for {self.endpoint} is open ({self.reason})", retry_after=self.retry_after())
             err.endpoint = self.endpoint
@@ -148,11 +166,11 @@ class Breaker:
             result = await factory()
         except Exception as exc:
             err = classify(exc)
-            # a permanent error (4xx, fault) proves the target answered; a CircuitOpen from deeper or a
-            # local queue (SlotsBusy) proves nothing about the target
-            if not isinstance(err, CircuitOpen | SlotsBusy):
+            # a permanent error (4xx, fault) proves the target answered; a CircuitOpen from deeper, a
+            # local queue (SlotsBusy) or the hub's own broker (BrokerUnavailable) prove nothing about it
+            if not isinstance(err, CircuitOpen | SlotsBusy | BrokerUnavailable):
                 await self._count(not err.transient, time.monotonic() - started, epoch,
-                                  f"{err.error_class}: {err}"[:200])
+                                  f"{err.error_class}: {err}"[:200], key)
             raise
         else:
             await self._count(True, time.monotonic() - started, epoch)
@@ -160,15 +178,15 @@ class Breaker:
         finally:  # after the outcome is recorded, so a second probe cannot slip in before it lands
             self._probes -= probe
 
-    async def _count(self, ok: bool, latency: float, epoch: Any, error: str = "") -> None:
+    async def _count(self, ok: bool, latency: float, epoch: Any, error: str = "", key: str | None = None) -> None:
         limit = self.settings.slow_call
         slow = ok and limit is not None and latency > limit
-        if ok and not slow and self._doc["state"] == "closed":
+        if ok and not slow and self._doc["state"] == "closed" and not self._doc["failures"]:
             return  # the hot path: nothing to share
         reason = f"slow call {latency:.3f}s > {format_duration(limit or 0)}" if slow else error
         failed = slow or not ok
         try:
-            await self._board._cas(self, lambda doc, now: _next(doc, failed, reason, epoch, self.settings, now))
+            await self._board._cas(self, lambda doc, now: _next(doc, failed, reason, epoch, self.settings, now, key))
         except Exception as exc:  # noqa: BLE001 - never into the caller's path
             log.error("breaker_record_failed", endpoint=self.endpoint, error=repr(exc))
 

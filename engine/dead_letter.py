@@ -15,6 +15,10 @@ ATTEMPTS, FIRST_FAILURE, LAST_FAILURE = "Hub-Dlq-Attempts", "Hub-Dlq-First-Failu
 ORIG_SUBJECT, ORIG_STREAM, ORIG_SEQ, ORIG_CONSUMER = "Hub-Dlq-Subject", "Hub-Dlq-Stream", "Hub-Dlq-Sequence", "Hub-Dlq-Consumer"
 ORIG_MSG_ID = "Hub-Dlq-Original-Msg-Id"
 HISTORY = "Hub-Dlq-History"  # JSON list of every failure: at, delivery, step, error_class, error
+# Attempts counts the deliveries that failed; these say what JetStream and the target saw:
+DELIVERIES = "Hub-Dlq-Deliveries"  # times JetStream delivered the message (outage waits and restarts included)
+CALLS = "Hub-Dlq-Calls"            # requests the failing endpoints received for it (every in-process attempt)
+PAYLOAD_OMITTED = "Hub-Dlq-Payload-Omitted"  # the payload did not fit next to the headers: where the original is
 
 
 def _one_line(text: str, limit: int = 2000) -> str:
@@ -29,7 +33,8 @@ def dlq_subject(flow: str) -> str:
 def build_headers(original: dict[str, str] | None, *, flow: str, err: HubError, attempts: int,
                   subject: str, stream: str, sequence: int, consumer: str,
                   first_failure: datetime | None, history: list[dict[str, Any]] | None = None,
-                  now: datetime | None = None) -> dict[str, str]:
+                  now: datetime | None = None, deliveries: int | None = None,
+                  calls: int | None = None) -> dict[str, str]:
     """Original headers (with its Nats-Msg-Id kept aside) plus the failure facts. `now` is the failing
     runner's clock (`engine.clock`): the first and last failure times are what `dlq list --since` and
     the record ages read, on that clock, never nats-server's stored time."""
@@ -50,7 +55,9 @@ def build_headers(original: dict[str, str] | None, *, flow: str, err: HubError, 
         ORIG_STREAM: stream,
         ORIG_SEQ: str(sequence),
         ORIG_CONSUMER: consumer,
-        HISTORY: json.dumps((history or [])[-20:], ensure_ascii=True),  # the last 20 failures
+        DELIVERIES: str(deliveries if deliveries is not None else attempts),
+        CALLS: str(calls if calls is not None else 0),
+        HISTORY: json.dumps((history or [])[-20:], ensure_ascii=True, default=str),  # the last 20 entries
         # one record per stored message: a second dead-lettering of the same delivery is dropped
         MSG_ID: f"dlq:{flow}:{stream}:{sequence}",  # per flow: two flows may dead-letter one message
     })
@@ -62,6 +69,7 @@ def summary(headers: dict[str, Any]) -> dict[str, Any]:
     return {
         "flow": headers.get(FLOW), "step": headers.get(STEP), "error_class": headers.get(ERROR_CLASS),
         "error": headers.get(ERROR), "attempts": int(headers.get(ATTEMPTS, "0") or 0),
+        "deliveries": int(headers.get(DELIVERIES, "0") or 0), "calls": int(headers.get(CALLS, "0") or 0),
         "first_failure": headers.get(FIRST_FAILURE), "last_failure": headers.get(LAST_FAILURE),
         "subject": headers.get(ORIG_SUBJECT), "stream": headers.get(ORIG_STREAM),
         "sequence": int(headers.get(ORIG_SEQ, "0") or 0),

@@ -19,7 +19,8 @@ from engine.secrets import SecretRef
 from engine.breaker import BreakerSettings
 from engine.ops_config import OpsConfig, OpsHttpConfig, OutsideSystem, TracingConfig
 from engine.spec import (STEP_KINDS, _STEP_MODELS, Alerts, CallSpec, Fallback, Flow, Idempotency, Limits, OnError,
-                         PublishSpec, PullSpec, RequestSource, ScheduleSource, ScheduleSpec, StreamSource, UntilSpec)
+                         PublishSpec, PullSpec, RequestSource, ScheduleSource, ScheduleSpec, StreamSource, UntilSpec,
+                         VerifySpec)
 
 
 def _fields_table(model: type[BaseModel]) -> list[str]:
@@ -73,7 +74,7 @@ def reference(project: Any = None) -> str:
         ("Flow (one file in flows/)", Flow), ("source: subject", StreamSource), ("source: request", RequestSource),
         ("source: schedule", ScheduleSource), ("source: schedule.schedule", ScheduleSpec),
         ("on_error", OnError), ("limits", Limits), ("idempotency", Idempotency), ("alerts", Alerts),
-        ("call", CallSpec), ("call.fallback", Fallback), ("publish", PublishSpec),
+        ("call", CallSpec), ("call.fallback", Fallback), ("call.verify", VerifySpec), ("publish", PublishSpec),
         ("until", UntilSpec), ("pull", PullSpec),
         ("endpoint circuit_breaker (config)", BreakerSettings),
         ("ops (config)", OpsConfig), ("ops.http", OpsHttpConfig), ("ops.tracing", TracingConfig),

@@ -12,10 +12,12 @@ message may succeed later"; permanent means "it cannot succeed as it is".
     │   ├── Throttled
     │   │   └── SlotsBusy
     │   ├── CircuitOpen
-    │   ├── PublishFailed
+    │   ├── VerifyPending          a non-idempotent call's outcome: its `verify` could not decide yet
     │   └── BrokerUnavailable      NATS restarting, electing a leader, unreachable: an outage
+    │       └── PublishFailed      JetStream did not confirm a publish
     ├── PermanentError             the dead-letter queue
     │   ├── UnparseablePayload     the message's own payload
+    │   ├── PayloadTooLarge        headers + body over the server's max_payload
     │   ├── UnparseableAnswer      the target's answer (not the message's fault, not retried blindly)
     │   ├── ValidationFailed
     │   ├── TargetRejected
@@ -30,6 +32,9 @@ message may succeed later"; permanent means "it cannot succeed as it is".
 """
 
 from __future__ import annotations
+
+import nats.errors
+import nats.js.errors
 
 
 class HubError(Exception):
@@ -52,21 +57,28 @@ class HubError(Exception):
 
 
 class TransientError(HubError):
-    """The target or the broker may recover; the message is fine."""
+    """The target or the broker may recover; the message is fine.
+
+    `sent` says whether the request may have reached the target: False when nothing left this process
+    (connection refused, DNS, TLS handshake), True or None (unknown) when it may have. Adapters set it;
+    the hub resends a non-idempotent operation only when it is False (engine/outcomes.py)."""
 
     transient = True
 
-    def __init__(self, message: str, *, step: str | None = None, retry_after: float | None = None):
+    def __init__(self, message: str, *, step: str | None = None, retry_after: float | None = None,
+                 sent: bool | None = None):
         super().__init__(message, step=step)
         self.retry_after = retry_after
+        self.sent = sent
 
 
 class TargetTimeout(TransientError):
-    """The target did not answer within the step's timeout."""
+    """The target did not answer within the step's timeout (the request may have reached it)."""
 
 
 class TargetUnavailable(TransientError):
-    """Connection refused or reset, DNS failure, TLS handshake cut short."""
+    """Connection refused or reset, DNS failure, TLS handshake cut short; `sent=False` when the request
+    never left (refused, DNS, handshake), so a non-idempotent operation may be resent."""
 
 
 class TargetServerError(TransientError):
@@ -86,13 +98,21 @@ class CircuitOpen(TransientError):
     """The endpoint's circuit breaker is open: no call was made."""
 
 
-class PublishFailed(TransientError):
-    """JetStream did not confirm a publish (timeout, no stream leader)."""
+class VerifyPending(TransientError):
+    """A non-idempotent call failed after its request may have reached the target, and its `verify`
+    could not tell yet whether it took effect (the verify call failed, or its answer said neither done
+    nor not done). Checked again on the redeliver schedule, never resent blindly; when the schedule is
+    spent the message is dead-lettered as OutcomeUnknown."""
 
 
 class BrokerUnavailable(TransientError):
     """NATS, JetStream, a KV bucket or the Object Store did not answer: the server is restarting,
-    electing a leader or unreachable. An outage of the hub's own broker, never the message's fault."""
+    electing a leader or unreachable. An outage of the hub's own broker, never the message's fault:
+    never dead-lettered, never counted against a schedule or a breaker."""
+
+
+class PublishFailed(BrokerUnavailable):
+    """JetStream did not confirm a publish (timeout, no stream leader, connection down)."""
 
 
 # --- permanent: will not succeed as it is ------------------------------------------------------
@@ -104,6 +124,11 @@ class PermanentError(HubError):
 
 class UnparseablePayload(PermanentError):
     """The message's payload is not JSON (or not the format the flow expects)."""
+
+
+class PayloadTooLarge(PermanentError):
+    """A message's headers and body together exceed the server's `max_payload`: publishing it would make
+    nats-server close the connection, so it is refused before it is sent."""
 
 
 class UnparseableAnswer(PermanentError):
@@ -174,11 +199,50 @@ class ConfigError(HubError):
 
 
 def classify(exc: BaseException) -> HubError:
-    """Map any exception to the taxonomy; unknown exceptions count as permanent bugs in a step."""
+    """Map any exception to the taxonomy.
+
+    Errors of nats-py (a NATS, JetStream, KV or Object Store operation) are the broker's outage, except
+    the few that say the message itself cannot be sent (too big, a bad subject or header). Other I/O
+    errors (timeouts, OSError, EOF) are transient. Anything else is a bug in a step (a transform, an
+    adapter): permanent, named by its type, so it reaches the DLQ instead of looping."""
     if isinstance(exc, HubError):
         return exc
+    if isinstance(exc, nats.errors.Error):
+        return _nats_error(exc)
     if isinstance(exc, TimeoutError):
         return TargetTimeout(str(exc) or "timed out")
-    if isinstance(exc, ConnectionError | OSError):
+    if isinstance(exc, ConnectionError | OSError | EOFError):
         return TargetUnavailable(str(exc) or type(exc).__name__)
     return PermanentError(f"{type(exc).__name__}: {exc}")
+
+
+# nats-py errors that are about the message, not the broker's health
+_MESSAGE_FAULTS = (nats.errors.BadSubjectError, nats.errors.BadHeaderError, nats.errors.NotJSMessageError)
+
+
+def _nats_error(exc: nats.errors.Error) -> HubError:
+    text = f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, nats.errors.MaxPayloadError):
+        return PayloadTooLarge(text)
+    if isinstance(exc, _MESSAGE_FAULTS):
+        return PermanentError(text)
+    if isinstance(exc, nats.js.errors.BadRequestError):
+        # a JetStream API 400 (e.g. a KV compare-and-set lost) is an answer, not an outage; callers
+        # that expect one catch it before it gets here, so one that escapes is a bug
+        return PermanentError(text)
+    # no responders, no stream response, timeouts, closed/reconnecting/draining connections, 503 "JetStream
+    # system temporarily unavailable" (err 10008), 500s, a stream or bucket not found mid-restart
+    return BrokerUnavailable(text)
+
+
+def is_broker_fault(exc: BaseException) -> bool:
+    """Whether `exc` means the hub's broker is (for now) out of reach: wait and try the same again."""
+    return isinstance(exc, BrokerUnavailable) or (
+        isinstance(exc, nats.errors.Error) and isinstance(_nats_error(exc), BrokerUnavailable))
+
+
+def may_have_taken_effect(err: HubError) -> bool:
+    """A failed call whose request may have reached the target: no answer came back after it was sent
+    (a timeout, a connection reset). An answer, even a 5xx, says what happened; a refusal to connect
+    (`sent=False`) says nothing was sent."""
+    return isinstance(err, TargetTimeout | TargetUnavailable) and err.sent is not False

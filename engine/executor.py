@@ -5,6 +5,12 @@ callback that only buffers them. Pure flows: a processor runs the compiled steps
 publishes the outputs with `publish_async`, and hands the batch to a finaliser that waits for every
 publish ack before acking the sources; batches overlap. Flows with calls: `concurrency` workers
 each settle their own message, so a slow call holds back no other message's ack.
+
+Broker faults are outages (DESIGN principle 9). Once a message's effect has happened, everything the
+broker still has to confirm (its outputs, its state records, its done mark) is waited for in place
+(engine/confirm.py) before the source is acked; the message stays held meanwhile. A lost ack then
+costs a redelivery that finds the mark, never a second effect. Messages that meet an open circuit
+are parked here until it lets calls through (engine/failures.py).
 """
 
 from __future__ import annotations
@@ -14,14 +20,16 @@ from typing import Any
 
 import structlog
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from nats.js.errors import NoStreamResponseError
 
 from engine.cluster import when_settled
-from engine.errors import HubError, NotYet, PublishFailed, RoutingError, classify
+from engine.confirm import until_confirmed
+from engine.errors import HubError, NotYet, classify
 from engine.failures import FailureHandler, FailureHistory
+from engine.held import Parking, RecentAcks
 from engine.idempotency import HeldElsewhere, IdempotencyStore, InFlightKeys, applies_to, business_key
-from engine.keyed_state import StateConflict, commit
+from engine.keyed_state import StateConflict
 from engine.claim_check import CLAIM, CLAIM_HEADERS, ClaimChecks, is_claim
+from engine.outputs import check_sizes, commit_confirmed, store_outputs, too_large, unconfirmed
 from engine.messages import REPLAY_FOR, Envelope, decode, opaque
 from engine.pipeline import Pipeline
 from engine.probes import NO_PROBE
@@ -69,6 +77,8 @@ class StreamFlowRunner:
         pipeline.guard.limiter = self.limiter  # in-process retries of a call take a token too
         self.failures = FailureHandler(self.flow, js, stream, publish_timeout, history, breaker_wait,
                                        clock=pipeline.clock)
+        self.failures.alive = self.alive
+        self.failures.max_payload = lambda: nc.max_payload
         self.waits = WaitHandler(self.flow, js, self.failures, pipeline.clock) if pipeline.waits else None
         self.idempotency = idempotency if idempotency and applies_to(self.flow, pipeline.is_async) else None
         self.keys_in_flight = InFlightKeys()
@@ -86,6 +96,14 @@ class StreamFlowRunner:
         self._finalisers: set[asyncio.Task[None]] = set()
         self._slots = asyncio.Semaphore(PENDING_BATCHES)
         self._workers: list[asyncio.Task[None]] = []
+        self.parking = Parking(pipeline.breakers, self.feed, self.log)  # messages waiting for a circuit
+        self.recent_acks = RecentAcks(nc, self.log)
+        if self.concurrent:
+            self.failures.park = self.parking.park
+
+    def alive(self) -> bool:
+        """The connection is open or can come back: a broker fault is worth waiting out."""
+        return not self.nc.is_closed
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -138,13 +156,21 @@ class StreamFlowRunner:
         breaker.on_change(changed)
         window(breaker.state)
 
+    def on_disconnect(self) -> None:
+        self.recent_acks.disconnected()
+
     def on_reconnect(self) -> None:
+        """Pull again, and ack once more what was acked just before the connection dropped."""
         self.feed.on_reconnect()
+        task = asyncio.create_task(self.recent_acks.repeat(self.recent_acks.to_repeat()))
+        self._finalisers.add(task)
+        task.add_done_callback(self._finalisers.discard)
 
     async def stop(self, timeout: float = 10.0) -> None:
-        """Stop pulling; hand unstarted messages back (redelivered to any runner after
+        """Stop pulling; hand unstarted and parked messages back (redelivered to any runner after
         HAND_BACK_DELAY); let started ones finish and settle."""
         self.feed.stop_pulling()
+        self.feed.buffer.extend(self.parking.release_all())  # handed back with the unstarted ones
         await self.feed.hand_back_buffered()
         # asyncio.wait, not wait_for(gather(...)): on a timeout that cancels, and a worker that lost
         # its cancel (engine/tasks.py) would keep the stop waiting for ever
@@ -202,6 +228,7 @@ class StreamFlowRunner:
         publish = self.js.publish_async
         run_sync = self.pipeline.run_sync
         limiter = self.limiter
+        limit = self.nc.max_payload
         for msg in msgs:
             self.probe.begin(msg)
             env = None
@@ -212,7 +239,11 @@ class StreamFlowRunner:
                 if env is None or not run_sync(env):
                     append((msg, env, None, None))
                     continue
-                append((msg, env, [await publish(s, d, headers=h) for s, d, h in env.outputs], None))
+                outputs = env.outputs
+                for s, d, h in outputs:
+                    if len(d) + len(h) > limit:
+                        raise too_large(s, d, h, limit)
+                append((msg, env, [await publish(s, d, headers=h) for s, d, h in outputs], None))
             except Exception as exc:
                 append((msg, env, None, classify(exc)))
         return results
@@ -225,17 +256,19 @@ class StreamFlowRunner:
             if self.feed.stopping:
                 await self._settle(msg, None, None, HAND_BACK)
                 continue
-            msg, env, futures, err = await self._run_one(msg)
+            msg, env, published, err = await self._run_one(msg)
             done = False
             try:
-                done = await self._settle(msg, env, futures, err)
+                done = await self._settle(msg, env, published, err)
             finally:
                 if env is not None and env.idem_key is not None:
                     if not done and env.idem_claim is not None:
                         await self.idempotency.give_up(self.flow.name, env.idem_key, env.idem_claim)  # type: ignore[union-attr]
                     self.keys_in_flight.release(env.idem_key, done)
 
-    async def _run_one(self, msg: Any) -> tuple[Any, Any, Any, HubError | None]:
+    async def _run_one(self, msg: Any) -> tuple[Any, Any, int | None, HubError | None]:
+        """Claim, steps, outputs stored: (msg, envelope, outputs published or None when there is
+        nothing to ack for, error)."""
         self.probe.begin(msg)
         env = None
         try:
@@ -257,29 +290,36 @@ class StreamFlowRunner:
                     if held:
                         self.keys_in_flight.release(key, done=True)
                     return msg, None, None, None
+            if self.pipeline.has_unsafe_calls:
+                env.prior = await self.failures.prior_outcomes(msg)
             if not await self.pipeline.run(env):
                 return msg, env, None, None
-            futures = [await self.js.publish_async(s, d, headers=h) for s, d, h in env.outputs]
-            if futures:
-                _, late = await asyncio.wait(futures, timeout=self.publish_timeout)
-                for f in late:
-                    f.cancel()
-            return msg, env, futures, None
+            return msg, env, await self._store_outputs(env), None
         except Exception as exc:
             return msg, env, None, classify(exc)
 
     async def _claim(self, env: Envelope, key: str) -> int | None:
         """This message's claim on its key (None: the effect is done). While another runner's copy, or
-        one that crashed, holds it, wait here (the feed keeps the message ours) until it ends."""
+        one that crashed, holds it, wait here (the feed keeps the message ours) until it ends; while
+        the broker restarts, wait for it."""
         assert self.idempotency is not None
-        pause = 0.05
+        store, pause = self.idempotency, 0.05
         while True:
             try:
-                return await self.idempotency.claim(self.flow.name, key, env.msg_id, self.claim_lease)
+                return await until_confirmed(lambda: store.claim(self.flow.name, key, env.msg_id, self.claim_lease),
+                                             what="idempotency claim", alive=self.alive, log=self.log,
+                                             msg_id=env.msg_id)
             except HeldElsewhere as held:
                 self.log.info("idempotency_key_busy", msg_id=env.msg_id, idempotency_key=key, error=str(held))
                 await asyncio.sleep(min(pause, held.seconds_left))
                 pause = min(pause * 2, 1.0)
+
+    async def _store_outputs(self, env: Envelope) -> int:
+        """The outputs, stored (engine/outputs.py): the effect has happened, so broker faults are waited out."""
+        if not env.outputs:
+            return 0
+        check_sizes(env.outputs, self.nc.max_payload)
+        return await store_outputs(self.js, env.outputs, self.publish_timeout, self.alive, self.log, env.msg_id)
 
     async def _finalise(self, results: list[tuple[Any, Any, Any, HubError | None]]) -> None:
         """Pure flows: one wait for the whole batch's publish acks, then each message is settled."""
@@ -289,18 +329,19 @@ class StreamFlowRunner:
                 _, late = await asyncio.wait(pending_futures, timeout=self.publish_timeout)
                 for f in late:
                     f.cancel()
-            for result in results:
-                await self._settle(*result)
+            for msg, env, futures, err in results:
+                if err is None and futures:
+                    err = unconfirmed(futures, env.outputs)
+                await self._settle(msg, env, None if futures is None else len(futures), err)
         finally:
             self._slots.release()
 
-    async def _settle(self, msg: Any, env: Any, futures: Any, err: HubError | None) -> bool:
+    async def _settle(self, msg: Any, env: Any, published: int | None, err: HubError | None) -> bool:
         """Ack only what is done and confirmed (and its effect recorded); the rest goes to the
-        failure policy. `futures` are done (or cancelled) by now. True when an effect was marked done."""
-        marked = False
+        failure policy. `published`: outputs stored, None when the message ran no further than a filter.
+        True when an effect was marked done."""
+        marked = held = False
         try:
-            if err is None and futures:
-                err = _unconfirmed(futures, env)
             if err is HAND_BACK:
                 await msg.nak(delay=HAND_BACK_DELAY)  # not started: for another runner
             elif isinstance(err, NotYet) and self.waits is not None:
@@ -309,47 +350,36 @@ class StreamFlowRunner:
                 if env is not None and env.state_writes:
                     try:
                         for write in env.state_writes:
-                            await commit(write)
+                            await commit_confirmed(write, self.alive, self.log, env.msg_id)
                     except StateConflict as conflict:
                         conflict.step = "state"
                         self.log.info("state_conflict", msg_id=env.msg_id, error=str(conflict))
                         await msg.nak(delay=STATE_RETRY_DELAY)  # outputs are stored under stable ids
                         return False
-                if futures is not None and env is not None and env.idem_key is not None:
-                    await self.idempotency.mark_done(self.flow.name, env.idem_key, env.msg_id)  # type: ignore[union-attr]
+                if published is not None and env is not None and env.idem_key is not None:
+                    store, key, msg_id = self.idempotency, env.idem_key, env.msg_id
+                    await until_confirmed(lambda: store.mark_done(self.flow.name, key, msg_id),  # type: ignore[union-attr]
+                                          what="done mark", alive=self.alive, log=self.log, msg_id=msg_id)
                     marked = True
                 await msg.ack()
+                self.recent_acks.acked(msg.reply)
                 if self.waits is not None and env is not None:
                     await self.waits.forget(env)
-                if futures is None:
+                if published is None:
                     if env is not None:
                         self.stats.filtered += 1
                 else:
                     self.stats.acked += 1
-                    self.stats.published += len(futures)
+                    self.stats.published += published
                     if env is not None and env.item_dead_letters and self.count_item_dead_letters is not None:
                         self.count_item_dead_letters(env.item_dead_letters)
             else:
                 self.stats.failed += 1
-                await self.failures.handle(msg, err, getattr(env, "msg_id", None),
-                                           getattr(env, "correlation_id", None))
-        except Exception as exc:  # connection gone: JetStream will redeliver after ack_wait
-            self.log.warning("settle_failed", error=repr(exc))
+                held = await self.failures.handle(msg, err, env)
+        except Exception as exc:  # the connection closed for good: JetStream redelivers after ack_wait
+            self.log.warning("settle_failed", error=repr(exc), msg_id=getattr(env, "msg_id", None))
         finally:
-            self.feed.release(msg)
-            self.probe.end(msg, futures, err)
+            if not held:
+                self.feed.release(msg)
+            self.probe.end(msg, published, err)
         return marked
-
-def _unconfirmed(futures: list[Any], env: Envelope) -> HubError | None:
-    """Why an output was not stored, or None. A subject no stream captures cannot succeed by
-    waiting (a payload-made subject outside the config): that is permanent and says which."""
-    for f, (subject, _, _) in zip(futures, env.outputs):
-        if f.cancelled():
-            return PublishFailed(f"{subject}: no publish ack in time", step="publish")
-        exc = f.exception()
-        if isinstance(exc, NoStreamResponseError):
-            return RoutingError(f"no stream captures {subject!r} (the subject came from the payload); "
-                                "add it to a stream in config or fix the payload", step="publish")
-        if exc is not None:
-            return PublishFailed(f"{subject}: output not confirmed: {exc!r}", step="publish")
-    return None

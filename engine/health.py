@@ -27,14 +27,8 @@ log = structlog.get_logger("hub.ops")
 
 
 def nats_state(hub: Any) -> str:
-    nc = hub.nc
-    if nc is None:
-        return "not connected"
-    if getattr(hub, "closed_for_good", False) or nc.is_closed:
-        return "closed"
-    if nc.is_connected:
-        return "connected"
-    return "reconnecting"
+    """The Hub's own account of its connection (engine/runtime.py `broker_state`)."""
+    return hub.broker_state
 
 
 def liveness(hub: Any) -> tuple[bool, dict[str, Any]]:

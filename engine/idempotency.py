@@ -3,7 +3,8 @@ twice (principle 2), and two copies of one change never run at once.
 
 Before its effect a message claims its key (an atomic create: `claim <time> <msg id>`); after the
 effect and its outputs are confirmed, right before the source message is acked, the claim becomes
-the done mark. A failed attempt gives the claim up, so its retry or replay can claim again. A copy
+the done mark, and the ack waits until the broker has confirmed the mark (a broker restart is waited
+out, engine/confirm.py): a lost ack then costs a skipped redelivery, never a second effect. A failed attempt gives the claim up, so its retry or replay can claim again. A copy
 that meets another message's claim waits for it to end; a claim older than its lease (the holder
 crashed) or held by the same message (its redelivery) is taken over. Within a runner, copies wait
 for each other in memory first (InFlightKeys), without asking KV.
@@ -140,7 +141,7 @@ class IdempotencyStore:
             log.info("idempotency_claim_kept", flow=flow, key=key, error=repr(exc))
 
     async def mark_done(self, flow: str, key: str, msg_id: str) -> None:
-        try:
-            await self.kv.put(self.kv_key(flow, key), f"{now_iso()} {msg_id} {key}".encode())
-        except Exception as exc:  # the effect happened; a lost mark only risks a repeat later
-            log.warning("idempotency_mark_failed", flow=flow, key=key, error=repr(exc))
+        """The effect happened: replace the claim by the done mark. Raises when the broker does not
+        confirm; the caller retries until it does (engine/confirm.py) before it acks, because an ack
+        lost without a mark would let the redelivery do the effect again."""
+        await self.kv.put(self.kv_key(flow, key), f"{now_iso()} {msg_id} {key}".encode())

@@ -47,7 +47,8 @@ class Envelope:
     """A message inside a flow: the payload being transformed plus its identity."""
 
     __slots__ = ("payload", "raw", "headers", "subject", "msg_id", "correlation_id", "outputs", "reply", "idem_key",
-                 "idem_claim", "wait_key", "state_writes", "claim", "item_dead_letters")
+                 "idem_claim", "wait_key", "state_writes", "claim", "item_dead_letters", "attempts", "outcomes",
+                 "prior")
 
     def __init__(self, payload: Any, headers: dict[str, str], subject: str, msg_id: str,
                  correlation_id: str, raw: bytes | None = None) -> None:
@@ -65,6 +66,10 @@ class Envelope:
         self.state_writes: list[Any] = []  # `state` records to write once the outputs are confirmed
         self.claim: dict[str, str] | None = None  # the claim-check headers when the payload came by reference
         self.item_dead_letters: list[tuple[str, str]] | None = None  # (flow, error class) of batch items it filed
+        # failure history material (engine/failures.py), None until there is some (the hot path allocates nothing):
+        self.attempts: list[dict[str, Any]] | None = None  # every failed call attempt of this delivery
+        self.outcomes: dict[str, dict[str, Any]] | None = None  # step -> what a non-idempotent call left behind
+        self.prior: dict[str, dict[str, Any]] | None = None  # the same, learnt by earlier deliveries
 
 
 def message_id(headers: dict[str, str] | None, fallback: str) -> str:

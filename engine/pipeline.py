@@ -15,8 +15,13 @@ import jmespath
 from pydantic import BaseModel, ValidationError
 
 from engine.adapter import Adapter, CallContext
-from engine.errors import HubError, NotYet, RoutingError, SlotsBusy, TransformFailed, ValidationFailed, classify
+import structlog
+
+from engine.errors import (HubError, NotYet, OutcomeUnknown, RoutingError, SlotsBusy, TransformFailed, ValidationFailed,
+                           VerifyPending, classify)
+from engine.failures import note_attempt
 from engine.messages import Envelope, encode, output_headers
+from engine.outcomes import NOT_DONE, Verifier, keep, known_outcome, needs_verdict, remembered, unknown_outcome, verdict
 from engine.nats_client import encode_headers
 from engine.breaker import Breaker
 from engine.clock import SYSTEM, Clock
@@ -26,10 +31,11 @@ from engine.resilience import CallGuard
 from engine.spec import (CallStep, FilterStep, Flow, PublishSpec, PublishStep, PullStep, ReplyStep, StateStep,
                          TransformStep, UntilSpec, UntilStep, ValidateStep)
 from engine.subjects import placeholders, render, subject_problem
-from engine.validation import resolve_schema, resolve_transform
+from engine.validation import endpoint_candidates, resolve_schema, resolve_transform
 from engine.yaml_lines import format_loc
 
 SyncStep = Callable[[Envelope], bool]
+log = structlog.get_logger("hub.call")
 
 
 def endpoint_slots(adapter: Adapter) -> asyncio.Semaphore | None:
@@ -85,7 +91,8 @@ def _transform(ref: str, label: str) -> SyncStep:
     return run
 
 
-def _publish(spec: PublishSpec, flow: str, index: int, label: str) -> SyncStep:
+def _publish(spec: PublishSpec, flow: str, index: int, label: str,
+             captured: Callable[[str], bool] | None = None) -> SyncStep:
     template, identity = spec.subject, spec.id
     templated = bool(placeholders(template))
 
@@ -101,6 +108,11 @@ def _publish(spec: PublishSpec, flow: str, index: int, label: str) -> SyncStep:
             if problem := subject_problem(subject):
                 raise RoutingError(f"subject {template!r} rendered from the payload is not valid: {problem}",
                                    step=label)
+            # whether a stream captures it is config's answer, not a runtime error's: a publish that
+            # JetStream does not confirm is the broker's outage (engine/executor.py)
+            if captured is not None and not captured(subject):
+                raise RoutingError(f"no stream captures {subject!r} (rendered from {template!r}; config's streams decide); "
+                                   "add it to a stream in config or fix the payload", step=label)
         ident = None
         if identity is not None:
             try:
@@ -161,7 +173,9 @@ class Pipeline:
 
     def __init__(self, flow: Flow, adapters: dict[str, Adapter], guard: CallGuard | None = None,
                  breakers: dict[str, Breaker] | None = None, fallback: FallbackCache | None = None,
-                 js: Any = None, publish_timeout: float = 10.0, clock: Clock = SYSTEM) -> None:
+                 js: Any = None, publish_timeout: float = 10.0, clock: Clock = SYSTEM,
+                 captured: Callable[[str], bool] | None = None) -> None:
+        """`captured(subject)`: whether a configured stream captures a subject rendered from a payload."""
         from engine.keyed_state import KeyedState
         from engine.paged_pull import PagedPull
 
@@ -169,6 +183,7 @@ class Pipeline:
         self.clock = clock  # the hub's: pull runs, waits and failure times read it (engine/clock.py)
         self.publish_timeout = publish_timeout
         self._refresh: dict[str, Any] = {}  # call label -> compiled `refresh_when`
+        self._verifiers: dict[str, Verifier] = {}  # call label -> compiled `verify`
         self.steps: list[tuple[str, SyncStep | None, Any]] = []
         if flow.schema_:
             self.steps.append(("schema", _validator(resolve_schema(flow.schema_), "schema"), None))
@@ -181,7 +196,8 @@ class Pipeline:
             elif isinstance(step, TransformStep):
                 self.steps.append((label + ".transform", _transform(step.transform, label), None))
             elif isinstance(step, PublishStep):
-                self.steps.append((label + ".publish", _publish(step.publish, flow.name, i, label), None))
+                self.steps.append((label + ".publish", _publish(step.publish, flow.name, i, label,
+                                                                 _cached(captured)), None))
             elif isinstance(step, ReplyStep):
                 self.steps.append((label + ".reply", _reply, None))
             elif isinstance(step, UntilStep):
@@ -190,6 +206,8 @@ class Pipeline:
                 self.steps.append((label + ".call", None, step))
                 if step.call.fallback is not None and step.call.fallback.refresh_when:
                     self._refresh[label + ".call"] = jmespath.compile(step.call.fallback.refresh_when).search
+                if step.call.verify is not None:
+                    self._verifiers[label + ".call"] = Verifier(step.call.verify)
             elif isinstance(step, PullStep):
                 self.steps.append((label + ".pull", None, PagedPull(step.pull, self, js, label)))
             elif isinstance(step, StateStep):
@@ -199,6 +217,12 @@ class Pipeline:
         self.breakers = breakers or {}
         self.fallback = fallback
         self.is_async = any(call is not None for _, _, call in self.steps)
+        # a call of this flow may be a non-idempotent operation: a redelivery first reads what earlier
+        # deliveries learnt about it (engine/outcomes.py)
+        self.has_unsafe_calls = any(
+            not adapters[name].config.is_idempotent(s.call.operation)
+            for s in flow.steps if isinstance(s, CallStep)
+            for name in endpoint_candidates(s.call.endpoint, list(adapters)))
         self.call_count = 0        # for the latency alert: calls made and the seconds they took
         self.call_seconds = 0.0
         self.calls_endpoints = [s.call.endpoint if isinstance(s, CallStep) else s.pull.endpoint
@@ -244,9 +268,11 @@ class Pipeline:
         return True
 
     async def call_endpoint(self, env: Envelope, template: str, operation: str | None, timeout: float | None,
-                            body: Any, idem_key: str | None = None) -> Any:
+                            body: Any, idem_key: str | None = None, label: str | None = None) -> Any:
         """One guarded call: endpoint from the template, the flow's retries, the endpoint's breaker.
-        Raises a HubError that names the endpoint."""
+        Raises a HubError that names the endpoint. A non-idempotent operation whose request may have
+        reached the target is not resent blindly: the step's `verify` (by `label`) decides, or
+        OutcomeUnknown (engine/outcomes.py)."""
         try:
             name = render(template, env.payload)
         except KeyError as exc:
@@ -259,36 +285,70 @@ class Pipeline:
         ctx = CallContext(env.headers, idem_key or env.idem_key or env.msg_id, env.correlation_id, timeout)
         breaker = self.breakers.get(name)
         slots = endpoint_slots(adapter)
+        msg_key = env.msg_id
+        unsafe = self.has_unsafe_calls and not adapter.config.is_idempotent(operation)
 
-        def once() -> Any:
-            return adapter.call(operation, body, ctx)  # adapters enforce ctx.timeout
-
-        async def attempt() -> Any:
+        async def through_breaker(op: str | None, payload: Any, seconds: float) -> Any:
             # the wait for a local slot is ours, not the target's: it stays outside the breaker, so a
             # queue in this runner never opens the circuit of a target that answers every call
+            call_ctx = ctx if op == operation else CallContext(env.headers, ctx.msg_id, env.correlation_id, seconds)
             waited = time.monotonic()
             if slots is not None:
                 try:
-                    await asyncio.wait_for(slots.acquire(), timeout)
+                    await asyncio.wait_for(slots.acquire(), seconds)
                 except TimeoutError:
                     raise SlotsBusy(f"{name}: all {adapter.config.max_concurrency} call slots busy for "
-                                    f"{timeout:.1f}s") from None
-                ctx.timeout = max(0.05, timeout - (time.monotonic() - waited))  # the wait is part of the deadline
+                                    f"{seconds:.1f}s") from None
+                call_ctx.timeout = max(0.05, seconds - (time.monotonic() - waited))  # the wait is part of the deadline
+
+            def once() -> Any:
+                return adapter.call(op, payload, call_ctx)  # adapters enforce ctx.timeout
+
             try:
-                return await (breaker.call(once) if breaker is not None else once())
+                return await (breaker.call(once, msg_key) if breaker is not None else once())
             finally:
                 if slots is not None:
                     slots.release()
 
+        def record(err: HubError, number: int = 0) -> None:
+            note_attempt(env, label, name, operation, err, self.clock)
+
+        def attempt() -> Any:  # the coroutine itself: no extra frame on the hot path
+            return through_breaker(operation, body, timeout)
+
+        async def unsafe_attempt() -> Any:
+            try:
+                return await through_breaker(operation, body, timeout)
+            except HubError as exc:
+                if not needs_verdict(exc, unsafe):
+                    raise  # answered, or nothing was sent: retried (or not) as any call
+                where = f"{name}: {operation or 'call'}"
+                verifier = self._verifiers.get(label or "")
+                if verifier is None:
+                    raise unknown_outcome(where, exc, key=ctx.msg_id) from exc
+                record(exc)  # the lost create is an attempt of its own; the verdict follows
+                return await self._verdict(verifier, through_breaker, env, body, where, exc, ctx.msg_id, timeout)
+
         started = time.monotonic()
         try:
-            return await self.guard.call(name, attempt)
+            return await self.guard.call(name, unsafe_attempt if unsafe else attempt, record, env.msg_id, label)
         except HubError as exc:
             exc.endpoint = name
             raise
         finally:
             self.call_count += 1
             self.call_seconds += time.monotonic() - started
+
+    async def _verdict(self, verifier: Verifier, through_breaker: Any, env: Envelope, body: Any, where: str,
+                       cause: HubError, key: str, timeout: float) -> Any:
+        """After a lost answer: the verify's answer when the call took effect; the cause (now known
+        safe to resend) when it did not; VerifyPending when nobody can tell yet."""
+        answer = await verdict(verifier, lambda op, payload, seconds: through_breaker(op, payload, seconds),
+                               env, body, where, key, timeout, flow=self.flow.name)
+        if answer is NOT_DONE:
+            cause.sent = False  # verified: it did not happen, so it may be sent again
+            raise cause
+        return answer
 
     async def _call(self, env: Envelope, step: CallStep, label: str) -> None:
         spec = step.call
@@ -297,6 +357,9 @@ class Pipeline:
             if not isinstance(body, dict) or spec.input not in body:
                 raise RoutingError(f"`input: {spec.input}` needs that key in the payload")
             body = body[spec.input]
+        if env.prior is not None and label in env.prior:  # an earlier delivery's non-idempotent call
+            self._store(env, spec.into, await known_outcome(self, env, spec, label, body))
+            return
         cache = spec.fallback if self.fallback is not None else None
         result: Any = None
         shared = cache is not None and cache.fresh is not None  # answers reused: one call per key at a time
@@ -311,12 +374,17 @@ class Pipeline:
                         render(spec.endpoint, env.payload), cache, env.payload, refresh=refresh,  # type: ignore[arg-type]
                         call=lambda: self.call_endpoint(env, spec.endpoint, spec.operation, spec.timeout, body))
                 else:
-                    result = await self.call_endpoint(env, spec.endpoint, spec.operation, spec.timeout, body)
+                    result = await self.call_endpoint(env, spec.endpoint, spec.operation, spec.timeout, body,
+                                                      label=label)
+                    if self.has_unsafe_calls and self._unsafe(env, spec):
+                        keep(env, label, remembered(result))  # a later failure must not send it again
             except HubError as exc:
+                if isinstance(exc, VerifyPending | OutcomeUnknown):
+                    keep(env, label, {"unknown": str(exc)[:300]})
                 if cache is not None and exc.transient:
                     result = await self.fallback.stale_answer(exc.endpoint or spec.endpoint, cache,  # type: ignore[union-attr]
                                                               env.payload, exc)
-                elif spec.capture_errors and not exc.transient:
+                elif spec.capture_errors and not exc.transient and not isinstance(exc, OutcomeUnknown):
                     result = {"error": {"class": exc.error_class, "message": str(exc)}}
                 else:
                     raise
@@ -325,11 +393,36 @@ class Pipeline:
                     await self.fallback.remember(render(spec.endpoint, env.payload), cache, env.payload, result)  # type: ignore[union-attr]
         if isinstance(result, ItemOutcomes):  # per-item outcomes of a batch call: dead letters, retries
             result = result.settle(env, label)
-        if spec.into:
+        self._store(env, spec.into, result)
+
+    @staticmethod
+    def _store(env: Envelope, into: str | None, result: Any) -> None:
+        if into:
             if not isinstance(env.payload, dict):
-                raise RoutingError(f"`into: {spec.into}` needs an object payload")
-            env.payload = {**env.payload, spec.into: result}
+                raise RoutingError(f"`into: {into}` needs an object payload")
+            env.payload = {**env.payload, into: result}
             env.raw = None
         elif result is not None:
             env.payload = result
             env.raw = None
+
+    def _unsafe(self, env: Envelope, spec: Any) -> bool:
+        adapter = self.adapters.get(render(spec.endpoint, env.payload))
+        return adapter is not None and not adapter.config.is_idempotent(spec.operation)
+
+
+def _cached(captured: Callable[[str], bool] | None) -> Callable[[str], bool] | None:
+    """`captured` with a bounded memory: rendered subjects repeat (one per country, per meter vendor)."""
+    if captured is None:
+        return None
+    seen: dict[str, bool] = {}
+
+    def check(subject: str) -> bool:
+        answer = seen.get(subject)
+        if answer is None:
+            if len(seen) > 10_000:
+                seen.clear()
+            answer = seen[subject] = captured(subject)
+        return answer
+
+    return check

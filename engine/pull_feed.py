@@ -104,6 +104,12 @@ class PullFeed:
             self.release(msg)
             await quietly(msg.nak(delay=HAND_BACK_DELAY))
 
+    def requeue(self, msgs: list[Any]) -> None:
+        """Messages this runner held back (parked during an outage) go first in line again."""
+        self.buffer.extendleft(reversed(msgs))
+        if msgs:
+            self._arrived.set()
+
     def release(self, msg: Any) -> None:
         """The message is settled: it no longer counts against the window."""
         self.held.pop(id(msg), None)

@@ -7,6 +7,7 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+import nats.errors
 import structlog
 
 from engine.adapter import Adapter, Services
@@ -30,6 +31,7 @@ from engine.streams import ensure_streams
 from engine.validation import Project, endpoint_candidates, stream_for
 
 log = structlog.get_logger("hub.runtime")
+REFUSALS_BEFORE_EXIT = 5  # about 2.5 s of reconnects refused for credentials
 
 
 def used_endpoints(project: Project) -> set[str]:
@@ -45,7 +47,12 @@ def used_endpoints(project: Project) -> set[str]:
 
 
 class Hub:
-    """One runner process. Nothing here assumes it is alone: durables and queue groups are shared."""
+    """One runner process. Nothing here assumes it is alone: durables and queue groups are shared.
+
+    It never runs on without its broker: the connection reconnects for as long as the server may come
+    back; when nats-py closes it for good (the server refused it: credentials, a protocol violation)
+    `closed_for_good` is set and `wait_closed()` returns the reason, and `runner.py run` exits
+    non-zero so a supervisor starts it again. Readiness reads `broker_state`."""
 
     def __init__(self, project: Project, *, servers: list[str] | None = None,
                  data_dir: str | Path | None = None, clock: Clock = SYSTEM) -> None:
@@ -65,7 +72,34 @@ class Hub:
         self.endpoint_breakers: dict[str, Any] = {}
         self.schedulers: dict[str, Scheduler] = {}
         self.ingresses: dict[str, Any] = {}
+        self.closed_reason: str | None = None  # why the connection closed for good (None while it has not)
+        self._closed = asyncio.Event()
+        self._stopping = False
+        self._refusals = 0  # authorization violations in a row while reconnecting
         self.ops = Operations(self)  # metrics, health, traces, status (engine/operations.py)
+
+    # --- the broker connection, for readiness and the runner's exit ----------------------------
+
+    @property
+    def broker_state(self) -> str:
+        """"connected", "reconnecting" (outputs and acks wait), "closed" (for good: the runner must
+        exit) or "not started"."""
+        if self._closed.is_set():
+            return "closed"
+        if self.nc is None:
+            return "not started"
+        if self.nc.is_connected:
+            return "connected"
+        return "closed" if self.nc.is_closed else "reconnecting"
+
+    @property
+    def closed_for_good(self) -> bool:
+        return self._closed.is_set()
+
+    async def wait_closed(self) -> str:
+        """Return (the reason) once the connection has closed for good; a stop() does not count."""
+        await self._closed.wait()
+        return self.closed_reason or "connection closed"
 
     async def start(self) -> None:
         """Broker, streams, shared state, adapters, then flows; stop() undoes what got started."""
@@ -93,7 +127,8 @@ class Hub:
         # subjects are checked by validation and by the publish step: connect_options skips nats-py's check
         self.nc = await connect(**connect_options(
             self.project.config, self.servers, max_reconnect_attempts=-1, reconnect_time_wait=0.5,
-            reconnected_cb=self._reconnected, disconnected_cb=self._disconnected, error_cb=self._error))
+            reconnected_cb=self._reconnected, disconnected_cb=self._disconnected, error_cb=self._error,
+            closed_cb=self._connection_closed))
         self.js = self.nc.jetstream(timeout=ncfg.publish_timeout)
 
     async def _open_state(self) -> None:
@@ -128,7 +163,7 @@ class Hub:
         for lf in self.project.flows:
             flow = lf.flow
             pipeline = Pipeline(flow, self.adapters, breakers=breakers, fallback=self.fallback, js=self.js,
-                                publish_timeout=ncfg.publish_timeout, clock=self.clock)
+                                publish_timeout=ncfg.publish_timeout, clock=self.clock, captured=self._captured)
             if flow.is_request:
                 runner: StreamFlowRunner | RequestFlowRunner = RequestFlowRunner(
                     pipeline, self.nc, self.js, ncfg.publish_timeout)
@@ -158,8 +193,13 @@ class Hub:
         self.alerts = AlertWatcher(self.nc, self.js, streams, self.project.config.dlq.stream, self.clock)
         await self.alerts.start()
 
+    def _captured(self, subject: str) -> bool:
+        """Whether a configured stream captures a subject a flow rendered from a payload."""
+        return stream_for(self.project.config, subject, pattern=False) is not None
+
     async def stop(self, timeout: float = 10.0) -> None:
         """Graceful: stop pulling, finish or hand back in-flight messages, close, stop the broker."""
+        self._stopping = True
         try:
             if self.alerts is not None:
                 await self.alerts.stop()
@@ -186,7 +226,10 @@ class Hub:
                 try:
                     await asyncio.wait_for(self.nc.drain(), timeout)
                 except Exception:
-                    await self.nc.close()
+                    try:
+                        await self.nc.close()
+                    except Exception as exc:  # noqa: BLE001 - the connection is gone either way
+                        log.warning("nats_close_failed", error=repr(exc))
         finally:
             if self.embedded is not None:
                 (Path(self.embedded.data_dir) / URL_FILE).unlink(missing_ok=True)
@@ -201,6 +244,7 @@ class Hub:
                 runner.failures.count_dead_letter(error_class)
 
     async def _reconnected(self) -> None:
+        self._refusals = 0
         log.warning("nats_reconnected", url=str(self.nc.connected_url.netloc if self.nc.connected_url else ""))
         for runner in self.runners.values():
             runner.on_reconnect()
@@ -209,9 +253,36 @@ class Hub:
 
     async def _disconnected(self) -> None:
         log.warning("nats_disconnected")
+        for runner in self.runners.values():
+            if isinstance(runner, StreamFlowRunner):
+                runner.on_disconnect()
 
     async def _error(self, exc: Exception) -> None:
         log.warning("nats_error", error=repr(exc))
+        # nats-py keeps reconnecting to a server that refuses its credentials; that never heals inside
+        # this process, so after a few refusals in a row it counts as closed for good
+        if "authorization violation" in str(exc).lower() or isinstance(exc, nats.errors.AuthorizationError):
+            self._refusals += 1
+            if self._refusals >= REFUSALS_BEFORE_EXIT and not self._stopping and not self._closed.is_set():
+                self._closed_for_good(f"the server refused the credentials {self._refusals} times: {exc}")
+                try:
+                    await self.nc.close()
+                except Exception:  # noqa: BLE001 - closing a connection that is half gone
+                    pass
+        else:
+            self._refusals = 0
+
+    async def _connection_closed(self) -> None:
+        if self._stopping or self._closed.is_set():
+            return
+        last = self.nc.last_error if self.nc is not None else None
+        self._closed_for_good(f"{type(last).__name__}: {last}" if last is not None else "closed by the client")
+
+    def _closed_for_good(self, reason: str) -> None:
+        self.closed_reason = reason
+        log.error("nats_closed_for_good", reason=reason,
+                  consequence="no flow can run: the runner exits non-zero so a supervisor restarts it")
+        self._closed.set()
 
     async def __aenter__(self) -> "Hub":
         await self.start()

@@ -57,6 +57,28 @@ class Fallback(_Strict):
                                      examples=["confirm"])
 
 
+class VerifySpec(_Strict):
+    """How to find out whether a non-idempotent call took effect when its answer was lost (a timeout or a
+    connection cut after the request went out): a call to another operation of the same endpoint (a
+    status or search by business key) whose answer says done, not done, or neither. Done: its answer
+    stands in for the lost one and the flow goes on, nothing is sent again. Not done: the call is sent
+    again (the in-process retries, then the redeliver schedule). Neither, or the verify call fails: the
+    message waits and verifies again on the redeliver schedule (VerifyPending), and is dead-lettered as
+    OutcomeUnknown when the schedule is spent."""
+
+    operation: str = Field(description="Operation of the same endpoint that looks the effect up.",
+                           examples=["switch_status", "find_switch"])
+    input: str | None = Field(None, description="Send this payload key's value (e.g. a lookup a transform built "
+                              "next to the request); default: what the call itself sends.",
+                              examples=["erp_lookup"])
+    done: str = Field(description="JMESPath over the verify answer; truthy means the call took effect.",
+                      examples=["found", "status != 'UNKNOWN'"])
+    not_done: str = Field(description="JMESPath over the verify answer; truthy means it did not (safe to send "
+                          "again). Neither truthy: still unknown.", examples=["!found", "status == 'UNKNOWN'"])
+    timeout: Duration | None = Field(None, description="Timeout of the verify call; default: the call's.",
+                                     examples=["5s"])
+
+
 class CallSpec(_Strict):
     endpoint: str = Field(description="Endpoint name from config; `{field}` placeholders allowed.",
                           examples=["erp_{country}", "crm_readings"])
@@ -74,6 +96,11 @@ class CallSpec(_Strict):
         "marked possibly stale.")
     capture_errors: bool = Field(False, description="A permanent failure (a refusal) becomes data under `into` "
                                  "(`{error: {class, message}}`) and the flow goes on; transient ones still retry.")
+    verify: "VerifySpec | None" = Field(
+        None, description="For an operation the endpoint declares `idempotent: false` (a create): what decides, "
+        "after a timeout or a cut connection, whether it took effect. Without it such a call is never sent "
+        "again blindly: the message goes to the DLQ as OutcomeUnknown for ops to reconcile.",
+        examples=[{"operation": "find_switch", "input": "erp_lookup", "done": "found", "not_done": "!found"}])
 
     @model_validator(mode="after")
     def _capture_needs_into(self) -> "CallSpec":
@@ -155,7 +182,14 @@ Step = Annotated[
 
 class OnError(_Strict):
     """What happens when a step fails. Transient errors retry, then redeliver; permanent ones and
-    exhausted schedules go to the dead-letter queue."""
+    exhausted schedules go to the dead-letter queue. Every failed attempt is a log line and an entry in
+    the message's history; a DLQ record says its deliveries and the calls the target received.
+
+    Outages use none of this schedule. An endpoint whose circuit is open: the message is parked in the
+    runner and runs again as soon as the circuit lets calls through. The hub's own broker restarting,
+    electing a leader or out of reach (BrokerUnavailable): never dead-lettered; once the message's effect
+    happened, its outputs, state records and done mark are retried until the broker confirms them,
+    and only then is the source acked, so a lost ack never repeats an effect."""
 
     retry: list[Duration] = Field(default_factory=list, description="In-process waits between attempts of a call.",
                                   examples=[["200ms", "1s"]])

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ValidationError
 from engine.adapter import EndpointConfig
 from engine.config import HubConfig
 from engine.errors import ConfigError
+from engine.outcomes import check_declared, check_verify
 from engine.registry import load_adapters
 from engine.sources import INGRESS_STREAM, INGRESS_SUBJECT_PREFIX, SCHEDULE_STREAM, SCHEDULE_SUBJECT_PREFIX
 from engine.spec import (CallStep, FilterStep, Flow, PublishStep, PullStep,
@@ -144,6 +145,9 @@ def load_config_with_lines(path: Path | None) -> tuple[HubConfig, dict[str, Endp
             endpoints[name] = adapters[adapter].Config.model_validate(raw)
         except ValidationError as exc:
             problems.extend(describe(path, lines, exc, loc))
+            continue
+        check_declared(name, endpoints[name], lambda sub, text, loc=loc: problems.append(  # engine/outcomes.py
+            issue(path, lines, loc + sub, text)))
     for i, stream in enumerate(config.streams):
         for j, other in enumerate(config.streams[:i]):
             for s in stream.subjects:
@@ -245,6 +249,8 @@ def check_flow(lf: LoadedFlow, project: Project) -> list[str]:
         elif isinstance(step, CallStep):
             check_endpoint(step.call.endpoint, step.call.operation, loc + ("call",), project, bad,
                            problems.append, caller(loc + ("call",)))
+            check_verify(step, loc + ("call",), project, endpoint_candidates(step.call.endpoint, list(project.endpoints)),
+                         bad)  # engine/outcomes.py (issue 12)
             if step.call.fallback is not None and step.call.fallback.refresh_when:
                 try:
                     jmespath.compile(step.call.fallback.refresh_when)

@@ -210,11 +210,10 @@ async def test_concurrent_failures_from_two_runners_are_all_counted(runners):
 
 
 async def test_successes_while_closed_write_nothing(runners):
-    """The hot path: a success in a closed circuit leaves the KV revision as it was."""
+    """The hot path: a success in a closed circuit with no failure counted leaves the KV as it was;
+    after a failure, the first success clears the count once and the rest write nothing."""
     a, _ = runners
     br = a.board.breaker(ENDPOINT, BreakerSettings(failures=5))
-    await br.record(False, 0.01)
-    before = await shared(a.board)
 
     async def ok() -> int:
         return 1
@@ -222,7 +221,61 @@ async def test_successes_while_closed_write_nothing(runners):
     for _ in range(20):
         await br.record(True, 0.01)
         assert await br.call(ok) == 1
-    assert await shared(a.board) == before
+    with pytest.raises(KeyNotFoundError):
+        await shared(a.board)  # nothing was ever written
+    await br.record(False, 0.01)
+    before = await shared(a.board)
+    await br.record(True, 0.01)
+    cleared = await shared(a.board)
+    assert cleared[0]["failures"] == [] and cleared[1] > before[1]
+    for _ in range(20):
+        assert await br.call(ok) == 1
+    assert await shared(a.board) == cleared
+
+
+async def test_one_message_retried_counts_once_and_a_success_in_between_starts_over(runners):
+    """Poison is not an outage: one message failing ten times, in-process and redelivered, counts
+    once; failures of different messages separated by successes never open the circuit; failures of
+    different messages in a row do."""
+    a, _ = runners
+    br = a.board.breaker(ENDPOINT, BreakerSettings(failures=3, window="1m"))
+
+    async def fail() -> None:
+        raise TargetServerError("SOAP Server fault: always the same")
+
+    async def ok() -> int:
+        return 1
+
+    for _ in range(10):
+        with pytest.raises(TargetServerError):
+            await br.call(fail, key="poison-1")
+    assert br.state == "closed"
+    for n in range(5):
+        with pytest.raises(TargetServerError):
+            await br.call(fail, key=f"poison-{n}")
+        await br.call(ok, key=f"good-{n}")
+    assert br.state == "closed"
+    opened = asyncio.create_task(reach(br, "open"))
+    for n in range(3):
+        with pytest.raises(TargetServerError):
+            await br.call(fail, key=f"outage-{n}")
+    await asyncio.wait_for(opened, 5)
+
+
+async def test_the_hubs_own_broker_faults_do_not_count_against_a_target(runners):
+    """A NATS timeout or a closed connection inside a call says nothing about the target."""
+    import nats.errors
+
+    a, _ = runners
+    br = a.board.breaker(ENDPOINT, BreakerSettings(failures=1))
+
+    async def broker_down() -> None:
+        raise nats.errors.ConnectionClosedError()
+
+    for n in range(3):
+        with pytest.raises(nats.errors.ConnectionClosedError):
+            await br.call(broker_down, key=f"m{n}")
+    assert br.state == "closed"
 
 
 async def test_a_runner_started_later_loads_the_open_state(runners, nats_url: str):

@@ -43,7 +43,10 @@ async def test_an_exhausted_schedule_dead_letters_with_every_failure(tmp_path: P
             h = record.headers
             assert h["Hub-Dlq-Error-Class"] == "TargetServerError" and h["Hub-Dlq-Transient"] == "true"
             history = json.loads(h["Hub-Dlq-History"])
-            assert [e["delivery"] for e in history] == [1, 2, 3] and h["Hub-Dlq-Attempts"] == "3"
+            # one entry per call attempt, in-process retries included: what the target saw
+            assert [(e["delivery"], e["attempt"]) for e in history] == [(1, 1), (1, 2), (2, 1), (2, 2), (3, 1), (3, 2)]
+            assert [e.get("final", False) for e in history] == [False, True] * 3
+            assert h["Hub-Dlq-Attempts"] == "3" and h["Hub-Dlq-Deliveries"] == "3" and h["Hub-Dlq-Calls"] == "6"
             assert h["Hub-Dlq-First-Failure"] == history[0]["at"] < h["Hub-Dlq-Last-Failure"]
             assert sink.count == 6  # 3 deliveries x (1 call + 1 in-process retry)
             assert json.loads(record.data) == {"n": 1}

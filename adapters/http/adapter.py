@@ -224,7 +224,9 @@ class HttpAdapter(Adapter):
             raise TargetServerError(f"{where}: malformed HTTP answer: {snippet(str(exc))}") from exc
         except (aiohttp.ClientError, OSError) as exc:
             where = self._where(route, url)
-            raise TargetUnavailable(f"{where}: {type(exc).__name__}: {snippet(str(exc))}") from exc
+            # no connection (refused, DNS, TLS handshake): nothing was sent, a create may be resent
+            sent = False if isinstance(exc, aiohttp.ClientConnectorError) else None
+            raise TargetUnavailable(f"{where}: {type(exc).__name__}: {snippet(str(exc))}", sent=sent) from exc
 
     def _xml(self, route: "_Route", url: URL, body: bytes, charset: str | None) -> str:
         """An XML answer (application/xml, text/xml, *+xml) as text, decoded as it declares (BOM, charset,

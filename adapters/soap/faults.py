@@ -99,12 +99,15 @@ def fault_error(where: str, fault: zx.Fault, status: int, redact: Redact) -> Hub
 
 def call_error(where: str, exc: Exception, ex: Exchange, timeout: float, redact: Redact) -> HubError | None:
     """What an exception out of zeep's call means; None for one that is not a known call failure."""
+    # no connection made (refused, DNS, TLS handshake, connect timeout): nothing was sent, a create may be resent
+    sent = False if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout) or not ex.sent else None
     if isinstance(exc, TimeoutError):
-        return TargetTimeout(f"{where}: no answer within {timeout:g}s")
+        return TargetTimeout(f"{where}: no answer within {timeout:g}s", sent=sent)
     if isinstance(exc, httpx.TimeoutException):
-        return TargetTimeout(f"{where}: {type(exc).__name__} after {timeout:g}s")
+        return TargetTimeout(f"{where}: {type(exc).__name__} after {timeout:g}s", sent=sent)
     if isinstance(exc, httpx.TransportError | OSError):  # refused, reset, DNS, TLS, protocol
-        return TargetUnavailable(f"{where}: {type(exc).__name__}: {snippet(str(exc)) or 'connection failed'}")
+        return TargetUnavailable(f"{where}: {type(exc).__name__}: {snippet(str(exc)) or 'connection failed'}",
+                                 sent=sent)
     if isinstance(exc, zx.Fault):
         return fault_error(where, exc, ex.status, redact)
     if isinstance(exc, zx.DTDForbidden | zx.EntitiesForbidden):  # whatever the status: never retried
