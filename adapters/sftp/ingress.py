@@ -1,4 +1,4 @@
-"""The `sftp:` flow source: every new file in a drop directory, claim-checked into the Object Store.
+r"""The `sftp:` flow source: every new file in a drop directory, claim-checked into the Object Store.
 
 Per file, in this order, each step confirmed before the next: stream the bytes into the Object Store
 (SHA-256 checked, adapters/sftp/transfer.py), store the landing record on `hub.ingress.<flow>`
