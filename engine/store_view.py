@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NotFoundError
+from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NoKeysError, NotFoundError
 
 from engine.validation import Project, stream_for
 
@@ -93,7 +93,7 @@ async def _records(js: Any, name: str) -> list[dict[str, Any]]:
         return []
     try:
         keys = await kv.keys()
-    except Exception:  # nats-py raises NoKeysError on an empty bucket
+    except NoKeysError:  # an empty bucket; a broker error is raised, not shown as "nothing there"
         return []
 
     async def one(key: str) -> dict[str, Any] | None:

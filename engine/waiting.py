@@ -21,7 +21,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
-from nats.js.errors import KeyNotFoundError
+from nats.js.errors import KeyNotFoundError, NoKeysError
 
 from engine.alerts import publish_alert
 from engine.clock import SYSTEM, Clock
@@ -54,7 +54,7 @@ async def pending_records(js: Any, flow: str | None = None) -> list[dict[str, An
     kv = await bucket(js, BUCKET)
     try:
         keys = await kv.keys()
-    except Exception:  # nats-py raises NoKeysError on an empty bucket
+    except NoKeysError:  # an empty bucket; any other error is the broker's and says so (not "nothing pending")
         return []
     out = []
     for k in keys:
