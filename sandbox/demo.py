@@ -32,8 +32,8 @@ from engine.clock import SYSTEM, Clock
 from engine.messages import CE_CORRELATION, event_headers
 from engine.runtime import Hub
 from engine.validation import flow_files, load_project
-from sandbox import (demo_cluster, demo_erp, demo_erp_answers, demo_mail, demo_meters, demo_more, demo_ops,
-                     demo_salesforce)
+from sandbox import (demo_cluster, demo_erp, demo_erp_answers, demo_faults, demo_mail, demo_meters, demo_more,
+                     demo_ops, demo_salesforce)
 from sandbox.http_sink import HttpSink
 
 COUNTRIES = ["DE", "FR", "IT", "PT", "UK", "BE"]
@@ -251,7 +251,8 @@ async def run_demo(root: Path, keep_data: bool = False, clock: Clock = SYSTEM) -
         await demo_erp_answers.section_erp_answers(js, dlq, root, check, wait_until, within())
         await demo_salesforce.section_salesforce(js, nc, hub, salesforce, check, within(), number=15)
         await demo_cluster.section_cluster(check, number=16)
-        await demo_ops.section_ops(hub, check, dlq.messages, crm, number=17)  # last: the counts of all the above
+        await demo_faults.section_faults(check, number=17)
+        await demo_ops.section_ops(hub, check, dlq.messages, crm, number=18)  # last: the counts of all the above
 
         print()
         print(f"  {'flow':<26} {'deliveries':>10} {'done':>5} {'filtered':>8} {'duplicate':>9} "
