@@ -23,10 +23,10 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from engine.cluster import when_settled
 from engine.confirm import until_confirmed
-from engine.errors import HubError, NotYet, classify
+from engine.errors import HubError, NotYet, classify, is_broker_fault
 from engine.failures import FailureHandler, FailureHistory
 from engine.held import Parking, RecentAcks
-from engine.idempotency import HeldElsewhere, IdempotencyStore, InFlightKeys, applies_to, business_key
+from engine.idempotency import ClaimLost, HeldElsewhere, IdempotencyStore, InFlightKeys, applies_to, business_key
 from engine.keyed_state import StateConflict
 from engine.claim_check import CLAIM, CLAIM_HEADERS, ClaimChecks, is_claim
 from engine.outputs import check_sizes, commit_confirmed, store_outputs, too_large, unconfirmed
@@ -44,7 +44,6 @@ PENDING_BATCHES = 4          # batches whose publish acks may be outstanding at 
 HAND_BACK = HubError("runner stopping: message not started")  # marker, never raised
 EXTRA_DELIVERIES = 10
 STATE_RETRY_DELAY = 0.2      # a `state` record changed by another message: run this one again soon
-CLAIM_LEASE_FLOOR = 60.0     # ack_wait is short (a dead runner costs seconds); a live holder's call may not be
 
 
 class FlowStats:
@@ -82,9 +81,12 @@ class StreamFlowRunner:
         self.waits = WaitHandler(self.flow, js, self.failures, pipeline.clock) if pipeline.waits else None
         self.idempotency = idempotency if idempotency and applies_to(self.flow, pipeline.is_async) else None
         self.keys_in_flight = InFlightKeys()
-        # a claim older than this is a crashed holder's: past two ack_waits JetStream has long
-        # redelivered that message (its redelivery takes its own claim over at once)
-        self.claim_lease = max(2 * self.flow.ack_wait, CLAIM_LEASE_FLOOR)
+        # a claim lives as long as a held message: refreshed with its in-progress acks, taken over
+        # once its holder has shown no sign of life for an ack_wait (engine/idempotency.py)
+        self.claim_lease = self.flow.ack_wait
+        self._claimed: dict[int, Envelope] = {}  # id(msg) -> its envelope, while its claim is held
+        self._marking: set[int] = set()           # ... and while its done mark is being written
+        self._refreshing: asyncio.Future[None] | None = None  # the keep-alive's refresh in flight
         self.concurrent = pipeline.is_async or self.idempotency is not None
         self.stats = FlowStats()
         self.probe = NO_PROBE  # metrics and traces per message (engine/probes.py; set by the Hub)
@@ -100,6 +102,8 @@ class StreamFlowRunner:
         self.recent_acks = RecentAcks(nc, self.log)
         if self.concurrent:
             self.failures.park = self.parking.park
+        if self.idempotency is not None:
+            self.feed.on_kept_alive = self._refresh_claims
 
     def alive(self) -> bool:
         """The connection is open or can come back: a broker fault is worth waiting out."""
@@ -262,7 +266,10 @@ class StreamFlowRunner:
                 done = await self._settle(msg, env, published, err)
             finally:
                 if env is not None and env.idem_key is not None:
+                    self._claimed.pop(id(msg), None)
                     if not done and env.idem_claim is not None:
+                        if self._refreshing is not None:  # its revision may be changing right now
+                            await asyncio.shield(self._refreshing)
                         await self.idempotency.give_up(self.flow.name, env.idem_key, env.idem_claim)  # type: ignore[union-attr]
                     self.keys_in_flight.release(env.idem_key, done)
 
@@ -283,6 +290,8 @@ class StreamFlowRunner:
                 if held:
                     env.idem_key = key
                     env.idem_claim = await self._claim(env, key)
+                    if env.idem_claim is not None:
+                        self._claimed[id(msg)] = env  # refreshed by the feed's keep-alive from now on
                 if not held or env.idem_claim is None:
                     self.log.info("duplicate_skipped", msg_id=env.msg_id, idempotency_key=key,
                                   correlation_id=env.correlation_id)
@@ -313,6 +322,30 @@ class StreamFlowRunner:
                 self.log.info("idempotency_key_busy", msg_id=env.msg_id, idempotency_key=key, error=str(held))
                 await asyncio.sleep(min(pause, held.seconds_left))
                 pause = min(pause * 2, 1.0)
+
+    async def _refresh_claims(self, msgs: list[Any]) -> None:
+        """The feed kept these messages alive: so are their claims (a fresh time, compare-and-set).
+        A broker fault skips a round (the next comes within a quarter of ack_wait, or at once after
+        a reconnect); a claim found changed was taken over by a copy that judged this runner dead."""
+        held = [(id(m), env) for m in msgs if (env := self._claimed.get(id(m))) is not None]
+        if not held or self.idempotency is None:
+            return
+        store, flow = self.idempotency, self.flow.name
+        done = self._refreshing = asyncio.get_running_loop().create_future()
+        try:
+            results = await asyncio.gather(*(store.refresh(flow, env.idem_key, env.msg_id, env.idem_claim)  # type: ignore[arg-type]
+                                             for _, env in held), return_exceptions=True)
+            for (key, env), result in zip(held, results):
+                if isinstance(result, int):
+                    env.idem_claim = result
+                elif isinstance(result, ClaimLost):
+                    if key in self._claimed and key not in self._marking:
+                        self.log.warning("idempotency_claim_lost", msg_id=env.msg_id, idempotency_key=env.idem_key)
+                elif isinstance(result, Exception) and not is_broker_fault(result):
+                    self.log.warning("idempotency_refresh_failed", msg_id=env.msg_id, error=repr(result))
+        finally:
+            done.set_result(None)
+            self._refreshing = None
 
     async def _store_outputs(self, env: Envelope) -> int:
         """The outputs, stored (engine/outputs.py): the effect has happened, so broker faults are waited out."""
@@ -358,8 +391,12 @@ class StreamFlowRunner:
                         return False
                 if published is not None and env is not None and env.idem_key is not None:
                     store, key, msg_id = self.idempotency, env.idem_key, env.msg_id
-                    await until_confirmed(lambda: store.mark_done(self.flow.name, key, msg_id),  # type: ignore[union-attr]
-                                          what="done mark", alive=self.alive, log=self.log, msg_id=msg_id)
+                    self._marking.add(id(msg))  # still refreshed while the broker takes its time
+                    try:
+                        await until_confirmed(lambda: store.mark_done(self.flow.name, key, msg_id),  # type: ignore[union-attr]
+                                              what="done mark", alive=self.alive, log=self.log, msg_id=msg_id)
+                    finally:
+                        self._marking.discard(id(msg))
                     marked = True
                 await msg.ack()
                 self.recent_acks.acked(msg.reply)

@@ -1,26 +1,37 @@
 """Done-effect keys in a JetStream KV bucket, so a redelivery or a DLQ replay does not call a target
 twice (principle 2), and two copies of one change never run at once.
 
-Before its effect a message claims its key (an atomic create: `claim <time> <msg id>`); after the
-effect and its outputs are confirmed, right before the source message is acked, the claim becomes
-the done mark, and the ack waits until the broker has confirmed the mark (a broker restart is waited
-out, engine/confirm.py): a lost ack then costs a skipped redelivery, never a second effect. A failed attempt gives the claim up, so its retry or replay can claim again. A copy
-that meets another message's claim waits for it to end; a claim older than its lease (the holder
-crashed) or held by the same message (its redelivery) is taken over. Within a runner, copies wait
-for each other in memory first (InFlightKeys), without asking KV.
+Before its effect a message claims its key (an atomic create: `claim <time> <runner> <msg id>`, the
+time on the holder's clock); after the effect and its outputs are confirmed, right before the source
+message is acked, the claim becomes the done mark, and the ack waits until the broker has confirmed the
+mark (a broker restart is waited out, engine/confirm.py): a lost ack then costs a skipped redelivery,
+never a second effect. A failed attempt gives the claim up, so its retry or replay can claim again.
+
+A claim names its holder (runner and message) and lives as long as its holder says so: the keep-alive
+that sends a held message's in-progress acks (engine/pull_feed.py) also refreshes its claim. A copy
+that meets a claim, even a redelivery of the very message it names (a new consumer leader hands
+out what another runner still works on), waits while the claim is alive and takes it over only once
+its lease has run out: the holder's time older than `lease` (one ack_wait: a live holder refreshes
+every 3/8 of it) *and* no refresh seen by the copy for `QUIET` of the lease, so a claim that aged
+through a broker outage is not taken from a holder that refreshes it as soon as the broker is back.
+Only the holder's own runner takes its claim over at once (a give-up that did not land). Within a
+runner, copies wait for each other in memory first (InFlightKeys), without asking KV.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
-import time
+import os
+import socket
+import uuid
 from collections import OrderedDict
 from typing import Any
 
 import structlog
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
+from engine.clock import SYSTEM, Clock
 from engine.errors import RoutingError
 from engine.kv import bucket
 from engine.messages import IDEMPOTENCY_KEY, Envelope, now_iso
@@ -31,14 +42,20 @@ log = structlog.get_logger("hub.idempotency")
 
 BUCKET = "hub_idempotency"
 CLAIM = b"claim "
+QUIET = 3 / 8  # of the lease: the longest a live, connected holder goes without refreshing its claim
+SEEN_LIMIT = 10_000  # claims this runner watches for a refresh, at most
 
 
 class HeldElsewhere(Exception):
-    """Another message (another runner, or one that crashed) holds a fresh claim on the key."""
+    """Another holder (another runner, or one that crashed) holds a live claim on the key."""
 
-    def __init__(self, holder: str, seconds_left: float) -> None:
-        super().__init__(f"key claimed by message {holder} ({seconds_left:.1f} s of its lease left)")
-        self.holder, self.seconds_left = holder, seconds_left
+    def __init__(self, holder: str, seconds_left: float, runner: str = "?") -> None:
+        super().__init__(f"key claimed by message {holder} on runner {runner} ({seconds_left:.1f} s of its lease left)")
+        self.holder, self.runner, self.seconds_left = holder, runner, seconds_left
+
+
+class ClaimLost(Exception):
+    """A refresh found the claim changed: another holder took it over (or it became the done mark)."""
 
 
 def applies_to(flow: Flow, has_calls: bool) -> bool:
@@ -60,6 +77,27 @@ def business_key(flow: Flow, env: Envelope) -> str:
             value = value.replace("{" + name + "}", str(current))
         return value
     return env.headers.get(IDEMPOTENCY_KEY) or env.msg_id
+
+
+def parse_claim(value: bytes) -> tuple[float, str, str] | None:
+    """(holder's time, runner, message id) of a claim; None for the done mark. A claim written before
+    claims named their runner (`claim <time> <msg id>`) has runner "?"."""
+    if not value.startswith(CLAIM):
+        return None
+    stamp, _, rest = value[len(CLAIM):].decode().partition(" ")
+    runner, _, holder = rest.partition(" ")
+    if not holder:  # the older two-field form
+        runner, holder = "?", rest
+    try:
+        return float(stamp), runner, holder
+    except ValueError:
+        return 0.0, runner, holder  # unreadable time: as old as can be
+
+
+def lease_over(age: float, quiet: float, lease: float) -> float:
+    """Seconds until a claim `age` seconds old on its holder's clock, seen unchanged for `quiet`
+    seconds, may be taken over (0: now)."""
+    return max(0.0, lease - age, lease * QUIET - quiet)
 
 
 class InFlightKeys:
@@ -93,11 +131,21 @@ class InFlightKeys:
                 self._done.popitem(last=False)
 
 
+def new_runner_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
 class IdempotencyStore:
-    def __init__(self, js: Any, keep: float) -> None:
+    """One runner's view of the shared claims bucket. `runner_id` names this runner in its claims
+    (one per process: a restarted runner is another holder); `clock` stamps them (the hub's)."""
+
+    def __init__(self, js: Any, keep: float, runner_id: str | None = None, clock: Clock = SYSTEM) -> None:
         self.js = js
         self.keep = keep
+        self.runner_id = runner_id or new_runner_id()
+        self.clock = clock
         self.kv: Any = None
+        self._seen: dict[str, tuple[int, float]] = {}  # kv key -> (revision, first seen, monotonic)
 
     async def start(self) -> None:
         self.kv = await bucket(self.js, BUCKET, self.keep)  # leader reads: a claim is read right after it is written
@@ -106,32 +154,76 @@ class IdempotencyStore:
     def kv_key(flow: str, key: str) -> str:
         return f"{flow}.{hashlib.blake2b(key.encode(), digest_size=16).hexdigest()}"
 
+    def claim_value(self, msg_id: str) -> bytes:
+        return CLAIM + f"{self.clock.time():.3f} {self.runner_id} {msg_id}".encode()
+
     async def claim(self, flow: str, key: str, msg_id: str, lease: float) -> int | None:
         """Claim `key` for `msg_id`: its revision, or None when the effect is done (skip the message).
-        HeldElsewhere while another message's claim is younger than `lease`."""
+        HeldElsewhere while another holder's claim is alive (see the module docstring)."""
         k = self.kv_key(flow, key)
-        value = CLAIM + f"{time.time():.3f} {msg_id}".encode()
         for _ in range(8):  # each turn loses a race to another claimant at most once
             try:
-                return await self.kv.create(k, value)
+                revision = await self.kv.create(k, self.claim_value(msg_id))
             except KeyWrongLastSequenceError:
                 pass
-            try:
-                entry = await self.kv.get(k)
-            except KeyNotFoundError:
-                continue  # given up (deleted) in between: create again
-            current = entry.value or b""
-            if not current.startswith(CLAIM):
-                return None  # the done mark
-            stamp, _, holder = current[len(CLAIM):].decode().partition(" ")
-            age = time.time() - float(stamp)
-            if holder != msg_id and age < lease:
-                raise HeldElsewhere(holder, lease - age)
-            try:  # the holder crashed (lease over), or this is its own redelivery: take it over
-                return await self.kv.update(k, value, last=entry.revision)
-            except KeyWrongLastSequenceError:
-                continue
+            else:
+                self._seen.pop(k, None)
+                return revision
+            outcome = await self.resolve(k, msg_id, lease)
+            if outcome != "retry":
+                return outcome  # type: ignore[return-value]
         raise HeldElsewhere("?", 1.0)  # contended beyond reason: wait and try again
+
+    async def resolve(self, k: str, msg_id: str, lease: float) -> int | None | str:
+        """The key exists: the done mark (None), a claim this message may take over (its new
+        revision), HeldElsewhere, or "retry" (it changed meanwhile: create again)."""
+        try:
+            entry = await self.kv.get(k)
+        except KeyNotFoundError as gone:
+            if gone.entry is None:
+                return "retry"  # not there at all (expired meanwhile): create again
+            return await self._replace(k, msg_id, gone.entry.revision)  # given up: a tombstone, replaced
+        claim = parse_claim(entry.value or b"")
+        if claim is None:
+            self._seen.pop(k, None)
+            return None  # the done mark
+        stamp, runner, holder = claim
+        if runner != self.runner_id or holder != msg_id:  # not a leftover of this very holder
+            wait = lease_over(self.clock.time() - stamp, self._quiet(k, entry.revision), lease)
+            if wait > 0:
+                raise HeldElsewhere(holder, wait, runner)
+        return await self._replace(k, msg_id, entry.revision)
+
+    async def _replace(self, k: str, msg_id: str, last: int | None) -> int | str:
+        try:
+            revision = await self.kv.update(k, self.claim_value(msg_id), last=last)
+        except KeyWrongLastSequenceError:
+            return "retry"
+        self._seen.pop(k, None)
+        return revision
+
+    def watched(self) -> int:
+        """Other holders' claims this runner waits on (watching them for a refresh)."""
+        return len(self._seen)
+
+    def _quiet(self, k: str, revision: int) -> float:
+        """How long this runner has seen the claim at `revision` without a refresh."""
+        now = self.clock.monotonic()
+        seen = self._seen.get(k)
+        if seen is not None and seen[0] == revision:
+            return now - seen[1]
+        if len(self._seen) >= SEEN_LIMIT:
+            self._seen.clear()
+        self._seen[k] = (revision, now)
+        return 0.0
+
+    async def refresh(self, flow: str, key: str, msg_id: str, revision: int) -> int:
+        """The holder still works on it: a fresh time on its claim (compare-and-set), the new revision.
+        ClaimLost when the claim is no longer this revision."""
+        try:
+            return await self.kv.update(self.kv_key(flow, key), self.claim_value(msg_id), last=revision)
+        except KeyWrongLastSequenceError:
+            raise ClaimLost(f"claim on {key!r} for message {msg_id} changed since revision {revision}") from None
 
     async def give_up(self, flow: str, key: str, revision: int) -> None:
         """The attempt did not complete its effect: free the key for its retry, replay or copy."""

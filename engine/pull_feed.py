@@ -14,7 +14,9 @@ drops it too. Without that a flow stalled until the requests' expiry (15 s after
 
 Held messages get an in-progress ack once they are older than a quarter of `ack_wait`, so a live
 runner keeps them however long they wait, and a dead runner's messages go to the others `ack_wait`
-after its last sign of life (the bound in docs/deploy.md).
+after its last sign of life (the bound in docs/deploy.md). The same round refreshes their
+idempotency claims (`on_kept_alive`, engine/idempotency.py), so a claim lives exactly as long as its
+holder shows signs of life.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import asyncio
 import json
 import time
 from collections import deque
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 from engine.pull_credit import PullCredit
 from engine.tasks import cancel_and_wait
@@ -74,6 +76,8 @@ class PullFeed:
         self._arrived = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._sub: Any = None
+        # called with the messages just kept alive: their idempotency claims are refreshed with them
+        self.on_kept_alive: Callable[[list[Any]], Awaitable[None]] | None = None
 
     async def start(self) -> None:
         self._inbox = self.nc.new_inbox()
@@ -223,10 +227,14 @@ class PullFeed:
             except TimeoutError:
                 pass
             due = time.monotonic() - interval
+            kept = []
             for key, msg in list(self.held.items()):
                 if self._touched.get(key, 0.0) <= due and not msg._ackd:
                     self._touched[key] = time.monotonic()
+                    kept.append(msg)
                     await quietly(msg.in_progress())
+            if kept and self.on_kept_alive is not None:
+                await quietly(self.on_kept_alive(kept))
 
 
 async def quietly(coro: Any) -> None:

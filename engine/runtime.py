@@ -133,7 +133,8 @@ class Hub:
 
     async def _open_state(self) -> None:
         """The KV buckets every runner shares: done effects, failure history, breakers, fallbacks."""
-        self.idempotency = IdempotencyStore(self.js, self.project.config.state.idempotency_keep)
+        self.idempotency = IdempotencyStore(self.js, self.project.config.state.idempotency_keep,
+                                            runner_id=self.ops.runner_id, clock=self.clock)  # claims name their holder
         await self.idempotency.start()
         self.history = FailureHistory(self.js)
         await self.history.start()

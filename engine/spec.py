@@ -207,8 +207,10 @@ class Idempotency(_Strict):
     is done is skipped and logged. On by default for flows with steps that do I/O (`call`, `state`,
     `until`, `pull`); a flow whose state function is idempotent itself may turn it off (two KV
     round trips a message). Two messages with one key never run at once, in one runner or across
-    runners: the second waits for the first to settle, then finds its mark (a runner that died
-    holding a key frees it after two ack_waits; its own redelivery takes it at once)."""
+    runners: the second waits for the first to settle, then finds its mark. A claim names its holder
+    (runner and message) and is refreshed with the message's in-progress acks, so even a redelivery of
+    the same message to another runner waits while the holder lives; a runner that died holding a key
+    frees it about an ack_wait after its last sign of life (engine/idempotency.py)."""
 
     key: str | None = Field(
         None, description="Business key template from the payload; default: the message's "
