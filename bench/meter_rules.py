@@ -6,7 +6,8 @@ the same KV work.
     .venv/bin/python bench/meter_rules.py --meters 10 --days 35 --interval 15m   # 15-minute meters
 
 1. raw: `--concurrency` asyncio tasks, one per meter at a time, each reading: KV get + create/update of
-   the seen record (the dedupe's I/O) and of the month record, then a publish with a Nats-Msg-Id and
+   the seen record (the dedupe's I/O, keyed as the flow keys it: meter register and `seen_slot`) and of
+   the month record, then a publish with a Nats-Msg-Id and
    its ack: the least a correct dedupe + month total over JetStream KV costs.
 2. hub: the two real flow files on one Hub, readings published in time order per meter (the order a
    vendor pull gives), timed until every reading is on meter.reading.received and every month total
@@ -124,7 +125,7 @@ async def raw(url: str, batch: list[dict[str, Any]], concurrency: int) -> tuple[
         while not queue.empty():
             for reading in queue.get_nowait():
                 key = f"{reading['meter_id']}.x"
-                out = await step(seen, key, rules.first_sighting, reading, "seen")
+                out = await step(seen, f"{key}.{rules.slot_of(reading)}", rules.first_sighting, reading, "seen")
                 await js.publish("raw.received", json.dumps(out).encode(),
                                  headers={"Nats-Msg-Id": f"{reading['meter_id']}:{reading['read_at']}"})
                 total = await step(months, key, rules.month_progress, reading, "months")
