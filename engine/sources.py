@@ -241,7 +241,8 @@ class SalesforceSource(IngressSource):
 
 
 class BatchSpec(_Strict):
-    subject: SubjectPattern = Field(description="Subject (captured by a stream) whose messages are gathered.",
+    subject: SubjectPattern = Field(description="Subject whose messages are gathered; a stream in config must capture "
+                                    "it (`runner.py validate` says so at its line).",
                                     examples=["meter.month.completed"])
     size: int = Field(10_000, ge=1, le=1_000_000, description="Items in a full batch.")
     within: Duration = Field(60.0, description="A batch closes this long after its first item, full or not.",
