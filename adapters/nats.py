@@ -1,5 +1,7 @@
 """`nats` endpoints: request/reply to another service, or a confirmed JetStream publish, as a
-`call` step. Use it when the target is itself on the bus (another hub service, a CRM bridge)."""
+`call` step. Use it when the target is itself on the bus (another hub service, a CRM bridge). The
+request or message carries the correlation id, the event id and the W3C trace context, so the other
+side's logs and spans join the caller's."""
 
 from __future__ import annotations
 
@@ -12,9 +14,11 @@ from pydantic import Field
 from engine.adapter import Adapter, CallContext, EndpointConfig
 from engine.durations import Duration
 from engine.errors import PublishFailed, RoutingError, TargetRejected, TargetTimeout, TargetUnavailable
-from engine.messages import CE_CORRELATION, MSG_ID, encode
+from engine.messages import CE_CORRELATION, MSG_ID, TRACEPARENT, encode
 from engine.registry import register
 from engine.subjects import SubjectTemplate, render
+
+TRACESTATE = "tracestate"
 
 
 class NatsEndpointConfig(EndpointConfig):
@@ -23,6 +27,13 @@ class NatsEndpointConfig(EndpointConfig):
     subject: SubjectTemplate = Field(description="Subject; `{field}` placeholders are filled from the payload.",
                                      examples=["powersales.quote.request", "crm.bridge.reading"])
     timeout: Duration = Field(5.0, description="How long to wait for the reply or the publish ack.")
+
+
+def trace_headers(ctx: CallContext) -> dict[str, str]:
+    """The W3C trace context the call carries (`traceparent`: the call's span when the message is
+    traced, engine/probes.py; else the message's own), so the service or flow on the other side of
+    the request or publish continues the trace, as an HTTP target does (CallContext.http_headers)."""
+    return {name: value for name in (TRACEPARENT, TRACESTATE) if (value := (ctx.headers or {}).get(name))}
 
 
 @register
@@ -41,7 +52,7 @@ class NatsAdapter(Adapter):
             subject = render(self.config.subject, payload)
         except KeyError as exc:
             raise RoutingError(f"subject {self.config.subject!r} needs payload field {exc}") from None
-        headers = {CE_CORRELATION: ctx.correlation_id, "ce-id": ctx.msg_id}
+        headers = {CE_CORRELATION: ctx.correlation_id, "ce-id": ctx.msg_id, **trace_headers(ctx)}
         data = encode(payload)
         if self.config.mode == "publish":
             headers[MSG_ID] = f"{ctx.msg_id}:{subject}"

@@ -8,7 +8,7 @@ import sys
 from datetime import datetime
 from typing import Any, Callable
 
-from dlq import store
+from dlq import claims, store
 from dlq.exits import FAILED, NOT_FOUND, OK, USAGE, Stop
 from dlq.format import Progress, as_json, fmt_age, print_record, print_table, table
 from dlq.selection import DONE, described, matching, one, selected
@@ -35,6 +35,8 @@ async def cmd_list(args: argparse.Namespace, js: Any, stream: str) -> int:
 
 async def cmd_show(args: argparse.Namespace, js: Any, stream: str) -> int:
     r = await one(js, stream, args.seq)
+    if r.claim is not None:
+        await claims.fetch(js, r.claim)  # a claim-checked payload is shown as itself, not as an empty body
     if args.json:
         print(as_json(r.as_dict(_now(args))))
     else:

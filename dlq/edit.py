@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from dlq import store
+from dlq import claims, store
 from dlq.exits import FAILED, OK, USAGE, Stop
 from dlq.format import payload_text
 from dlq.selection import one
@@ -40,6 +40,14 @@ async def cmd_edit(args: argparse.Namespace, js: Any, stream: str) -> int:
     from engine.messages import encode
 
     r = await one(js, stream, args.seq)
+    if r.payload_omitted and (args.patch is not None or args.sets):
+        raise Stop(USAGE, f"record {r.seq} holds no payload ({r.payload_omitted}): --patch/--set have nothing to "
+                   "change; give the whole payload with $EDITOR (no --patch/--set)")
+    if r.claim is not None:
+        await claims.fetch(js, r.claim)
+        if r.claim.problem:
+            raise Stop(FAILED, f"record {r.seq}'s payload came by claim check and cannot be read: {r.claim.problem}; "
+                       "nothing replayed")
     encoding, payload = r.payload()
     if args.patch is not None or args.sets:
         if encoding != "json":

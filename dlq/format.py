@@ -35,12 +35,34 @@ def payload_text(encoding: str, payload: Any) -> str:
     return json.dumps(payload, ensure_ascii=False, indent=2) if encoding == "json" else str(payload)
 
 
+SHOWN_BYTES = 256 * 1024  # `show` prints at most this much of a payload; --json prints it whole
+
+
+def fmt_bytes(n: int) -> str:
+    for unit, size in (("M", 1024 * 1024), ("K", 1024)):
+        if n >= size:
+            return f"{n / size:.1f}{unit}"
+    return f"{n}B"
+
+
+def payload_cell(r: Record) -> str:
+    """What the record holds: the body's size, `claim 5.0M` (the bytes are in the Object Store), or
+    `omitted` (too big to keep next to the headers)."""
+    if r.payload_omitted:
+        return "omitted"
+    if r.claim is not None:
+        return f"claim {fmt_bytes(r.claim.size)}" if r.claim.size is not None else "claim"
+    return fmt_bytes(len(r.data))
+
+
 def print_table(records: list[Record], now: datetime | None = None) -> None:
-    """SEQ, AGE (to `now`, the CLI's clock; the system's by default), flow, class, attempts, error."""
+    """SEQ, AGE (to `now`, the CLI's clock; the system's by default), flow, class, attempts (failed
+    deliveries), deliveries, calls the target received, the payload, error."""
     now = now or SYSTEM.now()
-    rows = [(str(r.seq), fmt_age(r.age(now)), r.flow, r.error_class or "?", str(r.summary.get("attempts", 0)), r.error)
+    rows = [(str(r.seq), fmt_age(r.age(now)), r.flow, r.error_class or "?", str(r.summary.get("attempts", 0)),
+             str(r.summary.get("deliveries", 0)), str(r.summary.get("calls", 0)), payload_cell(r), r.error)
             for r in records]
-    table(("SEQ", "AGE", "FLOW", "ERROR CLASS", "ATT", "ERROR"), rows, right={0, 4})
+    table(("SEQ", "AGE", "FLOW", "ERROR CLASS", "ATT", "DLV", "CALLS", "PAYLOAD", "ERROR"), rows, right={0, 4, 5, 6, 7})
 
 
 def table(headers: tuple[str, ...], rows: list[tuple[str, ...]], right: set[int] = frozenset()) -> None:  # type: ignore[assignment]
@@ -70,10 +92,16 @@ def print_record(r: Record, stream: str, now: datetime | None = None) -> None:
                    f"({fmt_age(r.age(now))} ago{stored})"),
         ("flow", r.flow), ("step", s.get("step") or "-"),
         ("error class", f"{r.error_class}" + (f" ({'transient' if transient == 'true' else 'permanent'})" if transient else "")),
-        ("error", r.error), ("attempts", s.get("attempts")),
+        ("error", r.error), ("attempts", f"{s.get('attempts')} failed deliveries"),
+        ("deliveries", f"{s.get('deliveries')} by JetStream (outage waits and restarts included)"),
+        ("calls", f"{s.get('calls')} requests the failing endpoints received"),
         ("first failure", s.get("first_failure") or "-"), ("last failure", s.get("last_failure") or "-"),
         ("original", f"subject {s.get('subject')}, stream {s.get('stream')}, sequence {s.get('sequence')}"),
     ]
+    if r.claim is not None:
+        facts.append(("payload", r.claim.describe()))
+    if r.payload_omitted:
+        facts.append(("payload", f"OMITTED from the record: {r.payload_omitted}"))
     for label, value in facts:
         print(f"{label + ':':<15}{value}")
     if s.get("history"):
@@ -85,8 +113,12 @@ def print_record(r: Record, stream: str, now: datetime | None = None) -> None:
     for key, value in r.headers.items():
         print(f"  {key}: {value}")
     encoding, payload = r.payload()
-    print(f"payload ({encoding}, {len(r.data)} bytes):")
-    print(payload_text(encoding, payload))
+    size = len(r.payload_bytes)
+    print(f"payload ({encoding}, {size} bytes{', by claim check' if r.claim and r.claim.data is not None else ''}):")
+    text = payload_text(encoding, payload)
+    if len(text) > SHOWN_BYTES:
+        text = text[:SHOWN_BYTES] + f"\n… cut at {SHOWN_BYTES // 1024} KB of {len(text) // 1024} KB: `dlq show {r.seq} --json` prints it whole"
+    print(text)
 
 
 class Progress:

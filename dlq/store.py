@@ -24,6 +24,7 @@ from typing import Any, AsyncIterator, Callable, Iterable
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import APIError, NotFoundError
 
+from dlq.claims import Claim, carried, still_there
 from engine import dead_letter as rec
 from engine.clock import SYSTEM
 from engine.messages import CE_ID, IDEMPOTENCY_KEY, MSG_ID, REPLAY_FOR, REPLAY_OF
@@ -62,6 +63,7 @@ class Record:
     summary: dict[str, Any] = field(default_factory=dict)
     stream: str = "DLQ"  # the DLQ stream holding it
     stored: datetime | None = None  # nats-server's time of the store (its clock: shown, not compared)
+    claim: Claim | None = None  # the payload came by claim check: the body is empty, the bytes are there
 
     @classmethod
     def of(cls, stream: str, seq: int, subject: str, stored: datetime, data: bytes | None,
@@ -69,7 +71,7 @@ class Record:
         hdrs = {k: str(v) for k, v in (headers or {}).items()}
         summary = rec.summary(hdrs)
         failed = _aware(summary.get("last_failure")) or _aware(summary.get("first_failure")) or stored
-        return cls(seq, subject, failed, data or b"", hdrs, summary, stream, stored)
+        return cls(seq, subject, failed, data or b"", hdrs, summary, stream, stored, Claim.of(hdrs))
 
     @property
     def flow(self) -> str:
@@ -87,12 +89,23 @@ class Record:
         """Seconds since it was dead-lettered, on the caller's clock (`now`; the system's by default)."""
         return ((now or SYSTEM.now()) - self.time).total_seconds()
 
+    @property
+    def payload_bytes(self) -> bytes:
+        """The payload itself: the claim-checked bytes once fetched (dlq/claims.py), else the body."""
+        return self.claim.data if self.claim is not None and self.claim.data is not None else self.data
+
+    @property
+    def payload_omitted(self) -> str | None:
+        """Why the record carries no payload (too big next to its headers) and where the original is."""
+        return self.headers.get(rec.PAYLOAD_OMITTED)
+
     def payload(self) -> tuple[str, Any]:
         """('json', value), ('text', str) or ('base64', str): the payload in its most readable form."""
+        data = self.payload_bytes
         try:
-            text = self.data.decode("utf-8")
+            text = data.decode("utf-8")
         except UnicodeDecodeError:
-            return "base64", base64.b64encode(self.data).decode()
+            return "base64", base64.b64encode(data).decode()
         try:
             return "json", json.loads(text)
         except ValueError:
@@ -104,7 +117,8 @@ class Record:
         return {"seq": self.seq, "dlq_subject": self.subject,
                 "time": self.time.isoformat(timespec="milliseconds"), "age_s": round(self.age(now), 3),
                 "stored": stored,
-                **self.summary, "headers": self.headers, "payload_encoding": encoding, "payload": payload}
+                **self.summary, "headers": self.headers, "claim": self.claim.as_dict() if self.claim else None,
+                "payload_omitted": self.payload_omitted, "payload_encoding": encoding, "payload": payload}
 
 
 @dataclass
@@ -271,12 +285,30 @@ class Replayed:
     ack: Any
 
 
+async def refusal(js: Any, r: Record) -> str | None:
+    """Why the record cannot be replayed as it is, found before anything is sent: its payload was left
+    out of the record, or it came by claim check and the object is no longer there as recorded."""
+    if r.payload_omitted:
+        return (f"record {r.seq} has no payload ({rec.PAYLOAD_OMITTED}: {r.payload_omitted}): replaying it would "
+                "send an empty body; replay the original from its stream, or `dlq edit` the record with the payload")
+    if r.claim is not None:
+        problem = await still_there(js, r.claim)
+        return f"record {r.seq}: {problem}" if problem else None
+    return None
+
+
 async def replay(js: Any, record: Record, *, keep: bool = False, payload: bytes | None = None,
                  timeout: float = 10.0) -> Replayed:
     """Publish one record back to its original subject (`payload` replaces its payload), wait for
-    the ack, then delete the record."""
+    the ack, then delete the record. A claim-checked record is replayed with its reference once the
+    object is found still there; an edited one carries its own bytes (dlq/claims.py `carried`)."""
     subject, headers = replay_message(record)
-    ack = await js.publish(subject, record.data if payload is None else payload, headers=headers, timeout=timeout)
+    data = record.data if payload is None else payload
+    if payload is None and (why := await refusal(js, record)):
+        raise ReplayRefused(why)
+    if payload is not None and record.claim is not None:
+        data, headers = await carried(js, headers, payload, headers[MSG_ID])
+    ack = await js.publish(subject, data, headers=headers, timeout=timeout)
     if not keep:
         _, failed = await delete(js, record.stream, [record.seq])
         if failed:
@@ -305,6 +337,8 @@ async def replay_many(js: Any, records: list[Record], *, keep: bool = False, rat
             if limiter:
                 await limiter.acquire()
             try:
+                if why := await refusal(js, r):
+                    raise ReplayRefused(why)
                 subject, headers = replay_message(r)
                 pending.append((r, await js.publish_async(subject, r.data, headers=headers)))
             except Exception as exc:

@@ -119,11 +119,16 @@ class SourceOnlyAdapter(Adapter):
 
 
 class Services:
-    """Shared runtime handles adapters may use: the NATS connection, JetStream, the hub's config, and
-    `shared`, one dict per runner for things its ingresses share (the webhook HTTP server)."""
+    """Shared runtime handles adapters may use: the NATS connection, JetStream, the hub's config, the
+    hub's clock (engine/clock.py: what every date an adapter or ingress decides on is read from, so a
+    test or `demo --at` moves them with the hub), and `shared`, one dict per runner for things its
+    ingresses share (the webhook HTTP server)."""
 
-    def __init__(self, nc: Any = None, js: Any = None, config: Any = None) -> None:
+    def __init__(self, nc: Any = None, js: Any = None, config: Any = None, clock: Any = None) -> None:
+        from engine.clock import SYSTEM
+
         self.nc = nc
         self.js = js
         self.config = config
+        self.clock = clock or SYSTEM
         self.shared: dict[str, Any] = {}

@@ -148,7 +148,7 @@ class Hub:
     async def _start_adapters(self) -> None:
         """Start the endpoints the loaded flows call (not every endpoint in config: an unused one's
         secrets need not be there, nor its server reachable)."""
-        services = Services(nc=self.nc, js=self.js)
+        services = Services(nc=self.nc, js=self.js, clock=self.clock)
         registry = load_adapters()
         used = used_endpoints(self.project)
         for name, cfg in self.project.endpoints.items():
@@ -160,7 +160,7 @@ class Hub:
 
     async def _start_flows(self) -> None:
         ncfg, breakers = self.project.config.nats, self.endpoint_breakers
-        self.ingress_services = Services(nc=self.nc, js=self.js, config=self.project.config)
+        self.ingress_services = Services(nc=self.nc, js=self.js, config=self.project.config, clock=self.clock)
         for lf in self.project.flows:
             flow = lf.flow
             pipeline = Pipeline(flow, self.adapters, breakers=breakers, fallback=self.fallback, js=self.js,

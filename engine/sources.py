@@ -95,9 +95,21 @@ class ImapMailbox(_Strict):
                           examples=["hub_mailbox"])
     folder: str = Field("INBOX", description="Folder watched for new mail.")
     processed: str = Field("Processed", description="Folder a mail is moved to once JetStream has stored it.")
+    quarantine: str = Field("Quarantine", min_length=1, description="Folder a mail the hub cannot store at all "
+                            "(past the claim-check limit, 64 MiB) is moved to unread, with a `mail_quarantined` "
+                            "alert; created when missing. Name it as the server spells its folders.",
+                            examples=["Quarantine", "INBOX.Quarantine", "Hub/Too-Big"])
     poll: Duration = Field(30.0, description="How often to look when the server has no IDLE (or IDLE is off).",
                            examples=["30s"])
     idle: bool = Field(True, description="Wait with IMAP IDLE where the server offers it (new mail wakes it).")
+
+    @model_validator(mode="after")
+    def _quarantine_is_elsewhere(self) -> "ImapMailbox":
+        if self.quarantine in (self.folder, self.processed):
+            which = "folder" if self.quarantine == self.folder else "processed"
+            raise ValueError(f"quarantine {self.quarantine!r} is the {which} folder: a quarantined mail would "
+                             "be fetched again (or look processed); name a folder of its own")
+        return self
 
 
 class ImapSource(IngressSource):
@@ -241,7 +253,8 @@ class SalesforceSource(IngressSource):
 
 
 class BatchSpec(_Strict):
-    subject: SubjectPattern = Field(description="Subject (captured by a stream) whose messages are gathered.",
+    subject: SubjectPattern = Field(description="Subject whose messages are gathered; a stream in config must capture "
+                                    "it (`runner.py validate` says so at its line).",
                                     examples=["meter.month.completed"])
     size: int = Field(10_000, ge=1, le=1_000_000, description="Items in a full batch.")
     within: Duration = Field(60.0, description="A batch closes this long after its first item, full or not.",

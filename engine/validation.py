@@ -3,7 +3,7 @@
 Checks, each reported as `file:line: path: message`: YAML syntax and duplicate keys, the models
 (unknown keys, durations, rates, subjects), endpoints against their adapter's model, and the
 cross-references: adapters, endpoints, operations, transforms, schemas, filters, stream coverage
-of every consumed and published subject, and two flows on one durable.
+of every consumed, gathered (`batch:` sources) and published subject, and two flows on one durable.
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ from engine.config import HubConfig
 from engine.errors import ConfigError
 from engine.outcomes import check_declared, check_verify
 from engine.registry import load_adapters
-from engine.sources import INGRESS_STREAM, INGRESS_SUBJECT_PREFIX, SCHEDULE_STREAM, SCHEDULE_SUBJECT_PREFIX
+from engine.sources import (INGRESS_STREAM, INGRESS_SUBJECT_PREFIX, SCHEDULE_STREAM, SCHEDULE_SUBJECT_PREFIX,
+                            BatchSource)
 from engine.spec import (CallStep, FilterStep, Flow, PublishStep, PullStep,
                          ReplyStep, StateStep, TransformStep, UntilStep, ValidateStep)
 from engine.subjects import matches, pattern_covers, patterns_overlap, placeholders, render
@@ -218,6 +219,9 @@ def check_flow(lf: LoadedFlow, project: Project) -> list[str]:
         elif endpoint is not None and project.endpoints[endpoint].adapter != kind:
             bad(("source", kind, "endpoint"), f"endpoint {endpoint!r} is a {project.endpoints[endpoint].adapter} "
                 f"endpoint; a {kind} source needs an {kind} endpoint")
+        if isinstance(flow.ingress, BatchSource) and stream_for(config, flow.ingress.batch.subject, pattern=True) is None:
+            bad(("source", "batch", "subject"), f"no stream in config captures {flow.ingress.batch.subject!r}; "
+                "the batches would gather nothing (the hub refuses to start the flow)")
     elif not flow.is_scheduled:
         subject = flow.source.subject  # type: ignore[union-attr]
         if stream_for(config, subject, pattern=True) is None:

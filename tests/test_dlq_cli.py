@@ -46,13 +46,14 @@ class Env:
         return f"{self.u}.in.contract"
 
     async def put(self, payload: object, *, ce_id: str, err: Exception | None = None,
-                  headers: dict | None = None, flow: str | None = None) -> int:
-        """A DLQ record as a flow writes it (engine.dead_letter.build_headers); returns its DLQ sequence."""
+                  headers: dict | None = None, flow: str | None = None, extra: dict | None = None, **facts) -> int:
+        """A DLQ record as a flow writes it (engine.dead_letter.build_headers; `facts` such as deliveries
+        and calls, `extra` record headers); returns its DLQ sequence."""
         flow = flow or self.u
         original = {"ce-id": ce_id, "Nats-Msg-Id": ce_id, "content-type": "application/json", **(headers or {})}
         err = err or ValidationFailed("ContractSigned: sites[0].postcode: too short", step="schema")
         hdrs = build_headers(original, flow=flow, err=err, attempts=1, subject=self.subject, stream=f"IN{self.u}",
-                             sequence=next(_orig_seq), consumer=flow, first_failure=None)
+                             sequence=next(_orig_seq), consumer=flow, first_failure=None, **facts) | (extra or {})
         data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
         return (await self.js.publish(f"dlq.{flow}", data, headers=hdrs)).seq
 
@@ -114,7 +115,7 @@ async def test_list_shows_a_table_filters_and_emits_json(env: Env, capsys):
     assert await env.dlq("list", "--flow", env.u) == 0
     out, err = out_err(capsys)
     lines = out.splitlines()
-    assert lines[0].split() == ["SEQ", "AGE", "FLOW", "ERROR", "CLASS", "ATT", "ERROR"]
+    assert lines[0].split() == ["SEQ", "AGE", "FLOW", "ERROR", "CLASS", "ATT", "DLV", "CALLS", "PAYLOAD", "ERROR"]
     assert [int(line.split()[0]) for line in lines[1:]] == [a, b, c]
     assert "TargetRejected" in lines[3] and "tariff code unknown" in lines[3]
     assert err.startswith(f"3 record(s) in DLQ matching flow {env.u}")
@@ -440,3 +441,101 @@ async def test_a_listing_ends_promptly_when_records_vanish_while_it_reads(env: E
         assert [r async for r in records] == []
         assert time.monotonic() - start < 5
     assert first.seq == seqs[0]
+
+
+# --- payloads by claim check, left out, and the counts of deliveries and calls ----------------------
+
+
+async def claim_checked(env: Env, payload: bytes, name: str) -> dict:
+    """The payload in the Object Store as an ingress stores it; the reference headers."""
+    from engine.claim_check import ClaimChecks
+
+    return await ClaimChecks(env.js).put(f"{env.u}-{name}", payload)
+
+
+async def test_show_fetches_a_claim_checked_payload_and_says_how_it_came(env: Env, capsys):
+    """A record whose payload came by claim check (empty body) is shown with the payload itself, the
+    reference, its size and digest; --json has both; `list` says `claim` in its payload column."""
+    body = json.dumps(bad_contract("C-CLAIM")).encode()
+    ref = await claim_checked(env, body, "show")
+    seq = await env.put(b"", ce_id="claim-1", headers=ref)
+    assert await env.dlq("show", str(seq)) == 0
+    out, _ = out_err(capsys)
+    assert f"payload:       by claim check {ref['Hub-Claim-Check']}, {len(body):,} bytes, sha256 {ref['Hub-Claim-Sha256']} " \
+           "(fetched, size and SHA-256 checked)" in out
+    assert f"payload (json, {len(body)} bytes, by claim check):" in out and '"contract_id": "C-CLAIM"' in out
+    assert await env.dlq("show", str(seq), "--json") == 0
+    data = json.loads(out_err(capsys)[0])
+    assert data["payload"] == bad_contract("C-CLAIM")
+    assert data["claim"] == {"ref": ref["Hub-Claim-Check"], "size": len(body), "sha256": ref["Hub-Claim-Sha256"],
+                             "fetched": True, "problem": None}
+    assert await env.dlq("list", "--flow", env.u) == 0
+    assert f"claim {len(body)}B" in out_err(capsys)[0]
+
+
+async def test_show_and_list_say_deliveries_calls_and_an_omitted_payload(env: Env, capsys):
+    """The record's deliveries (JetStream's) and calls (the target's) are in `show` and `list`; a payload
+    left out of the record says so and where the original is; replaying it is refused, it stays."""
+    seq = await env.put(b"", ce_id="omit-1", deliveries=4, calls=9,
+                        extra={"Hub-Dlq-Payload-Omitted": "1048000 bytes: too large for a record next to its headers; "
+                                                          "the original is message 7 of stream INX"})
+    assert await env.dlq("show", str(seq)) == 0
+    out, _ = out_err(capsys)
+    assert "deliveries:    4 by JetStream" in out and "calls:         9 requests the failing endpoints received" in out
+    assert "payload:       OMITTED from the record: 1048000 bytes: too large" in out and "message 7 of stream INX" in out
+    assert await env.dlq("list", "--flow", env.u) == 0
+    row = out_err(capsys)[0].splitlines()[1].split()
+    assert row[5:8] == ["4", "9", "omitted"]
+    assert await env.dlq("show", str(seq), "--json") == 0
+    data = json.loads(out_err(capsys)[0])
+    assert (data["deliveries"], data["calls"]) == (4, 9) and "message 7 of stream INX" in data["payload_omitted"]
+    assert await env.dlq("replay", str(seq)) == 1
+    assert "replaying it would send an empty body" in out_err(capsys)[1]
+    assert await env.seqs() == [seq] and await env.stored() == 0
+
+
+async def test_replaying_a_claim_checked_record_sends_the_reference_only_while_its_object_is_there(env: Env, capsys):
+    """A replay sends the reference again (the flow fetches the same bytes); once the object is gone the
+    replay is refused with the reason and the record stays."""
+    body = json.dumps(contract(contract_id="C-REF")).encode()
+    ref = await claim_checked(env, body, "replay")
+    kept, gone = await env.put(b"", ce_id="r-1", headers=ref), await env.put(b"", ce_id="r-2", headers=ref | {
+        "Hub-Claim-Check": f"hub_claims/{env.u}-never-stored"})
+    incoming = await StreamReader.open(env.js, env.subject)
+    assert await env.dlq("replay", str(kept), str(gone)) == 1
+    out, err = out_err(capsys)
+    assert "replayed 1, failed 1" in out and f"hub_claims/{env.u}-never-stored is gone" in err
+    [replayed] = await incoming.wait_for(1)
+    assert replayed.data == b"" and replayed.headers["Hub-Claim-Check"] == ref["Hub-Claim-Check"]
+    from engine.claim_check import ClaimChecks
+    assert await ClaimChecks(env.js).fetch(replayed.headers) == body
+    assert await env.seqs() == [gone]
+
+
+async def test_an_edited_claim_checked_record_reaches_its_flow_edited(tmp_path: Path, nats_url: str, js, unique: str,
+                                                                      capsys, monkeypatch):
+    """`dlq edit --set` on a claim-checked record edits the fetched payload; the flow gets the edit, not
+    the stored original: inline when the edit fits a message, else by a claim check of its own (the
+    original object stays as it was)."""
+    from engine.claim_check import ClaimChecks
+
+    project = project_from(tmp_path, config_for(unique), flow_for(unique, schema=None, out="a"))
+    env = Env(unique, js, nats_url, tmp_path)
+    small = {"contract_id": "C-SMALL", "note": "x"}
+    big = {"contract_id": "C-BIG", "note": "y" * (1100 * 1024)}  # over the server's 1 MiB max_payload
+    refs = [await claim_checked(env, json.dumps(p).encode(), p["contract_id"]) for p in (small, big)]
+    seqs = [await env.put(b"", ce_id=f"e-{i}", headers=ref) for i, ref in enumerate(refs)]
+    hub = await started_hub(project, nats_url)
+    out_a = await StreamReader.open(js, f"{unique}.out.a")
+    try:
+        assert await env.dlq("edit", str(seqs[0]), "--set", "note=edited") == 0
+        assert await env.dlq("edit", str(seqs[1]), "--set", "contract_id=C-BIG-2") == 0
+        got = await out_a.wait_for(2)
+    finally:
+        await hub.stop()
+    first, second = sorted(got, key=lambda m: "Hub-Claim-Check" in (m.headers or {}))
+    assert "Hub-Claim-Check" not in (first.headers or {}) and json.loads(first.data) == {**small, "note": "edited"}
+    assert second.headers["Hub-Claim-Check"] not in (refs[1]["Hub-Claim-Check"], None)
+    assert json.loads(await ClaimChecks(js).fetch(second.headers)) == {**big, "contract_id": "C-BIG-2"}
+    assert json.loads(await ClaimChecks(js).fetch(refs[1])) == big
+    assert await env.seqs() == []

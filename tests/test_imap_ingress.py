@@ -8,6 +8,7 @@ Dovecot, as a mail server delivers it.
 from __future__ import annotations
 
 import email.utils
+import json
 import os
 import time
 import uuid
@@ -306,3 +307,33 @@ async def test_a_hub_runs_an_imap_flow_end_to_end(tmp_path: Path, mail: Any, js:
         return mail.imap.connections == 0
 
     await wait_until(logged_out, timeout=5)
+
+
+async def test_a_mail_too_big_to_store_goes_to_the_quarantine_folder_the_source_names(
+        mail: Any, js: Any, user: str, unique: str, make_ingress: MakeIngress) -> None:
+    """With `quarantine: Hub-Too-Big`, a mail past the claim-check limit is moved to that folder (created
+    on the server), unread, with the alert naming it; INBOX is left empty and nothing goes to Quarantine."""
+    await js.add_stream(name=f"OPS{unique}", subjects=[f"ops.alert.mail-{unique}"])
+    alerts = await StreamReader.open(js, f"ops.alert.mail-{unique}")
+    ingress = await make_ingress(mail, user, quarantine="Hub-Too-Big")
+    ingress.landing.claims.max_bytes = 4096  # the production limit is 64 MiB: the same path, smaller
+    await ingress.wait_for(lambda i: i.state in ("idle", "polling"))
+    await delivered(mail, user, a_mail(user, "x" * 8192))
+    [alert] = await alerts.wait_for(1)
+    await ingress.wait_for(lambda i: i.quarantined == 1)
+    assert json.loads(alert.data)["moved_to"] == "Hub-Too-Big"
+    assert await mail.messages(user) == [] and len(await mail.messages(user, "Hub-Too-Big")) == 1
+    with pytest.raises(KeyError):
+        await mail.messages(user, "Quarantine")
+
+
+def test_the_quarantine_folder_is_a_folder_of_its_own() -> None:
+    """A quarantine named like the watched or the processed folder is refused at load (the mail would be
+    fetched again, or look processed); the default is Quarantine."""
+    def source(**imap: Any) -> Any:
+        return Flow.model_validate({"name": "m", "source": {"imap": {"endpoint": "mbox", **imap}},
+                                    "steps": [{"publish": "x.mail"}]}).source
+    assert source().imap.quarantine == "Quarantine"
+    for same in ({"quarantine": "INBOX"}, {"processed": "Done", "quarantine": "Done"}):
+        with pytest.raises(ValueError, match="a folder of its own"):
+            source(**same)

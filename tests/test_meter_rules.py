@@ -266,3 +266,138 @@ def test_a_register_read_and_an_interval_ending_at_the_same_time_are_two_reading
     index = {**interval, "interval_start": None, "value": 4711.0, "source": "manual"}
     _, out = apply(rules.first_sighting, [interval, index, {**index, "source": "vendor1/pull"}])
     assert [r["source"] for r in out] == ["vendor1/pull", "manual"]
+
+
+# --- the seen records stay small: one per meter register and UTC day or month ---------------------
+
+def quarter_hours(meter: str, start: datetime, count: int, source: str = "vendor3/push",
+                  quality: str = "actual") -> list[dict[str, Any]]:
+    return [{"meter_id": meter, "site_id": "S1", "register": "1-0:1.8.0",
+             "interval_start": rules.utc_text(start + timedelta(minutes=15 * i)),
+             "read_at": rules.utc_text(start + timedelta(minutes=15 * (i + 1))), "value": 0.25, "unit": "kWh",
+             "quality": quality, "source": source, "zone": "Europe/London"} for i in range(count)]
+
+
+def test_a_reading_is_kept_in_its_utc_day_or_month_whatever_its_spelling() -> None:
+    """Quarter-hours by the UTC day of their end (the one ending at midnight in the day it ends), daily
+    readings and register reads by their UTC month, an offset spelling of an instant like its `Z`."""
+    q = quarter_hours("M1", datetime(2025, 3, 29, 23, 45, tzinfo=UTC), 1)[0]
+    assert rules.seen_slot(q)["seen_slot"] == "2025-03-30"
+    assert rules.slot_of({**q, "read_at": "2025-03-30T01:00:00+01:00", "interval_start": "2025-03-30T00:45:00+01:00"}) == "2025-03-30"
+    assert rules.slot_of({**q, "read_at": "2025-03-29T23:59:00-01:00", "interval_start": "2025-03-29T23:44:00-01:00"}) == "2025-03-30"
+    assert rules.slot_of(day("M1", "S1", datetime(2025, 3, 30, 23, tzinfo=UTC), 1.0, hours=23)) == "2025-03"
+    assert rules.slot_of(day("M1", "S1", datetime(2024, 2, 28, 23, tzinfo=UTC), 1.0)) == "2024-02"  # ends 29 Feb
+    assert rules.slot_of({**q, "interval_start": None}) == "2025-03"
+    forwarded = rules.first_sighting({"state": None, "message": rules.seen_slot(q)})["payload"]
+    assert "seen_slot" not in forwarded and forwarded == q  # what goes on is the reading as it came
+
+
+def test_an_old_per_register_record_splits_into_the_slots_a_later_copy_meets() -> None:
+    """An old record (one per meter register) of quarter-hours goes to day records, one of daily readings
+    to month records, a register read to its month; a lone interval to both its day and month; an old
+    offset spelling is moved as its UTC instant. Every entry is where its copy's slot looks for it."""
+    quarter = quarter_hours("M1", datetime(2025, 3, 31, 23, tzinfo=UTC), 8)
+    daily = month_days("M1", "S1", 2025, 3, 1.0) + [{**day("M1", "S1", datetime(2025, 3, 1, tzinfo=UTC), 9.0),
+                                                    "interval_start": None, "source": "manual"}]
+    for readings, expected in ((quarter, {"2025-03-31": 3, "2025-04-01": 5}), (daily, {"2025-03": 32})):
+        old, _ = apply(rules.first_sighting, readings)
+        slots = rules.split_seen(old)
+        assert {slot: len(r["seen"]) for slot, r in slots.items()} == expected
+        for reading in readings:  # the slot record a later copy reads has the reading's entry
+            at = rules.utc_text(rules.parse_iso(reading["read_at"])) + ("" if reading["interval_start"] else " read")
+            assert slots[rules.slot_of(reading)]["seen"][at] == old["seen"][at]
+    lone = {"seen": {"2025-03-02T00:00:00+01:00": ["vendor3/push", "estimated"]}}
+    entry = {"2025-03-01T23:00:00Z": ["vendor3/push", "estimated"]}
+    assert rules.split_seen(lone) == {"2025-03-01": {"seen": entry}, "2025-03": {"seen": entry}}
+    kept = {"seen": {"2025-03-01T23:00:00Z": ["vendor3/pull", "actual"]}}
+    assert rules.merge_seen(kept, {"seen": entry}) == kept                       # the better entry stays
+    assert rules.merge_seen({"seen": entry}, kept) == kept
+    assert rules.merge_seen(None, {"seen": entry}) == {"seen": entry}
+
+
+DEDUPE_CONFIG = """
+    streams:
+      - {name: METER, subjects: ["meter.>"], max_age: 1d}
+    dlq: {stream: DLQ, max_age: 1d}
+    """
+
+
+async def _collected(js: Any, readings: list[dict[str, Any]], tag: str) -> None:
+    acks = [await js.publish_async("meter.reading.collected", json.dumps(r).encode(),
+                                   headers=event_headers("/test", "meter.reading.collected", msg_id=f"{tag}{i}"))
+            for i, r in enumerate(readings)]
+    await asyncio.gather(*acks)
+
+
+async def _seen_records(js: Any) -> dict[str, dict[str, Any]]:
+    kv = await js.key_value("hub_state_meter_seen")
+    return {key: json.loads((await kv.get(key)).value) for key in await kv.keys()}
+
+
+async def test_a_15_minute_meters_seen_records_hold_a_day_each_and_copies_still_collapse(
+        tmp_path: Path, broker: Any, broker_js: Any) -> None:
+    """Three days of a 15-minute meter's pushes, then the pull bringing day one again weeks later: the
+    pull's copies are dropped, its one better copy goes on, and no KV record holds more than a day's 96
+    readings (one record per meter register held all 288, and at 100 days 9,600, rewritten per reading)."""
+    js = broker_js
+    hub = await started_hub(project_from(tmp_path, DEDUPE_CONFIG, (ROOT / "flows" / "meter-reading-dedupe.yaml").read_text()),
+                            broker.url)
+    received = await StreamReader.open(js, "meter.reading.received")
+    meter = f"Q{tmp_path.name[-6:]}"
+    pushed = quarter_hours(meter, datetime(2025, 3, 29, 23, 45, tzinfo=UTC), 3 * 96, quality="estimated")  # 3 UTC days
+    pulled = [{**r, "source": "vendor3/pull"} for r in pushed[:96]]
+    pulled[5]["quality"] = "actual"
+    try:
+        await _collected(js, pushed, "p")
+        await received.wait_for(len(pushed))
+        await _collected(js, pulled, "u")
+        await received.wait_for(len(pushed) + 1)
+        await wait_until(lambda: settled(js, "METER", "meter-reading-dedupe"))
+        records = {k: v for k, v in (await _seen_records(js)).items() if k.startswith(meter)}
+    finally:
+        await hub.stop()
+    assert len(received.messages) == len(pushed) + 1
+    assert json.loads(received.messages[-1].data) == {**pulled[5], "interval_start": pulled[5]["interval_start"]}
+    assert sorted(len(r["seen"]) for r in records.values()) == [96, 96, 96]
+    assert max(len(json.dumps(r)) for r in records.values()) < 6000
+
+
+async def test_after_the_upgrade_and_the_migration_a_pull_still_drops_copies_of_earlier_pushes(
+        tmp_path: Path, broker: Any, broker_js: Any) -> None:
+    """Records the previous version kept per meter register (a 15-minute and a daily meter) are moved by
+    tools/migrate_meter_seen.py into their day and month records (merged with one the new flow already
+    wrote) and deleted; then the monthly pull's copies of readings pushed before the upgrade are dropped
+    and only its better copies go on. Running the migration again moves nothing."""
+    from engine.keyed_state import safe_key
+    from tools.migrate_meter_seen import migrate
+
+    js = broker_js
+    quarter = quarter_hours("OLDQ", datetime(2025, 3, 30, 0, tzinfo=UTC), 2 * 96, quality="estimated")
+    daily = [{**r, "quality": "estimated"} for r in month_days("OLDD", "S2", 2025, 3, 10.0, source="vendor3/push")]
+    hub = await started_hub(project_from(tmp_path, DEDUPE_CONFIG, (ROOT / "flows" / "meter-reading-dedupe.yaml").read_text()),
+                            broker.url)
+    received = await StreamReader.open(js, "meter.reading.received")
+    try:
+        await _collected(js, [{**daily[3], "quality": "actual", "source": "vendor3/pull"}], "new")  # after the upgrade
+        await received.wait_for(1)
+        kv = await js.key_value("hub_state_meter_seen")
+        for meter, readings in (("OLDQ", quarter), ("OLDD", daily)):   # as the previous version left them
+            old_state, _ = apply(rules.first_sighting, readings)
+            await kv.put(safe_key(f"{meter}.1-0:1.8.0"), json.dumps(old_state).encode())
+        tally = await migrate(kv, progress=lambda _: None)
+        assert (tally.old, tally.moved, tally.left) == (2, 2, 0)
+        assert (await migrate(kv, progress=lambda _: None)).old == 0
+        pulled = [{**r, "source": "vendor3/pull"} for r in quarter + daily if r is not daily[3]]
+        pulled[7]["quality"] = "actual"
+        await _collected(js, pulled, "pull")
+        await received.wait_for(2)
+        await wait_until(lambda: settled(js, "METER", "meter-reading-dedupe"))
+        records = await _seen_records(js)
+    finally:
+        await hub.stop()
+    got = [(r["meter_id"], r["read_at"], r["quality"]) for r in received.payloads()]
+    assert got == [("OLDD", daily[3]["read_at"], "actual"), ("OLDQ", quarter[7]["read_at"], "actual")]
+    assert sorted(k for k in records if k.startswith(("OLDQ", "OLDD"))) == [
+        "OLDD=2e.1-0=3a.1=2e.8=2e.0=2e.2025-03",
+        "OLDQ=2e.1-0=3a.1=2e.8=2e.0=2e.2025-03-30", "OLDQ=2e.1-0=3a.1=2e.8=2e.0=2e.2025-03-31",
+        "OLDQ=2e.1-0=3a.1=2e.8=2e.0=2e.2025-04-01"]

@@ -13,6 +13,7 @@ import pytest
 from adapters.salesforce import read_checkpoint, write_checkpoint
 from engine.clock import ManualClock
 from sandbox.salesforce import SalesforceOrg
+from engine.runtime import Hub
 from tests.helpers import StreamReader, project_from, started_hub
 from tests.salesforce_org import config, connect
 
@@ -188,3 +189,36 @@ async def test_keep_alives_refresh_the_checkpoint_of_an_idle_channel(org, broker
         assert int(checkpoint["replay_id"], 16) == org.bus.topics[TOPIC].latest
     finally:
         await hub.stop()
+
+
+async def test_the_checkpoint_age_is_read_on_the_hubs_clock(org, broker, nc, tmp_path):
+    """Checkpoints are stamped on the hub's clock (Hub(clock=...), `demo --at`) and their age against
+    the 72 h retention is read on it: with the hub's clock 73 h on while Salesforce still retains every
+    event, the restart resumes from the earliest event with a gap alert naming the span on that clock,
+    and stores nothing twice."""
+    clock = ManualClock(datetime(2027, 3, 1, 8, 0, tzinfo=timezone.utc))
+    project = project_from(tmp_path, config(org), flow())
+    js = nc.jetstream()
+    for i in range(3):
+        org.change("Account", "PLU_Account_Id__c", f"A-{i}", {"Name": f"Account {i}"})
+    hub = Hub(project, servers=[broker.url], clock=clock)
+    await hub.start()
+    try:
+        await hub.ingresses[FLOW].wait_for(lambda i: i.stored == 3)
+    finally:
+        await hub.stop()
+    assert (await read_checkpoint(js, FLOW))["at"] == "2027-03-01T08:00:00+00:00"
+    clock.advance(73 * 3600)
+    org.change("Account", "PLU_Account_Id__c", "A-3", {"Name": "Account 3"})
+    alerts = await StreamReader.open(js, f"ops.alert.{FLOW}")
+    hub = Hub(project, servers=[broker.url], clock=clock)
+    await hub.start()
+    try:
+        body = json.loads((await alerts.wait_for(1))[0].data)
+        await hub.ingresses[FLOW].wait_for(lambda i: i.stored == 1 and i.duplicates == 3)
+    finally:
+        await hub.stop()
+    assert body["alert"] == "replay_gap" and body["reason"] == "the checkpoint is older than the retention"
+    assert (body["gap_from"], body["gap_until"]) == ("2027-03-01T08:00:00+00:00", "2027-03-01T09:00:00+00:00")
+    events = await stored_events(js, 4)
+    assert [e["payload"]["PLU_Account_Id__c"] for e in events] == [f"A-{i}" for i in range(4)]

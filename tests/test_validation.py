@@ -209,3 +209,26 @@ def test_an_hmac_window_longer_than_the_ingress_duplicate_window_is_refused(tmp_
     flow = WEBHOOK_FLOW.format(name="hook").replace("token: {env: HOOK_TOKEN}", "hmac: {secret: {env: S}, max_age: 2h}")
     [issue] = problems(tmp_path, flow)
     assert ":3: source.webhook.hmac.max_age:" in issue and "duplicate window" in issue
+
+
+BATCH_FLOW = """\
+name: month-batches
+source:
+  batch:
+    subject: {subject}
+    size: 100
+    within: 1m
+steps:
+  - publish: crm.batch.ready
+"""
+
+
+def test_a_batch_source_whose_subject_no_stream_captures_is_refused_at_its_line(tmp_path: Path) -> None:
+    """`validate` names the batch subject no stream captures (file:line: source.batch.subject), as the hub
+    would refuse to start the flow; a captured one loads."""
+    [issue] = problems(tmp_path, BATCH_FLOW.format(subject="meter.month.completed"))
+    assert issue.startswith(f"{tmp_path / 'flow.yaml'}:4: source.batch.subject: no stream in config captures "
+                            "'meter.month.completed'"), issue
+    project = load_project(write(tmp_path, "env.yaml", CONFIG),
+                           [write(tmp_path, "ok.yaml", BATCH_FLOW.format(subject="crm.month.>"))])
+    assert [lf.flow.name for lf in project.flows] == ["month-batches"]

@@ -24,6 +24,7 @@ from transforms.meter_vendors import parse_iso, utc_text
 
 QUALITY_RANK = {"forecast": 0, "estimated": 1, "actual": 2}
 DEDUPE_HORIZON = timedelta(days=100)    # longer than any platform keeps readings (3 months)
+SUB_DAILY = timedelta(hours=12)         # shorter intervals are kept per UTC day, the rest per UTC month
 HOME_ZONE = ZoneInfo("Europe/Brussels")  # a meter whose vendor's zone is unknown keeps PLU's months
 UTC_ZONE = ZoneInfo("UTC")
 LONGEST_INTERVAL = timedelta(hours=25)  # a local day across the autumn change: how far a reading may reach
@@ -36,14 +37,35 @@ KEY_CUSTOMER_REGISTER = "1-0:1.8.0"     # electricity taken from the grid
 
 # --- one reading per (meter, register, read_at), whichever path brought it ----------------------
 
+def seen_slot(reading: dict[str, Any]) -> dict[str, Any]:
+    """The reading with `seen_slot`, the part of its meter register's history whose KV record keeps it
+    (meter-reading-dedupe keys its state on it): the UTC day of `read_at` for intervals shorter than
+    SUB_DAILY (96 entries for a 15-minute meter), else its UTC month (about 30 for daily readings,
+    register reads). Every copy of a reading has the same slot, so it meets the first one's entry; a
+    record stays small however many readings a meter sends, and only a few records per register live."""
+    return {**reading, "seen_slot": slot_of(reading)}
+
+
+def slot_of(reading: dict[str, Any]) -> str:
+    at = parse_iso(reading["read_at"]).astimezone(UTC_ZONE)
+    start = reading.get("interval_start")
+    if start and at - parse_iso(start) < SUB_DAILY:
+        return at.strftime("%Y-%m-%d")
+    return at.strftime("%Y-%m")
+
+
 def first_sighting(ctx: dict[str, Any]) -> dict[str, Any]:
     """Forward a reading the first time its (meter, register, read_at) is seen, or when it is better than
     what was forwarded (an actual after an estimate), or again from the same path (a crash repeat, or
     the vendor's correction); drop the copy another path brings. State: {read_at: [source, quality]}
-    for the last DEDUPE_HORIZON of the meter register's readings."""
-    reading, seen = ctx["message"], dict((ctx["state"] or {}).get("seen") or {})
+    of the readings in the record's slot (`seen_slot`; the record expires `keep` after its last change),
+    trimmed to the last DEDUPE_HORIZON should a flow key it coarser. `read_at` is compared as an
+    instant: two spellings of one time are one reading."""
+    reading = {k: v for k, v in ctx["message"].items() if k != "seen_slot"}
+    seen = dict((ctx["state"] or {}).get("seen") or {})
+    read_at = utc_text(parse_iso(reading["read_at"]))
     # an interval ending at a time and a register read at that time are two readings
-    at = reading["read_at"] if reading.get("interval_start") else f"{reading['read_at']} read"
+    at = read_at if reading.get("interval_start") else f"{read_at} read"
     source, quality = reading["source"], reading.get("quality", "actual")
     before = seen.get(at)
     if before is not None and before[0] != source and QUALITY_RANK[quality] <= QUALITY_RANK[before[1]]:
@@ -52,6 +74,38 @@ def first_sighting(ctx: dict[str, Any]) -> dict[str, Any]:
     horizon = utc_text(parse_iso(max(k[:20] for k in seen)) - DEDUPE_HORIZON)
     return {"state": {"seen": {k: v for k, v in seen.items() if k >= horizon}},
             "payload": {**reading, "interval_start": reading.get("interval_start")}}  # every key, for the id
+
+
+def split_seen(state: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
+    """An old record (one per meter register, before `seen_slot`) as the slot records that keep its
+    entries now. The old record does not keep interval lengths: the register's usual spacing decides
+    (the median gap between its interval entries); with fewer than two, an entry goes to both its day
+    and its month, so a later copy meets it whichever slot it has."""
+    entries = []  # (instant, is a register read, [source, quality]); old records kept read_at as sent
+    for at, value in ((state or {}).get("seen") or {}).items():
+        read = at.endswith(" read")
+        entries.append((parse_iso(at.removesuffix(" read")).astimezone(UTC_ZONE), read, list(value)))
+    intervals = sorted(moment for moment, read, _ in entries if not read)
+    gaps = sorted(b - a for a, b in zip(intervals, intervals[1:]))
+    sub_daily = gaps[len(gaps) // 2] < SUB_DAILY if gaps else None
+    out: dict[str, dict[str, Any]] = {}
+    for moment, read, value in entries:
+        day, month = moment.strftime("%Y-%m-%d"), moment.strftime("%Y-%m")
+        slots = [month] if read or sub_daily is False else [day] if sub_daily else [day, month]
+        at = utc_text(moment) + (" read" if read else "")
+        for slot in slots:
+            out.setdefault(slot, {"seen": {}})["seen"][at] = value
+    return out
+
+
+def merge_seen(kept: dict[str, Any] | None, moved: dict[str, Any]) -> dict[str, Any]:
+    """A slot record with an old record's entries moved in: per reading the better quality, and on a
+    tie the slot record's own entry (written later, by the new flow)."""
+    seen = dict(moved["seen"])
+    for at, value in ((kept or {}).get("seen") or {}).items():
+        if at not in seen or QUALITY_RANK[value[1]] >= QUALITY_RANK[seen[at][1]]:
+            seen[at] = value
+    return {"seen": seen}
 
 
 # --- a month's total, once the month is covered ------------------------------------------------

@@ -6,8 +6,8 @@ again, and JetStream drops the copy by its Nats-Msg-Id, taken from the Message-I
 BODY.PEEK[] so nothing is marked \\Seen before it is safe. A store that fails leaves the mail where it
 is and the folder is looked at again later with a backoff. A mail too big for one NATS message goes
 by claim check (engine/claim_check.py: the flow gets the same bytes); one over the claim-check limit is
-moved to the Quarantine folder with a `mail_quarantined` alert, so it is not fetched for ever. Between looks the ingress waits in IDLE
-(new mail wakes it) or polls; any connection trouble reconnects with a backoff of 0.5 s doubling to
+moved to the source's `quarantine` folder (default Quarantine) with a `mail_quarantined` alert, so it is
+not fetched for ever. Between looks the ingress waits in IDLE (new mail wakes it) or polls; any connection trouble reconnects with a backoff of 0.5 s doubling to
 30 s, with one warning per outage rather than one per attempt.
 """
 
@@ -59,7 +59,6 @@ class ImapIngress(ReconnectingIngress):
     STOP_GRACE = 5.0  # stop() waits this long for the mail in hand and LOGOUT, then cancels
     FETCH_CHUNK = 16  # mails per UID FETCH: bounds round trips ...
     FETCH_BYTES = 16 * 1024 * 1024  # ... and memory (a bigger mail is fetched alone)
-    QUARANTINE = "Quarantine"  # where a mail too big to store at all is moved (with a mail_quarantined alert)
 
     spec: ImapMailbox
     endpoint: ImapEndpointConfig
@@ -199,14 +198,14 @@ class ImapIngress(ReconnectingIngress):
         return len(uids), left
 
     async def _quarantine(self, session: ImapSession, uid: int, message_id: str | None, reason: str) -> bool:
-        """A mail the hub cannot store at all: moved to the QUARANTINE folder (where ops find it, never
+        """A mail the hub cannot store at all: moved to the source's `quarantine` folder (ops find it there, never
         fetched again) with an alert naming it and the reason; False when that did not happen (tried again)."""
         try:
-            await session.ensure_folder(self.QUARANTINE)
+            await session.ensure_folder(self.spec.quarantine)
             await publish_alert(self.landing.js, self.flow.name, "mail_quarantined", "firing", uid=uid,
-                                message_id=message_id, folder=self.spec.folder, moved_to=self.QUARANTINE,
+                                message_id=message_id, folder=self.spec.folder, moved_to=self.spec.quarantine,
                                 reason=reason)
-            await session.move([uid], self.QUARANTINE)
+            await session.move([uid], self.spec.quarantine)
         except ImapRefused as exc:
             log.warning("imap_quarantine_failed", flow=self.flow.name, uid=uid, error=_short(exc))
             return False
@@ -217,7 +216,7 @@ class ImapIngress(ReconnectingIngress):
             return False
         self.quarantined += 1
         log.error("imap_quarantined", flow=self.flow.name, uid=uid, message_id=message_id, reason=reason,
-                  folder=self.QUARANTINE)
+                  folder=self.spec.quarantine)
         self._changed.set()
         return True
 

@@ -52,13 +52,15 @@ def iso(seconds: float) -> str:
 
 
 class PubSubIngress(ReconnectingIngress):
-    clock: Clock = SYSTEM   # the hub's clock: decides a checkpoint's age (tests set it)
     STOP_GRACE = 5.0
 
     endpoint: SalesforceEndpointConfig
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        # the hub's clock (Hub(clock=...), `demo --at`, through Services): a checkpoint's time is written
+        # and its age against the retention read on it, one clock for both
+        self.clock: Clock = getattr(self.services, "clock", None) or SYSTEM
         self.received = self.stored = self.duplicates = self.keepalives = self.subscriptions = 0
         self.gaps: list[dict[str, Any]] = []
         self.tokens: TokenSource | None = None

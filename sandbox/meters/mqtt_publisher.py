@@ -7,8 +7,9 @@
 The payload is the vendor-4 pull record as JSON (sandbox/meters/vendor4.py), so a pushed reading
 and a pulled one for the same meter and interval are the same reading. `publish` returns once the
 broker has acknowledged (PUBACK): the message is the broker's problem from then on, which is what
-the hub's persistent session relies on. Built on aiomqtt (paho-mqtt underneath), a client stack
-independent of the amqtt broker, so the two check each other.
+the hub's persistent session relies on. Built on aiomqtt (paho-mqtt underneath), as the hub's
+ingress is; the broker it publishes to is a production one written by others (sandbox/mqtt_broker.py:
+nats-server's MQTT listener, or Mosquitto), so the client and the broker check each other.
 """
 
 from __future__ import annotations
