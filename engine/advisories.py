@@ -60,15 +60,21 @@ class MaxDeliveriesWatcher:
                 pass
 
     async def _loop(self) -> None:
+        failing = 0  # fetches failed in a row: an election or an outage is logged once, not each second
         while True:
             try:
                 msgs = await self._sub.fetch(16, timeout=5)
-            except TimeoutError:
-                continue
+            except TimeoutError:  # answered: nothing to do
+                msgs = []
             except Exception as exc:
-                log.warning("advisory_fetch_failed", error=repr(exc))
+                if not failing:
+                    log.warning("advisory_fetch_failed", error=repr(exc))
+                failing += 1
                 await asyncio.sleep(1)
                 continue
+            if failing:
+                log.info("advisory_fetch_recovered", failed_fetches=failing)
+                failing = 0
             for msg in msgs:
                 try:
                     await self._handle(msg)

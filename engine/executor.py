@@ -84,7 +84,7 @@ class StreamFlowRunner:
         # a claim lives as long as a held message: refreshed with its in-progress acks, taken over
         # once its holder has shown no sign of life for an ack_wait (engine/idempotency.py)
         self.claim_lease = self.flow.ack_wait
-        self._claimed: dict[int, Envelope] = {}  # id(msg) -> its envelope, while its claim is held
+        self._holding: dict[int, Envelope] = {}  # id(msg) -> its envelope, while its claim is held
         self._marking: set[int] = set()           # ... and while its done mark is being written
         self._refreshing: asyncio.Future[None] | None = None  # the keep-alive's refresh in flight
         self.concurrent = pipeline.is_async or self.idempotency is not None
@@ -266,7 +266,7 @@ class StreamFlowRunner:
                 done = await self._settle(msg, env, published, err)
             finally:
                 if env is not None and env.idem_key is not None:
-                    self._claimed.pop(id(msg), None)
+                    self._holding.pop(id(msg), None)
                     if not done and env.idem_claim is not None:
                         if self._refreshing is not None:  # its revision may be changing right now
                             await asyncio.shield(self._refreshing)
@@ -291,7 +291,7 @@ class StreamFlowRunner:
                     env.idem_key = key
                     env.idem_claim = await self._claim(env, key)
                     if env.idem_claim is not None:
-                        self._claimed[id(msg)] = env  # refreshed by the feed's keep-alive from now on
+                        self._holding[id(msg)] = env  # refreshed by the feed's keep-alive from now on
                 if not held or env.idem_claim is None:
                     self.log.info("duplicate_skipped", msg_id=env.msg_id, idempotency_key=key,
                                   correlation_id=env.correlation_id)
@@ -327,7 +327,7 @@ class StreamFlowRunner:
         """The feed kept these messages alive: so are their claims (a fresh time, compare-and-set).
         A broker fault skips a round (the next comes within a quarter of ack_wait, or at once after
         a reconnect); a claim found changed was taken over by a copy that judged this runner dead."""
-        held = [(id(m), env) for m in msgs if (env := self._claimed.get(id(m))) is not None]
+        held = [(id(m), env) for m in msgs if (env := self._holding.get(id(m))) is not None]
         if not held or self.idempotency is None:
             return
         store, flow = self.idempotency, self.flow.name
@@ -339,7 +339,7 @@ class StreamFlowRunner:
                 if isinstance(result, int):
                     env.idem_claim = result
                 elif isinstance(result, ClaimLost):
-                    if key in self._claimed and key not in self._marking:
+                    if key in self._holding and key not in self._marking:
                         self.log.warning("idempotency_claim_lost", msg_id=env.msg_id, idempotency_key=env.idem_key)
                 elif isinstance(result, Exception) and not is_broker_fault(result):
                     self.log.warning("idempotency_refresh_failed", msg_id=env.msg_id, error=repr(result))

@@ -152,6 +152,18 @@ async def new_leader_elected(js, cluster, stream: str, durable: str, old) -> flo
         await asyncio.sleep(0.05)
 
 
+async def first_ack_past(js, stream: str, durable: str, seq: int) -> float:
+    """When (monotonic) the consumer's ack floor first passed stream sequence `seq` (a server query)."""
+    async def past() -> bool:
+        try:
+            info = await js.consumer_info(stream, durable, timeout=0.5)  # unanswered while leaderless
+        except Exception:
+            return False
+        return info.ack_floor.stream_seq > seq
+    await wait_until(past, timeout=60, interval=0.05)
+    return time.monotonic()
+
+
 async def test_a_flow_resumes_as_soon_as_its_consumer_has_a_new_leader(tmp_path: Path, healthy_cluster,
                                                                        cluster_js, unique: str):
     """SIGKILL of the node leading the flow's consumer (the runner is connected elsewhere): its pull
@@ -178,8 +190,10 @@ async def test_a_flow_resumes_as_soon_as_its_consumer_has_a_new_leader(tmp_path:
         elected = asyncio.create_task(new_leader_elected(cluster_js, healthy_cluster, f"IN{unique}", unique, leader))
         await publish_retrying(cluster_js, f"{unique}.in.x", 50, 50)
         published = time.monotonic()
-        await out.wait_for(51, timeout=60)
-        resumed = time.monotonic()
+        # resumed = the flow acked a message published after the kill (its output is stored before its
+        # ack). Not the output stream's reader: its ordered consumer may have lived on the killed node
+        # and is recreated only after its missed heartbeats (~10 s), which measured the reader.
+        resumed = await first_ack_past(cluster_js, f"IN{unique}", unique, 50)
         await out.wait_for(100, timeout=60)
         ready = max(await elected, published)
         print(f"\n[cluster] consumer leader {leader.name} killed: new leader after {await elected - killed:.1f} s, "
