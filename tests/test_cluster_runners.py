@@ -1,5 +1,5 @@
 """Runner processes sharing a flow on the cluster: one dies, the others take over its messages
-within the bound docs/deploy.md states (the flow's ack_wait, 5 s by default), not 30 s later."""
+within the bound docs/deploy.md states (the flow's ack_wait, 8 s by default), not 30 s later."""
 
 from __future__ import annotations
 
