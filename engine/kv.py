@@ -52,3 +52,16 @@ async def bucket(js: Any, name: str, ttl: float | None = None, *, leader_reads: 
     if leader_reads and kv._direct:  # a bucket created just now with the server's allow_direct default
         kv._direct = False
     return traced_kv(kv, name)  # once tracing is on: its operations are spans of the current message
+
+
+async def stored_keys(js: Any, name: str, prefix: str = "") -> list[str]:
+    """The keys with a message in bucket `name` (deleted ones included: their marker is a message; a
+    `get` then says KeyNotFound), read from the stream's subject counts in one request.
+
+    Not nats-py's `kv.keys()`: its watcher decides "no more keys" from consumer info taken after the
+    consumer exists, so a key delivered in that instant but not yet handed to the callback is missed
+    and a one-key bucket reads as empty (a pending wait vanished from `runner.py pending` in a test)."""
+    stream = KV_STREAM_TEMPLATE.format(bucket=name)
+    pre = f"$KV.{name}."
+    info = await js.stream_info(stream, subjects_filter=f"{pre}{prefix}>" if prefix else f"{pre}>")
+    return sorted(subject.removeprefix(pre) for subject in (info.state.subjects or {}))

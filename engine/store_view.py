@@ -17,8 +17,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NoKeysError, NotFoundError
+from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NotFoundError
 
+from engine.kv import stored_keys
 from engine.validation import Project, stream_for
 
 PENDING_BUCKET = "hub_pending"     # engine/waiting.py
@@ -91,10 +92,7 @@ async def _records(js: Any, name: str) -> list[dict[str, Any]]:
         kv = await js.key_value(name)
     except (BucketNotFoundError, NotFoundError):
         return []
-    try:
-        keys = await kv.keys()
-    except NoKeysError:  # an empty bucket; a broker error is raised, not shown as "nothing there"
-        return []
+    keys = await stored_keys(js, name)  # a broker error is raised, not shown as "nothing there"
 
     async def one(key: str) -> dict[str, Any] | None:
         try:

@@ -21,12 +21,12 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
-from nats.js.errors import KeyNotFoundError, NoKeysError
+from nats.js.errors import KeyNotFoundError
 
 from engine.alerts import publish_alert
 from engine.clock import SYSTEM, Clock
 from engine.errors import DeadlineExceeded, NotYet
-from engine.kv import bucket
+from engine.kv import bucket, stored_keys
 from engine.messages import Envelope
 from engine.spec import Flow, UntilSpec
 
@@ -52,14 +52,8 @@ def pending_key(flow: str, key: str) -> str:
 async def pending_records(js: Any, flow: str | None = None) -> list[dict[str, Any]]:
     """Every pending record (of one flow), oldest first: what ops see with `runner.py pending`."""
     kv = await bucket(js, BUCKET)
-    try:
-        keys = await kv.keys()
-    except NoKeysError:  # an empty bucket; any other error is the broker's and says so (not "nothing pending")
-        return []
     out = []
-    for k in keys:
-        if flow and not k.startswith(flow + "."):
-            continue
+    for k in await stored_keys(js, BUCKET, f"{flow}." if flow else ""):  # a broker error is raised, never "nothing pending"
         try:
             entry = await kv.get(k)
         except KeyNotFoundError:
