@@ -26,6 +26,7 @@ from engine.confirm import until_confirmed
 from engine.errors import HubError, NotYet, classify, is_broker_fault
 from engine.failures import FailureHandler, FailureHistory
 from engine.held import Parking, RecentAcks
+from engine.claim_stage import ClaimStage
 from engine.idempotency import ClaimLost, HeldElsewhere, IdempotencyStore, InFlightKeys, applies_to, business_key
 from engine.keyed_state import StateConflict
 from engine.claim_check import CLAIM, CLAIM_HEADERS, ClaimChecks, is_claim
@@ -84,6 +85,9 @@ class StreamFlowRunner:
         # a claim lives as long as a held message: refreshed with its in-progress acks, taken over
         # once its holder has shown no sign of life for an ack_wait (engine/idempotency.py)
         self.claim_lease = self.flow.ack_wait
+        # the claims of messages the workers take in one loop tick go out together (engine/claim_stage.py)
+        self.claim_stage = ClaimStage(self.idempotency, self.flow.name, self.claim_lease) \
+            if self.idempotency is not None else None
         self._holding: dict[int, Envelope] = {}  # id(msg) -> its envelope, while its claim is held
         self._marking: set[int] = set()           # ... and while its done mark is being written
         self._refreshing: asyncio.Future[None] | None = None  # the keep-alive's refresh in flight
@@ -184,6 +188,8 @@ class StreamFlowRunner:
         if not all(t.done() for t in (*self._workers, *self._finalisers)):
             self.log.warning("stop_timeout", held=len(self.feed.held))
         await cancel_and_wait([*self._workers, *self._finalisers])
+        if self.claim_stage is not None:
+            await self.claim_stage.close()
         await self.feed.close()
         self.log.info("flow_stopped", **self.stats.as_dict())
 
@@ -311,11 +317,11 @@ class StreamFlowRunner:
         """This message's claim on its key (None: the effect is done). While another runner's copy, or
         one that crashed, holds it, wait here (the feed keeps the message ours) until it ends; while
         the broker restarts, wait for it."""
-        assert self.idempotency is not None
-        store, pause = self.idempotency, 0.05
+        assert self.claim_stage is not None
+        stage, pause = self.claim_stage, 0.05
         while True:
             try:
-                return await until_confirmed(lambda: store.claim(self.flow.name, key, env.msg_id, self.claim_lease),
+                return await until_confirmed(lambda: stage.claim(key, env.msg_id),
                                              what="idempotency claim", alive=self.alive, log=self.log,
                                              msg_id=env.msg_id)
             except HeldElsewhere as held:
@@ -333,8 +339,8 @@ class StreamFlowRunner:
         store, flow = self.idempotency, self.flow.name
         done = self._refreshing = asyncio.get_running_loop().create_future()
         try:
-            results = await asyncio.gather(*(store.refresh(flow, env.idem_key, env.msg_id, env.idem_claim)  # type: ignore[arg-type]
-                                             for _, env in held), return_exceptions=True)
+            results = await store.refresh_many(flow, [(env.idem_key, env.msg_id, env.idem_claim)  # type: ignore[misc]
+                                                      for _, env in held])
             for (key, env), result in zip(held, results):
                 if isinstance(result, int):
                     env.idem_claim = result
