@@ -14,11 +14,11 @@ broker gave (a broker fault, or a timeout when no ack came back: not confirmed, 
 from __future__ import annotations
 
 import asyncio
-import json
 import weakref
 from typing import Any
 
 import nats.errors
+import orjson
 from nats.js.errors import APIError, KeyWrongLastSequenceError, NoStreamResponseError
 
 from engine import trace_context
@@ -28,68 +28,91 @@ WRONG_LAST = (10071, 10164)  # JSStreamWrongLastSequenceErrF, JSStreamWrongLastS
 _HEADER = "Nats-Expected-Last-Subject-Sequence"
 
 
-def _headers(js: Any, last: int | None) -> Any:
-    if last is None:
-        return None
-    if isinstance(getattr(js, "_nc", None), HubClient):  # pre-encoded: no per-message header check
-        return f"NATS/1.0\r\n{_HEADER}: {last}\r\n\r\n".encode()
-    return {_HEADER: str(last)}
+class _Batch:
+    """The writes of one `kv_writes` call: their outcomes, and one future for the last ack."""
+
+    __slots__ = ("results", "left", "done")
+
+    def __init__(self, n: int) -> None:
+        self.results: list[Any] = [None] * n
+        self.left = 0
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def settle(self, i: int, outcome: Any) -> None:
+        self.results[i] = outcome
+        self.left -= 1
+        if self.left == 0 and not self.done.done():
+            self.done.set_result(None)
 
 
 class _Replies:
     """One connection's inbox for the acks of pipelined KV writes. Not nats-py's `publish_async`:
     its reply handler raises an API error (a 400 such as "wrong last sequence") inside the
-    subscription's callback instead of setting it on the future, which then never completes."""
+    subscription's callback instead of setting it on the future, which then never completes. On a
+    HubClient the acks are handed over as they are parsed (no queue, no task per ack)."""
 
     def __init__(self, nc: Any) -> None:
         self.nc = nc
         self.prefix = ""
-        self.futures: dict[str, asyncio.Future[int]] = {}
+        self.waiting: dict[str, tuple[_Batch, int]] = {}
         self._n = 0
         self._started: asyncio.Future[None] | None = None
 
     async def start(self) -> None:
         if self._started is None:
-            self._started = asyncio.get_running_loop().create_future()
+            started = self._started = asyncio.get_running_loop().create_future()
             try:
                 self.prefix = self.nc.new_inbox() + "."
-                await self.nc.subscribe(self.prefix + "*", cb=self._on_reply)
+                if isinstance(self.nc, HubClient):
+                    await self.nc.subscribe_direct(self.prefix + "*", self._on_raw)
+                else:
+                    await self.nc.subscribe(self.prefix + "*", cb=self._on_msg)
             except BaseException as exc:
-                self._started.set_exception(exc)
-                self._started.exception()  # retrieved: the caller raises it
-                self._started, started = None, self._started
+                self._started = None
+                started.set_exception(exc)
+                started.exception()  # retrieved: raised below
                 raise
-            self._started.set_result(None)
+            started.set_result(None)
         await self._started
 
-    def expect(self) -> tuple[str, asyncio.Future[int]]:
+    def expect(self, batch: _Batch, i: int) -> str:
         self._n += 1
         token = str(self._n)
-        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self.futures[token] = fut
-        return self.prefix + token, fut
+        self.waiting[token] = (batch, i)
+        batch.left += 1
+        return self.prefix + token
 
-    async def _on_reply(self, msg: Any) -> None:
-        fut = self.futures.pop(msg.subject[len(self.prefix):], None)
-        if fut is None or fut.done():
+    def forget(self, reply: str) -> None:
+        self.waiting.pop(reply[len(self.prefix):], None)
+
+    async def _on_msg(self, msg: Any) -> None:
+        self._on_reply(msg.subject, msg.data, bool(msg.headers and msg.headers.get("Status") == "503"))
+
+    def _on_raw(self, subject: bytes, data: bytes, headers: bytes | None) -> None:
+        self._on_reply(subject.decode(), data, bool(headers and headers.startswith(b"NATS/1.0 503")))
+
+    def _on_reply(self, subject: str, data: bytes, no_responders: bool) -> None:
+        waiting = self.waiting.pop(subject[len(self.prefix):], None)
+        if waiting is None:
             return
-        if msg.headers and msg.headers.get("Status") == "503":
-            fut.set_exception(NoStreamResponseError())
+        batch, i = waiting
+        if no_responders:
+            batch.settle(i, NoStreamResponseError())
             return
         try:
-            resp = json.loads(msg.data)
+            resp = orjson.loads(data)
             err = resp.get("error")
             if err is None:
-                fut.set_result(resp["seq"])
+                batch.settle(i, resp["seq"])
             elif err.get("err_code") in WRONG_LAST:
-                fut.set_exception(KeyWrongLastSequenceError(description=err.get("description")))
+                batch.settle(i, KeyWrongLastSequenceError(description=err.get("description")))
             else:
                 try:
                     APIError.from_error(err)  # raises the error class of its code
                 except APIError as exc:
-                    fut.set_exception(exc)
+                    batch.settle(i, exc)
         except Exception as exc:  # noqa: BLE001 - an unreadable ack: not confirmed
-            fut.set_exception(exc)
+            batch.settle(i, exc)
 
 
 _replies: "weakref.WeakKeyDictionary[Any, _Replies]" = weakref.WeakKeyDictionary()
@@ -106,40 +129,40 @@ async def kv_writes(js: Any, kv: Any, writes: list[tuple[str, bytes, int | None]
     if replies is None:
         replies = _replies[nc] = _Replies(nc)
     pre = kv._pre
-    futures: list[asyncio.Future[int] | BaseException] = []
+    batch = _Batch(len(writes))
+    replies_of: list[str] = []
     failed: BaseException | None = None
     try:
         await replies.start()
     except Exception as exc:  # noqa: BLE001 - reconnecting or closed: nothing confirmed
         failed = exc
-    for key, value, last in writes:
+    hub = isinstance(nc, HubClient)
+    for i, (key, value, last) in enumerate(writes):
         if failed is None:
-            reply, fut = replies.expect()
+            reply = replies.expect(batch, i)
+            headers = None if last is None else (f"NATS/1.0\r\n{_HEADER}: {last}\r\n\r\n".encode() if hub
+                                                 else {_HEADER: str(last)})
             try:
-                await nc.publish(pre + key, value, reply=reply, headers=_headers(js, last))
+                await nc.publish(pre + key, value, reply=reply, headers=headers)
             except Exception as exc:  # reconnecting, closed: this write and the rest are not confirmed
-                replies.futures.pop(reply[len(replies.prefix):], None)
+                replies.forget(reply)
+                batch.left -= 1
                 failed = exc
             else:
-                futures.append(fut)
+                replies_of.append(reply)
                 continue
-        futures.append(failed)
-    sent = [f for f in futures if isinstance(f, asyncio.Future)]
-    if sent:
-        _, late = await asyncio.wait(sent, timeout=timeout)
-        for fut in late:
-            fut.cancel()
-    return [f if isinstance(f, BaseException) else _outcome(f, replies) for f in futures]
-
-
-def _outcome(fut: asyncio.Future[int], replies: _Replies) -> int | BaseException:
-    if fut.cancelled():
-        for token, f in list(replies.futures.items()):
-            if f is fut:
-                del replies.futures[token]
-        return nats.errors.TimeoutError()
-    exc = fut.exception()
-    return fut.result() if exc is None else exc
+        batch.results[i] = failed
+    if batch.left > 0:
+        try:
+            async with asyncio.timeout(timeout):
+                await batch.done
+        except TimeoutError:
+            for reply in replies_of:
+                replies.forget(reply)
+            for i, result in enumerate(batch.results):
+                if result is None:
+                    batch.results[i] = nats.errors.TimeoutError()
+    return batch.results
 
 
 def kv_span(op: str, bucket: str, key: str) -> Any:
