@@ -23,13 +23,19 @@ class ClaimStage:
         self._batch: list[tuple[str, str, asyncio.Future[Any]]] = []
         self._tasks: set[asyncio.Task[None]] = set()
 
-    async def claim(self, key: str, msg_id: str) -> int | None:
-        """This message's claim on `key` (see the module docstring)."""
+    def claim_soon(self, key: str, msg_id: str) -> asyncio.Future[Any]:
+        """The claim on `key`, joining this tick's batch: a future of its outcome (no span; the claims
+        of buffered messages sent ahead of their workers, engine/executor.py)."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
         if not self._batch:
             loop.call_soon(self._send)
         self._batch.append((key, msg_id, fut))
+        return fut
+
+    async def claim(self, key: str, msg_id: str) -> int | None:
+        """This message's claim on `key` (see the module docstring)."""
+        fut = self.claim_soon(key, msg_id)
         span = kv_span("create", BUCKET, self.store.kv_key(self.flow, key))
         try:
             return await fut  # type: ignore[no-any-return]

@@ -122,6 +122,13 @@ class InFlightKeys:
         self._busy[key] = asyncio.Event()
         return True
 
+    def try_hold(self, key: str) -> bool:
+        """Hold `key` now if it is free and not just done (no wait): True when held."""
+        if key in self._busy or key in self._done:
+            return False
+        self._busy[key] = asyncio.Event()
+        return True
+
     def release(self, key: str, done: bool = False) -> None:
         busy = self._busy.pop(key, None)
         if busy is not None:
