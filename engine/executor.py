@@ -16,16 +16,19 @@ are parked here until it lets calls through (engine/failures.py).
 from __future__ import annotations
 
 import asyncio
+from functools import partial
 from typing import Any
 
 import structlog
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
+from engine import trace_context
 from engine.cluster import when_settled
 from engine.confirm import until_confirmed
 from engine.errors import HubError, NotYet, classify, is_broker_fault
 from engine.failures import FailureHandler, FailureHistory
 from engine.held import Parking, RecentAcks
+from engine.claim_stage import ClaimStage
 from engine.idempotency import ClaimLost, HeldElsewhere, IdempotencyStore, InFlightKeys, applies_to, business_key
 from engine.keyed_state import StateConflict
 from engine.claim_check import CLAIM, CLAIM_HEADERS, ClaimChecks, is_claim
@@ -84,9 +87,15 @@ class StreamFlowRunner:
         # a claim lives as long as a held message: refreshed with its in-progress acks, taken over
         # once its holder has shown no sign of life for an ack_wait (engine/idempotency.py)
         self.claim_lease = self.flow.ack_wait
+        # the claims of messages the workers take in one loop tick go out together (engine/claim_stage.py)
+        self.claim_stage = ClaimStage(self.idempotency, self.flow.name, self.claim_lease) \
+            if self.idempotency is not None else None
         self._holding: dict[int, Envelope] = {}  # id(msg) -> its envelope, while its claim is held
         self._marking: set[int] = set()           # ... and while its done mark is being written
         self._refreshing: asyncio.Future[None] | None = None  # the keep-alive's refresh in flight
+        # buffered messages looked at ahead of their workers: id(msg) -> (envelope, its claim's future
+        # or None when not claimed ahead); taken by the worker that takes the message (_claim_ahead)
+        self._ahead: dict[int, tuple[Envelope | None, asyncio.Future[Any] | None]] = {}
         self.concurrent = pipeline.is_async or self.idempotency is not None
         self.stats = FlowStats()
         self.probe = NO_PROBE  # metrics and traces per message (engine/probes.py; set by the Hub)
@@ -175,6 +184,9 @@ class StreamFlowRunner:
         HAND_BACK_DELAY); let started ones finish and settle."""
         self.feed.stop_pulling()
         self.feed.buffer.extend(self.parking.release_all())  # handed back with the unstarted ones
+        ahead, self._ahead = self._ahead, {}
+        for mid, (env, fut) in ahead.items():  # claimed ahead, never started: their claims are given up
+            await self._drop_ahead(mid, env, fut)
         await self.feed.hand_back_buffered()
         # asyncio.wait, not wait_for(gather(...)): on a timeout that cancels, and a worker that lost
         # its cancel (engine/tasks.py) would keep the stop waiting for ever
@@ -184,6 +196,8 @@ class StreamFlowRunner:
         if not all(t.done() for t in (*self._workers, *self._finalisers)):
             self.log.warning("stop_timeout", held=len(self.feed.held))
         await cancel_and_wait([*self._workers, *self._finalisers])
+        if self.claim_stage is not None:
+            await self.claim_stage.close()
         await self.feed.close()
         self.log.info("flow_stopped", **self.stats.as_dict())
 
@@ -258,8 +272,12 @@ class StreamFlowRunner:
         while await self.feed.ready():
             msg = self.feed.buffer.popleft()
             if self.feed.stopping:
+                if (entry := self._ahead.pop(id(msg), None)) is not None:
+                    await self._drop_ahead(id(msg), *entry)
                 await self._settle(msg, None, None, HAND_BACK)
                 continue
+            if self.claim_stage is not None and self.feed.buffer and not trace_context._kv_traced[0]:
+                self._claim_ahead()
             msg, env, published, err = await self._run_one(msg)
             done = False
             try:
@@ -281,15 +299,24 @@ class StreamFlowRunner:
         try:
             if self.limiter:
                 await self.limiter.acquire()
-            env = self._envelope(msg, await self._claimed(msg) if msg.headers and CLAIM in msg.headers else None)
+            ahead = self._ahead.pop(id(msg), None) if self._ahead else None
+            if ahead is None:
+                env = self._envelope(msg, await self._claimed(msg) if msg.headers and CLAIM in msg.headers else None)
+            else:
+                env = ahead[0]
             if env is None:
                 return msg, env, None, None
             if self.idempotency is not None:
-                key = business_key(self.flow, env)
-                held = await self.keys_in_flight.claim(key)  # released by _worker after the settle
+                if ahead is not None and ahead[1] is not None:  # held and claimed by _claim_ahead
+                    key, held = env.idem_key, True
+                    env.idem_claim = await self._claimed_ahead(env, ahead[1])
+                else:
+                    key = business_key(self.flow, env)
+                    held = await self.keys_in_flight.claim(key)  # released by _worker after the settle
+                    if held:
+                        env.idem_key = key
+                        env.idem_claim = await self._claim(env, key)
                 if held:
-                    env.idem_key = key
-                    env.idem_claim = await self._claim(env, key)
                     if env.idem_claim is not None:
                         self._holding[id(msg)] = env  # refreshed by the feed's keep-alive from now on
                 if not held or env.idem_claim is None:
@@ -307,15 +334,71 @@ class StreamFlowRunner:
         except Exception as exc:
             return msg, env, None, classify(exc)
 
+    def _claim_ahead(self) -> None:
+        """The claims of the buffered messages go out now, in one batch with the taking worker's own
+        (engine/claim_stage.py), instead of one small batch per worker as each comes round: their
+        workers then find them decided. A claim taken ahead is held like any other (in the keys in
+        flight, refreshed while its message is held, given up if the message goes back unstarted).
+        Not while KV writes are traced: a claim's span belongs under its own message's span."""
+        ahead, flow, stage, keys = self._ahead, self.flow, self.claim_stage, self.keys_in_flight
+        for m in self.feed.buffer:
+            mid = id(m)
+            if mid in ahead or (m.headers and CLAIM in m.headers):  # a claim check is fetched by its worker
+                continue
+            try:
+                env = self._envelope(m)
+                key = business_key(flow, env) if env is not None else None
+            except Exception:  # noqa: BLE001 - its worker meets the error itself
+                continue
+            fut = None
+            if key is not None and keys.try_hold(key):
+                env.idem_key = key  # type: ignore[union-attr]
+                fut = stage.claim_soon(key, env.msg_id)  # type: ignore[union-attr]
+                fut.add_done_callback(partial(self._hold_ahead, mid, env))
+            ahead[mid] = (env, fut)
+
+    def _hold_ahead(self, mid: int, env: Envelope, fut: asyncio.Future[Any]) -> None:
+        """A claim taken ahead is refreshed from the moment it exists."""
+        if not fut.cancelled() and fut.exception() is None and (claim := fut.result()) is not None:
+            env.idem_claim = claim
+            self._holding[mid] = env
+
+    async def _claimed_ahead(self, env: Envelope, fut: asyncio.Future[Any]) -> int | None:
+        """The outcome of a claim taken ahead; held elsewhere or not confirmed: claimed as usual."""
+        try:
+            return await fut  # type: ignore[no-any-return]
+        except HeldElsewhere:
+            pass
+        except Exception as exc:
+            if not is_broker_fault(exc):
+                raise
+        return await self._claim(env, env.idem_key)  # type: ignore[arg-type]
+
+    async def _drop_ahead(self, mid: int, env: Envelope | None, fut: asyncio.Future[Any] | None) -> None:
+        """A message claimed ahead goes back unstarted: its claim is given up and its key freed."""
+        if env is None or fut is None:
+            return
+        try:
+            claim, done = await fut, True
+        except Exception:  # noqa: BLE001 - not claimed (an unconfirmed claim ends with its lease)
+            claim, done = None, False
+        self._holding.pop(mid, None)
+        if claim is not None:
+            done = False
+            if self._refreshing is not None:  # its revision may be changing right now
+                await asyncio.shield(self._refreshing)
+            await self.idempotency.give_up(self.flow.name, env.idem_key, env.idem_claim)  # type: ignore[union-attr,arg-type]
+        self.keys_in_flight.release(env.idem_key, done)  # type: ignore[arg-type]
+
     async def _claim(self, env: Envelope, key: str) -> int | None:
         """This message's claim on its key (None: the effect is done). While another runner's copy, or
         one that crashed, holds it, wait here (the feed keeps the message ours) until it ends; while
         the broker restarts, wait for it."""
-        assert self.idempotency is not None
-        store, pause = self.idempotency, 0.05
+        assert self.claim_stage is not None
+        stage, pause = self.claim_stage, 0.05
         while True:
             try:
-                return await until_confirmed(lambda: store.claim(self.flow.name, key, env.msg_id, self.claim_lease),
+                return await until_confirmed(lambda: stage.claim(key, env.msg_id),
                                              what="idempotency claim", alive=self.alive, log=self.log,
                                              msg_id=env.msg_id)
             except HeldElsewhere as held:
@@ -333,8 +416,8 @@ class StreamFlowRunner:
         store, flow = self.idempotency, self.flow.name
         done = self._refreshing = asyncio.get_running_loop().create_future()
         try:
-            results = await asyncio.gather(*(store.refresh(flow, env.idem_key, env.msg_id, env.idem_claim)  # type: ignore[arg-type]
-                                             for _, env in held), return_exceptions=True)
+            results = await store.refresh_many(flow, [(env.idem_key, env.msg_id, env.idem_claim)  # type: ignore[misc]
+                                                      for _, env in held])
             for (key, env), result in zip(held, results):
                 if isinstance(result, int):
                     env.idem_claim = result

@@ -34,6 +34,7 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from engine.clock import SYSTEM, Clock
 from engine.errors import RoutingError
 from engine.kv import bucket
+from engine.kv_pipe import Marks, kv_writes
 from engine.messages import IDEMPOTENCY_KEY, Envelope, now_iso
 from engine.spec import Flow
 from engine.subjects import placeholders
@@ -121,6 +122,13 @@ class InFlightKeys:
         self._busy[key] = asyncio.Event()
         return True
 
+    def try_hold(self, key: str) -> bool:
+        """Hold `key` now if it is free and not just done (no wait): True when held."""
+        if key in self._busy or key in self._done:
+            return False
+        self._busy[key] = asyncio.Event()
+        return True
+
     def release(self, key: str, done: bool = False) -> None:
         busy = self._busy.pop(key, None)
         if busy is not None:
@@ -145,10 +153,12 @@ class IdempotencyStore:
         self.runner_id = runner_id or new_runner_id()
         self.clock = clock
         self.kv: Any = None
+        self.marks: Marks | None = None
         self._seen: dict[str, tuple[int, float]] = {}  # kv key -> (revision, first seen, monotonic)
 
     async def start(self) -> None:
         self.kv = await bucket(self.js, BUCKET, self.keep)  # leader reads: a claim is read right after it is written
+        self.marks = Marks(self.js, self.kv, BUCKET)  # done marks of concurrent workers: one batch per tick
 
     @staticmethod
     def kv_key(flow: str, key: str) -> str:
@@ -160,19 +170,50 @@ class IdempotencyStore:
     async def claim(self, flow: str, key: str, msg_id: str, lease: float) -> int | None:
         """Claim `key` for `msg_id`: its revision, or None when the effect is done (skip the message).
         HeldElsewhere while another holder's claim is alive (see the module docstring)."""
-        k = self.kv_key(flow, key)
+        return await self._claim_key(self.kv_key(flow, key), msg_id, lease)
+
+    async def _claim_key(self, k: str, msg_id: str, lease: float, exists: bool = False) -> int | None:
         for _ in range(8):  # each turn loses a race to another claimant at most once
-            try:
-                revision = await self.kv.create(k, self.claim_value(msg_id))
-            except KeyWrongLastSequenceError:
-                pass
-            else:
-                self._seen.pop(k, None)
-                return revision
+            if not exists:
+                try:
+                    revision = await self.kv.create(k, self.claim_value(msg_id))
+                except KeyWrongLastSequenceError:
+                    pass
+                else:
+                    self._seen.pop(k, None)
+                    return revision
+            exists = False
             outcome = await self.resolve(k, msg_id, lease)
             if outcome != "retry":
                 return outcome  # type: ignore[return-value]
         raise HeldElsewhere("?", 1.0)  # contended beyond reason: wait and try again
+
+    async def claim_many(self, flow: str, items: list[tuple[str, str]], lease: float) -> list[Any]:
+        """Claims of (key, msg id) pairs sent together (engine/kv_pipe.py), one outcome each, never
+        raised: a revision (claimed), None (done), HeldElsewhere, or the broker's error (not
+        confirmed: claim again). A key that exists takes `claim`'s per-key path from there."""
+        keys = [self.kv_key(flow, key) for key, _ in items]
+        results = await kv_writes(self.js, self.kv, [(k, self.claim_value(m), 0) for k, (_, m) in zip(keys, items)])
+        existing = []
+        for i, (k, result) in enumerate(zip(keys, results)):
+            if isinstance(result, int):
+                self._seen.pop(k, None)
+            elif isinstance(result, KeyWrongLastSequenceError):
+                existing.append(i)
+        if existing:
+            resolved = await asyncio.gather(*(self._claim_key(keys[i], items[i][1], lease, exists=True)
+                                              for i in existing), return_exceptions=True)
+            for i, outcome in zip(existing, resolved):
+                results[i] = outcome
+        return results
+
+    async def refresh_many(self, flow: str, held: list[tuple[str, str, int]]) -> list[Any]:
+        """`refresh` of (key, msg id, revision) triples sent together, one outcome each, never raised:
+        the new revision, ClaimLost, or the broker's error."""
+        results = await kv_writes(self.js, self.kv, [(self.kv_key(flow, key), self.claim_value(msg_id), revision)
+                                                      for key, msg_id, revision in held])
+        return [ClaimLost(f"claim on {key!r} for message {msg_id} changed since revision {revision}")
+                if isinstance(r, KeyWrongLastSequenceError) else r for (key, msg_id, revision), r in zip(held, results)]
 
     async def resolve(self, k: str, msg_id: str, lease: float) -> int | None | str:
         """The key exists: the done mark (None), a claim this message may take over (its new
@@ -236,4 +277,8 @@ class IdempotencyStore:
         """The effect happened: replace the claim by the done mark. Raises when the broker does not
         confirm; the caller retries until it does (engine/confirm.py) before it acks, because an ack
         lost without a mark would let the redelivery do the effect again."""
-        await self.kv.put(self.kv_key(flow, key), f"{now_iso()} {msg_id} {key}".encode())
+        value = f"{now_iso()} {msg_id} {key}".encode()
+        if self.marks is None:
+            await self.kv.put(self.kv_key(flow, key), value)
+        else:
+            await self.marks.put(self.kv_key(flow, key), value)

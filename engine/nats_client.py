@@ -10,13 +10,32 @@ bytes as they are. Dict headers take nats-py's own path, unchanged.
 from __future__ import annotations
 
 import random
-from typing import Any
+from typing import Any, Callable
 
 from nats.aio.client import Client, Server
 from nats.protocol.command import hpub_cmd
 
 
 class HubClient(Client):
+    def __init__(self) -> None:
+        super().__init__()
+        self._direct: dict[int, Callable[[bytes, bytes, bytes | None], None]] = {}
+
+    async def subscribe_direct(self, subject: str, handler: Callable[[bytes, bytes, bytes | None], None]) -> Any:
+        """A subscription whose messages go to `handler(subject, data, raw headers)` as they are parsed,
+        without a Msg, a queue and a task per message (engine/kv_pipe.py's acks). `handler` must not block."""
+        sub = await self.subscribe(subject)
+        self._direct[sub._id] = handler
+        return sub
+
+    async def _process_msg(self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes) -> None:
+        handler = self._direct.get(sid)
+        if handler is None:
+            return await super()._process_msg(sid, subject, reply, data, headers)
+        self.stats["in_msgs"] += 1
+        self.stats["in_bytes"] += len(data)
+        handler(subject, data, headers)
+
     async def _send_publish(self, subject: str, reply: str, payload: bytes, payload_size: int,
                             headers: Any) -> None:
         if type(headers) is not bytes:
