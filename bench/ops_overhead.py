@@ -66,7 +66,7 @@ class Instant:
         from types import SimpleNamespace
 
         self.endpoint = "memory"
-        self.config = SimpleNamespace(timeout=5.0, max_concurrency=None)
+        self.config = SimpleNamespace(timeout=5.0, max_concurrency=None, is_idempotent=lambda operation: True)
 
     async def call(self, operation: str | None, payload: Any, ctx: Any) -> Any:
         return {"ok": True}
@@ -75,12 +75,13 @@ class Instant:
 class Delivered:
     """A delivered message as the executor sees it (headers as a producer sets them)."""
 
-    __slots__ = ("data", "headers", "subject", "_ackd")
+    __slots__ = ("data", "headers", "subject", "reply", "_ackd")
 
     def __init__(self, subject: str) -> None:
         self.data = PAYLOAD
         self.headers = event_headers("/bench", subject)
         self.subject = subject
+        self.reply = f"$JS.ACK.BIN.bench.1.{id(self)}.1.0.0"  # the ack subject (remembered for re-sending after a reconnect)
         self._ackd = False
 
     async def ack(self) -> None:
@@ -93,7 +94,10 @@ async def one_run(flow_steps: list[Any], schema: str | None, n: int, tracer: Any
     flow = make_flow("bench", "bin.x", flow_steps, schema=schema)
     endpoint = Instant()
     pipeline = Pipeline(flow, {"memory": endpoint})
-    runner = StreamFlowRunner(pipeline, "BIN", nc=None, js=Confirming(), publish_timeout=10.0)
+    from types import SimpleNamespace
+
+    connection = SimpleNamespace(max_payload=1024 * 1024)  # what the executor reads of its connection (size checks)
+    runner = StreamFlowRunner(pipeline, "BIN", nc=connection, js=Confirming(), publish_timeout=10.0)
     if tracer is not False:
         with_ops(runner, tracer)
         instrument_adapter(endpoint, EndpointMeter("memory", endpoint))
