@@ -15,6 +15,7 @@ from typing import Any
 
 from engine.idempotency import BUCKET, IdempotencyStore
 from engine.kv_pipe import kv_span
+from engine.tasks import cancel_and_wait
 
 
 class ClaimStage:
@@ -71,7 +72,4 @@ class ClaimStage:
                 fut.set_result(result)
 
     async def close(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_and_wait(list(self._tasks))  # not cancel + gather: a cancel can be lost (engine/tasks.py)

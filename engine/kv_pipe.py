@@ -3,7 +3,7 @@
 A KV write is a JetStream publish to the bucket's subject `$KV.<bucket>.<key>`; `create` and
 `update(last=rev)` add the header `Nats-Expected-Last-Subject-Sequence: <rev>` (0: absent), which is
 all nats-py's KeyValue does, one request/reply waited alone each. Here the writes of a batch are
-published with `publish_async` without waiting, then their acks are awaited together: one round trip
+published at once with replies to our own inbox (`_Replies`), then their acks are awaited together: one round trip
 for the batch (bench/hot_path.py, the call flow with claim + mark). Each write gets its own outcome:
 its revision, KeyWrongLastSequenceError (the expected revision was not the key's), or the error the
 broker gave (a broker fault, or a timeout when no ack came back: not confirmed, to be tried again).
