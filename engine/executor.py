@@ -284,12 +284,7 @@ class StreamFlowRunner:
                 done = await self._settle(msg, env, published, err)
             finally:
                 if env is not None and env.idem_key is not None:
-                    self._holding.pop(id(msg), None)
-                    if not done and env.idem_claim is not None:
-                        if self._refreshing is not None:  # its revision may be changing right now
-                            await asyncio.shield(self._refreshing)
-                        await self.idempotency.give_up(self.flow.name, env.idem_key, env.idem_claim)  # type: ignore[union-attr]
-                    self.keys_in_flight.release(env.idem_key, done)
+                    await self._let_go(id(msg), env, done)
 
     async def _run_one(self, msg: Any) -> tuple[Any, Any, int | None, HubError | None]:
         """Claim, steps, outputs stored: (msg, envelope, outputs published or None when there is
@@ -379,12 +374,19 @@ class StreamFlowRunner:
         if env is None or fut is None:
             return
         try:
-            claim, done = await fut, True
+            claim = await fut
         except Exception:  # noqa: BLE001 - not claimed (an unconfirmed claim ends with its lease)
-            claim, done = None, False
-        self._holding.pop(mid, None)
-        if claim is not None:
             done = False
+        else:
+            done = claim is None  # None: the done mark was there
+            env.idem_claim = claim  # (a future already done returns before _hold_ahead has run)
+        await self._let_go(mid, env, done)
+
+    async def _let_go(self, mid: int, env: Envelope, done: bool) -> None:
+        """The message's hold on its key ends: a claim whose effect did not happen is given up (for
+        its retry, replay or copy), and the key is freed in this runner (remembered as done if so)."""
+        self._holding.pop(mid, None)
+        if not done and env.idem_claim is not None:
             if self._refreshing is not None:  # its revision may be changing right now
                 await asyncio.shield(self._refreshing)
             await self.idempotency.give_up(self.flow.name, env.idem_key, env.idem_claim)  # type: ignore[union-attr,arg-type]
