@@ -3,11 +3,12 @@ ticks, pull checkpoints, `state` records, pending correlations)."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import structlog
 from nats.js.api import KeyValueConfig
-from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.errors import APIError, BadRequestError, NotFoundError
 from nats.js.client import KV_PRE_TEMPLATE, KV_STREAM_TEMPLATE
 from nats.js.kv import KeyValue
 
@@ -56,12 +57,24 @@ async def bucket(js: Any, name: str, ttl: float | None = None, *, leader_reads: 
 
 async def stored_keys(js: Any, name: str, prefix: str = "") -> list[str]:
     """The keys with a message in bucket `name` (deleted ones included: their marker is a message; a
-    `get` then says KeyNotFound), read from the stream's subject counts in one request.
+    `get` then says KeyNotFound), read from the stream's subject counts (`STREAM.INFO` with a
+    subjects filter, paged: the server answers at most 100,000 subjects at a time).
 
     Not nats-py's `kv.keys()`: its watcher decides "no more keys" from consumer info taken after the
-    consumer exists, so a key delivered in that instant but not yet handed to the callback is missed
-    and a one-key bucket reads as empty (a pending wait vanished from `runner.py pending` in a test)."""
+    consumer exists, so a key rewritten in that instant is missed and a one-key bucket reads as
+    empty (a pending wait vanished from `runner.py pending` in a test), and each miss leaves its
+    consumer behind."""
+    api = getattr(js, "_prefix", "$JS.API")
     stream = KV_STREAM_TEMPLATE.format(bucket=name)
     pre = f"$KV.{name}."
-    info = await js.stream_info(stream, subjects_filter=f"{pre}{prefix}>" if prefix else f"{pre}>")
-    return sorted(subject.removeprefix(pre) for subject in (info.state.subjects or {}))
+    keys: list[str] = []
+    while True:
+        request = json.dumps({"subjects_filter": f"{pre}{prefix}>", "offset": len(keys)}).encode()
+        answer = json.loads((await js._nc.request(f"{api}.STREAM.INFO.{stream}", request,
+                                                  timeout=getattr(js, "_timeout", 5.0))).data)
+        if "error" in answer:
+            APIError.from_error(answer["error"])  # raises the error class of its code
+        page = (answer.get("state") or {}).get("subjects") or {}
+        keys.extend(subject.removeprefix(pre) for subject in page)
+        if not page or len(keys) >= answer.get("total", 0):
+            return sorted(keys)

@@ -47,3 +47,16 @@ async def test_pending_records_show_one_flows_live_waits_and_not_a_finished_one(
     await kv.delete("track.K-2")
     assert [r["key"] for r in await pending_records(broker_js, "track")] == ["track.K-1"]
     assert [r["key"] for r in await pending_records(broker_js)] == ["other.K-9", "track.K-1"]
+
+
+async def test_a_bucket_past_one_answers_subject_limit_is_listed_whole(js, unique):
+    """The server names at most 100,000 subjects per answer; the listing pages on."""
+    from engine.kv_pipe import kv_writes
+
+    kv = await bucket(js, unique)
+    n = 100_050
+    for start in range(0, n, 2_000):
+        results = await kv_writes(js, kv, [(f"w.{i:06d}", b"{}", None) for i in range(start, min(start + 2_000, n))])
+        assert all(isinstance(r, int) for r in results)
+    keys = await stored_keys(js, unique)
+    assert len(keys) == n and keys[0] == "w.000000" and keys[-1] == f"w.{n - 1:06d}"
