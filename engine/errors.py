@@ -13,12 +13,14 @@ message may succeed later"; permanent means "it cannot succeed as it is".
     │   │   └── SlotsBusy
     │   ├── CircuitOpen
     │   ├── VerifyPending          a non-idempotent call's outcome: its `verify` could not decide yet
+    │   ├── StreamFull             a stream at its limits with `discard: new` refused a message
     │   └── BrokerUnavailable      NATS restarting, electing a leader, unreachable: an outage
     │       └── PublishFailed      JetStream did not confirm a publish
     ├── PermanentError             the dead-letter queue
     │   ├── UnparseablePayload     the message's own payload
     │   ├── PayloadTooLarge        headers + body over the server's max_payload
     │   ├── UnparseableAnswer      the target's answer (not the message's fault, not retried blindly)
+    │   ├── PublishRefused         JetStream refused to store a message (e.g. over the stream's max_msg_size)
     │   ├── ValidationFailed
     │   ├── TargetRejected
     │   ├── BusinessError
@@ -105,6 +107,14 @@ class VerifyPending(TransientError):
     spent the message is dead-lettered as OutcomeUnknown."""
 
 
+class StreamFull(TransientError):
+    """A stream at its limits with `discard: new` (a stream the hub does not manage, or a KV bucket at its
+    max_bytes) refused a message: JetStream's 503 with err_code 10077 ("maximum messages exceeded",
+    "maximum bytes exceeded", "... per subject exceeded"). Not an outage: the broker answered, and the
+    same message is stored once room frees, so it is retried on the flow's schedule and then
+    dead-lettered, naming the stream's reason, instead of being waited for without end."""
+
+
 class BrokerUnavailable(TransientError):
     """NATS, JetStream, a KV bucket or the Object Store did not answer: the server is restarting,
     electing a leader or unreachable. An outage of the hub's own broker, never the message's fault:
@@ -134,6 +144,11 @@ class PayloadTooLarge(PermanentError):
 class UnparseableAnswer(PermanentError):
     """The target answered something the hub cannot read (broken or hostile XML, not the agreed format),
     whatever its status code. The message itself may be fine; ops look at the target."""
+
+
+class PublishRefused(PermanentError):
+    """JetStream refused to store a message for good (a 400, e.g. err_code 10054: over the stream's own
+    `max_msg_size`): sending it again cannot help; ops change the stream or the flow and replay."""
 
 
 class ValidationFailed(PermanentError):
@@ -220,8 +235,20 @@ def classify(exc: BaseException) -> HubError:
 _MESSAGE_FAULTS = (nats.errors.BadSubjectError, nats.errors.BadHeaderError, nats.errors.NotJSMessageError)
 
 
+STREAM_FULL = 10077        # JSStreamStoreFailedF: at max_msgs / max_bytes / max_msgs_per_subject, discard new
+MESSAGE_TOO_BIG = 10054    # JSStreamMessageExceedsMaximumErr: over the stream's max_msg_size
+
+
+def _refused(exc: nats.js.errors.APIError) -> bool:
+    """A stream's own limit said no. 10077 also carries store failures (a disk error): those stay outages."""
+    return exc.err_code == MESSAGE_TOO_BIG or (exc.err_code == STREAM_FULL and "exceeded" in (exc.description or ""))
+
+
 def _nats_error(exc: nats.errors.Error) -> HubError:
     text = f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, nats.js.errors.APIError) and _refused(exc):
+        refusal = f"JetStream refused to store it: {exc.description} (err_code {exc.err_code})"
+        return StreamFull(refusal) if exc.err_code == STREAM_FULL else PublishRefused(refusal)
     if isinstance(exc, nats.errors.MaxPayloadError):
         return PayloadTooLarge(text)
     if isinstance(exc, _MESSAGE_FAULTS):

@@ -1,10 +1,17 @@
-"""nats-py's client with pre-encoded headers on the hot path.
+"""nats-py's client with pre-encoded headers on the hot path, and a JetStream context whose
+`publish_async` hears a refusal.
 
 nats-py checks every header key with a regex and re-sanitises every value on each publish, which
 cost more than a third of a pass-through flow's CPU (bench/hot_path.py, cProfile). The hub's output
 headers are built by engine/messages.py from constant names and single-line values (inbound header
 values arrive one line each), so the flow encodes the block once, as bytes, and this client sends
 bytes as they are. Dict headers take nats-py's own path, unchanged.
+
+nats-py 2.16's `publish_async` never completes its future when JetStream answers with an error (a
+stream at its limits with `discard: new`, a message over the stream's max_msg_size): its reply
+handler raises the error inside the subscription callback instead of setting it on the future. The
+publisher then waited out its timeout and took the refusal for an outage, and a flow retried that
+output for ever. `HubJetStream` sets the error on the future; engine/errors.py names it.
 """
 
 from __future__ import annotations
@@ -12,8 +19,35 @@ from __future__ import annotations
 import random
 from typing import Any, Callable
 
+import orjson
 from nats.aio.client import Client, Server
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext, api
+from nats.js.errors import APIError, NoStreamResponseError
 from nats.protocol.command import hpub_cmd
+
+_NO_RESPONDERS = "503"
+
+
+class HubJetStream(JetStreamContext):
+    """nats-py's JetStream context; an error answer to `publish_async` fails its future (module docstring)."""
+
+    async def _handle_async_reply(self, msg: Msg) -> None:
+        future = self._publish_async_futures.get(msg.subject[len(self._nc._inbox_prefix) + 22 + 2:])
+        if future is None or future.done():
+            return
+        if msg.headers and msg.headers.get(api.Header.STATUS) == _NO_RESPONDERS:
+            future.set_exception(NoStreamResponseError())
+            return
+        try:
+            resp = orjson.loads(msg.data)
+            if (err := resp.get("error")) is not None:
+                APIError.from_error(err)  # raises the class of its code
+            ack = api.PubAck.from_response(resp)
+        except Exception as exc:  # noqa: BLE001 - the refusal, or an unreadable ack: the publisher's to judge
+            future.set_exception(exc)
+        else:
+            future.set_result(ack)
 
 
 class HubClient(Client):
@@ -27,6 +61,9 @@ class HubClient(Client):
         sub = await self.subscribe(subject)
         self._direct[sub._id] = handler
         return sub
+
+    def jetstream(self, **opts: Any) -> HubJetStream:
+        return HubJetStream(self, **opts)
 
     async def _process_msg(self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes) -> None:
         handler = self._direct.get(sid)

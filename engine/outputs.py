@@ -55,9 +55,7 @@ async def store_outputs(js: Any, outputs: list[tuple[str, bytes, bytes]], timeou
                     last = TimeoutError(f"no publish ack within {timeout:g}s")
                 elif (exc := f.exception()) is not None:
                     if not is_broker_fault(exc):
-                        err = classify(exc)
-                        err.step = "publish"
-                        raise err
+                        raise refusal(out[0], exc)  # a stream said no: named, on the flow's schedule
                     failed.append(out)
                     last = exc
         if not failed:
@@ -83,10 +81,18 @@ def unconfirmed(futures: list[Any], outputs: list[tuple[str, bytes, bytes]]) -> 
         if exc is not None:
             if is_broker_fault(exc):
                 return PublishFailed(f"{subject}: output not confirmed: {exc!r}", step="publish")
-            err = classify(exc)
-            err.step = "publish"
-            return err
+            return refusal(subject, exc)
     return None
+
+
+def refusal(subject: str, exc: BaseException) -> HubError:
+    """Why JetStream did not store an output on `subject`, not being an outage: StreamFull (retried on
+    the flow's schedule), PublishRefused (dead-lettered), named with the subject (engine/errors.py)."""
+    err = classify(exc)
+    if err is not exc:
+        err.args = (f"{subject}: {err}",)
+    err.step = "publish"
+    return err
 
 
 async def commit_confirmed(write: tuple[Any, str, int | None, Any], alive: Callable[[], bool], log: Any,
