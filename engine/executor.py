@@ -307,10 +307,13 @@ class StreamFlowRunner:
                     env.idem_claim = await self._claimed_ahead(env, ahead[1])
                 else:
                     key = business_key(self.flow, env)
-                    held = await self.keys_in_flight.claim(key)  # released by _worker after the settle
-                    if held:
-                        env.idem_key = key
-                        env.idem_claim = await self._claim(env, key)
+                    if self._ahead and self.keys_in_flight.busy(key) and await self._take_ahead(env, key):
+                        held = True
+                    else:
+                        held = await self.keys_in_flight.claim(key)  # released by _worker after the settle
+                        if held:
+                            env.idem_key = key
+                            env.idem_claim = await self._claim(env, key)
                 if held:
                     if env.idem_claim is not None:
                         self._holding[id(msg)] = env  # refreshed by the feed's keep-alive from now on
@@ -334,11 +337,18 @@ class StreamFlowRunner:
         (engine/claim_stage.py), instead of one small batch per worker as each comes round: their
         workers then find them decided. A claim taken ahead is held like any other (in the keys in
         flight, refreshed while its message is held, given up if the message goes back unstarted).
-        Not while KV writes are traced: a claim's span belongs under its own message's span."""
+        Not while KV writes are traced: a claim's span belongs under its own message's span.
+        Deliveries join the buffer's right end: only those after the last message already looked at are
+        new (one put back at the left end is claimed by its worker, or takes the claim, see _take_ahead)."""
         ahead, flow, stage, keys = self._ahead, self.flow, self.claim_stage, self.keys_in_flight
-        for m in self.feed.buffer:
+        new = []
+        for m in reversed(self.feed.buffer):
+            if id(m) in ahead:
+                break
+            new.append(m)
+        for m in reversed(new):
             mid = id(m)
-            if mid in ahead or (m.headers and CLAIM in m.headers):  # a claim check is fetched by its worker
+            if m.headers and CLAIM in m.headers:  # a claim check is fetched by its worker
                 continue
             try:
                 env = self._envelope(m)
@@ -353,10 +363,33 @@ class StreamFlowRunner:
             ahead[mid] = (env, fut)
 
     def _hold_ahead(self, mid: int, env: Envelope, fut: asyncio.Future[Any]) -> None:
-        """A claim taken ahead is refreshed from the moment it exists."""
+        """A claim taken ahead is refreshed from the moment it exists, while its message waits in the
+        buffer (once a worker has it, or another message took the claim over, the worker holds it)."""
+        entry = self._ahead.get(mid)
+        if entry is None or entry[1] is not fut:
+            return
         if not fut.cancelled() and fut.exception() is None and (claim := fut.result()) is not None:
             env.idem_claim = claim
             self._holding[mid] = env
+
+    async def _take_ahead(self, env: Envelope, key: str) -> bool:
+        """A message still in the buffer holds `key`'s claim, taken ahead: this message, started first,
+        takes that claim over (True), and the buffered one waits for it like any copy. Waiting instead
+        would never end when the buffered one can only run after it (one worker: a stuck flow)."""
+        for mid, (other, fut) in self._ahead.items():
+            if fut is not None and other is not None and other.idem_key == key:
+                break
+        else:
+            return False
+        self._ahead[mid] = (other, None)  # its worker claims as usual (and finds the done mark)
+        known, other.idem_key, other.idem_claim = other.idem_claim, None, None
+        if self._holding.pop(mid, None) is not None and self._refreshing is not None:
+            await asyncio.shield(self._refreshing)  # the claim's revision may be changing right now
+            known = other.idem_claim if other.idem_claim is not None else known
+            other.idem_claim = None
+        env.idem_key = key
+        env.idem_claim = known if known is not None else await self._claimed_ahead(env, fut)
+        return True
 
     async def _claimed_ahead(self, env: Envelope, fut: asyncio.Future[Any]) -> int | None:
         """The outcome of a claim taken ahead; held elsewhere or not confirmed: claimed as usual."""

@@ -122,6 +122,9 @@ class InFlightKeys:
         self._busy[key] = asyncio.Event()
         return True
 
+    def busy(self, key: str) -> bool:
+        return key in self._busy
+
     def try_hold(self, key: str) -> bool:
         """Hold `key` now if it is free and not just done (no wait): True when held."""
         if key in self._busy or key in self._done:

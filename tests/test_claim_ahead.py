@@ -94,3 +94,23 @@ async def test_a_message_claimed_ahead_and_handed_back_on_stop_leaves_no_claim(
 
 async def _empty(buffer) -> bool:
     return not buffer
+
+
+async def test_with_one_worker_a_copy_behind_its_message_does_not_block_it(
+        tmp_path: Path, nats_url: str, js, unique: str):
+    """Two copies arrive in one pull and the flow has one worker: the claim sent ahead for the copy in
+    the buffer must not make the worker's own message wait for that copy, which only the same worker
+    could run (a flow stuck for good). The first copy is called, the second skipped."""
+    async with HttpSink() as sink:
+        config, flow = call_flow(unique, sink.url, concurrency=1)
+        await js.add_stream(name=f"IN{unique}", subjects=[f"{unique}.in.x"])
+        for copy in range(2):  # there before the flow starts: its first pull hands both over at once
+            for n in range(3):
+                await js.publish(f"{unique}.in.x", b'{"n": %d}' % n, headers={"ce-id": f"m{n}"})
+        hub = await started_hub(project_from(tmp_path, config, flow), nats_url)
+        try:
+            await wait_until(lambda: settled(js, f"IN{unique}", unique), timeout=30)
+        finally:
+            await hub.stop()
+    assert sink.applied == {f"m{n}": 1 for n in range(3)}
+    assert hub.runners[unique].stats.skipped == 3
