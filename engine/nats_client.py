@@ -16,34 +16,110 @@ output for ever. `HubJetStream` sets the error on the future; engine/errors.py n
 
 from __future__ import annotations
 
+import asyncio
 import random
+from functools import partial
 from typing import Any, Callable
 
 import orjson
 from nats.aio.client import Client, Server
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
-from nats.js.errors import APIError, NoStreamResponseError
+from nats.js.errors import APIError, NoStreamResponseError, TooManyStalledMsgsError
 from nats.protocol.command import hpub_cmd
 
 _NO_RESPONDERS = "503"
 
 
 class HubJetStream(JetStreamContext):
-    """nats-py's JetStream context; an error answer to `publish_async` fails its future (module docstring)."""
+    """nats-py's JetStream context with `publish_async` rewritten: an error answer fails its future
+    (module docstring), and the per-publish cost is the publish itself. nats-py's spent more than the
+    send on bookkeeping: `wait_for` around a semaphore, `secrets.token_hex` (a getrandom syscall) for
+    the reply token, and a Msg, a queue hop and a task wake per ack (py-spy, bench/meter_pull.py: about
+    a third of a pull's CPU). Here the token is a counter, the room for pending publishes a count, and
+    on a HubClient the acks are read as they are parsed (`subscribe_direct`)."""
+
+    def __init__(self, conn: Any, **opts: Any) -> None:
+        super().__init__(conn, **opts)
+        self._room = opts.get("publish_async_max_pending", 4000)
+        self._room_freed = asyncio.Event()
+        self._token = 0
+        self._reply_prefix = ""
+        self._replies_ready: asyncio.Future[None] | None = None
+
+    async def publish_async(self, subject: str, payload: bytes = b"", wait_stall: float | None = None,
+                            stream: str | None = None, headers: Any = None,
+                            msg_ttl: float | None = None) -> "asyncio.Future[api.PubAck]":
+        if stream is not None or msg_ttl is not None:  # header-adding variants the hub does not use
+            return await super().publish_async(subject, payload, wait_stall, stream, headers, msg_ttl)
+        if not self._reply_prefix:
+            await self._init_async_reply()
+        while self._room <= 0:
+            self._room_freed.clear()
+            try:
+                await asyncio.wait_for(self._room_freed.wait(), wait_stall)
+            except TimeoutError:
+                raise TooManyStalledMsgsError from None
+        self._room -= 1
+        self._token += 1
+        token = str(self._token)
+        future: asyncio.Future[api.PubAck] = asyncio.get_running_loop().create_future()
+        future.add_done_callback(partial(self._settled, token))
+        self._publish_async_futures[token] = future
+        self._publish_async_completed_event.clear()
+        try:
+            await self._nc.publish(subject, payload, reply=self._reply_prefix + token, headers=headers)
+        except BaseException:
+            future.cancel()  # frees its room; the caller sees the publish's own error
+            raise
+        return future
+
+    def _settled(self, token: str, _: Any) -> None:
+        self._publish_async_futures.pop(token, None)
+        if not self._publish_async_futures:
+            self._publish_async_completed_event.set()
+        self._room += 1
+        self._room_freed.set()
+
+    async def _init_async_reply(self) -> None:
+        if self._replies_ready is None:
+            ready = self._replies_ready = asyncio.get_running_loop().create_future()
+            try:
+                prefix = self._nc._inbox_prefix[:] + b"." + self._nc._nuid.next() + b"."
+                self._publish_async_futures = {}
+                if isinstance(self._nc, HubClient):
+                    await self._nc.subscribe_direct(prefix.decode() + "*", self._on_ack)
+                else:
+                    await self._nc.subscribe(prefix.decode() + "*", cb=self._handle_async_reply)
+            except BaseException as exc:
+                self._replies_ready = None
+                ready.set_exception(exc)
+                ready.exception()  # retrieved: raised below
+                raise
+            self._async_reply_prefix = prefix
+            self._reply_prefix = prefix.decode()
+            ready.set_result(None)
+        await self._replies_ready
 
     async def _handle_async_reply(self, msg: Msg) -> None:
-        future = self._publish_async_futures.get(msg.subject[len(self._nc._inbox_prefix) + 22 + 2:])
+        self._settle(msg.subject, msg.data, bool(msg.headers and msg.headers.get(api.Header.STATUS) == _NO_RESPONDERS))
+
+    def _on_ack(self, subject: bytes, data: bytes, headers: bytes | None) -> None:
+        self._settle(subject.decode(), data, bool(headers and headers.startswith(b"NATS/1.0 503")))
+
+    def _settle(self, subject: str, data: bytes, no_responders: bool) -> None:
+        future = self._publish_async_futures.get(subject[len(self._reply_prefix):])
         if future is None or future.done():
             return
-        if msg.headers and msg.headers.get(api.Header.STATUS) == _NO_RESPONDERS:
+        if no_responders:
             future.set_exception(NoStreamResponseError())
             return
         try:
-            resp = orjson.loads(msg.data)
+            resp = orjson.loads(data)
             if (err := resp.get("error")) is not None:
                 APIError.from_error(err)  # raises the class of its code
-            ack = api.PubAck.from_response(resp)
+            ack = api.PubAck(stream=resp["stream"], seq=resp["seq"], domain=resp.get("domain"),
+                             duplicate=resp.get("duplicate"))
         except Exception as exc:  # noqa: BLE001 - the refusal, or an unreadable ack: the publisher's to judge
             future.set_exception(exc)
         else:
