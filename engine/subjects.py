@@ -109,16 +109,26 @@ def render(template: str, payload: object, *, lower: bool = True) -> str:
     """Fill `{field}` (dotted for nesting) from a JSON object; KeyError names the missing field.
 
     Values are lower-cased: subjects and endpoint names are lower-case, payloads say `DE`. Keys
-    (`lower=False`) keep their case: `A1` and `a1` are two contracts."""
+    (`lower=False`) keep their case: `A1` and `a1` are two contracts. The template is split once
+    (`_pieces`): a pull renders a subject and an id for every item of every page."""
     if "{" not in template:
         return template
-
-    def lookup(m: re.Match[str]) -> str:
+    literals, fields = _pieces(template)
+    out = [literals[0]]
+    for (name, path), literal in zip(fields, literals[1:]):
         value: object = payload
-        for part in m.group(1).split("."):
+        for part in path:
             if not isinstance(value, dict) or part not in value:
-                raise KeyError(m.group(1))
+                raise KeyError(name)
             value = value[part]
-        return str(value).lower() if lower else str(value)
+        text = str(value)
+        out.append(text.lower() if lower else text)
+        out.append(literal)
+    return "".join(out)
 
-    return _PLACEHOLDER.sub(lookup, template)
+
+@lru_cache(maxsize=4096)
+def _pieces(template: str) -> tuple[list[str], list[tuple[str, list[str]]]]:
+    """The literal text around the placeholders, and each placeholder's name and path."""
+    parts = _PLACEHOLDER.split(template)
+    return parts[0::2], [(name, name.split(".")) for name in parts[1::2]]
