@@ -137,7 +137,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from engine import logs
+    from engine import heap, logs
     from engine.errors import ConfigError
     from engine.runtime import Hub
 
@@ -157,6 +157,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         lost: str | None = None
         try:
             await hub.start()
+            heap.settle()  # the start-up heap frozen, young garbage collected in larger steps
             # never run on without NATS: a connection closed for good ends the runner (exit 1)
             waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(hub.wait_closed())]
             await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)

@@ -22,7 +22,9 @@ meter count the flow's transform asks for). Finally all selected vendors in para
 pulls under one asyncio.gather, then one hub with one tick per vendor (as the monthly schedule fires
 them; the flow's `limits.concurrency` runs them side by side). Prints readings/s and pages/s of
 both, the ratio hub/ref, the latency floor (pages x latency), CPU per page of this process, of
-nats-server and of the simulators. Loopback only; stops by itself. On a shared 2-core machine the
+nats-server and of the simulators. Each hub's process is settled once it has started, as `runner.py
+run` settles its own (engine/heap.py; the references run in the same process, so from the first hub
+on they have it too); `--gc-default` leaves Python's collector as it is. Loopback only; stops by itself. On a shared 2-core machine the
 figures move by +-20 % from run to run: compare the two sides of one run.
 """
 
@@ -49,7 +51,7 @@ import aiohttp  # noqa: E402
 import nats  # noqa: E402
 import yaml  # noqa: E402
 
-from engine import logs  # noqa: E402
+from engine import heap, logs  # noqa: E402
 from engine.embedded_nats import EmbeddedNats  # noqa: E402
 from engine.runtime import Hub  # noqa: E402
 from engine.schedule import publish_ticks  # noqa: E402
@@ -263,6 +265,8 @@ async def run_hub(sims: Sims, vendors: list[str], timeout: float) -> dict[str, A
         project, flow, pull = load(Path(tmp))
         hub = Hub(project, servers=[server.url])
         await hub.start()
+        if SETTLE:
+            heap.settle()  # as `runner.py run` does once its hub has started (engine/heap.py)
         nc = await nats.connect(server.url)
         js = nc.jetstream()
         records: list[tuple[float, dict[str, Any]]] = []
@@ -322,7 +326,12 @@ def row(vendor: str, side: str, r: dict[str, Any], ratio: float | None = None) -
             f"{r['server_cpu'] / pages * 1000:>6.1f} {r['sim_cpu'] / pages * 1000:>6.1f}")
 
 
+SETTLE = True  # --gc-default: False
+
+
 async def main(args: argparse.Namespace) -> None:
+    global SETTLE
+    SETTLE = not args.gc_default
     logs.configure("error")  # the hub's own nats_disconnected warning at each broker stop is noise here
     vendors = [v.strip() for v in args.vendors.split(",") if v.strip()]
     if unknown := sorted(set(vendors) - set(ENTRIES)):
@@ -409,4 +418,6 @@ if __name__ == "__main__":
     parser.add_argument("--meters", type=int, default=500, help="per vendor platform (~30 readings each)")
     parser.add_argument("--vendors", default=",".join(VENDORS), help="comma-separated, e.g. vendor1,vendor4")
     parser.add_argument("--latency", type=float, default=0.020, help="seconds per page at the simulators")
+    parser.add_argument("--gc-default", action="store_true",
+                        help="leave the garbage collector as Python sets it (runner.py run settles it: engine/heap.py)")
     asyncio.run(main(parser.parse_args()))
