@@ -7,7 +7,9 @@
 3. flow, validate + transform: source -> schema MeterReading -> transform -> publish
 4. end-to-end latency through flow 3 at a fixed offered load (p50/p99)
 5. an HTTP `call` flow against a local sink (own process) vs a plain aiohttp loop, same concurrency
-Prints msg/s, the ratio to raw, and the process's peak RSS. Loopback only; stops by itself.
+Prints msg/s, the ratio to raw, and the process's peak RSS. The process is settled as `runner.py run`
+settles its own (engine/heap.py), for every shape alike; `--gc-default` leaves Python's collector as it
+is. Loopback only; stops by itself.
 
 --ops adds, in the same interleaved rounds, the flows of 2 and 3 (and 5's call flow) with what a Hub
 turns on: the metrics probes (engine/probes.py) and tracing with OTLP/HTTP export to a local endpoint
@@ -27,16 +29,18 @@ import logging  # noqa: E402
 import asyncio  # noqa: E402
 import json  # noqa: E402
 import multiprocessing as mp  # noqa: E402
+import os  # noqa: E402
 import resource  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
 
 import aiohttp  # noqa: E402
+from nats.js import JetStreamContext  # noqa: E402
 from nats.js.api import AckPolicy, ConsumerConfig, StreamConfig  # noqa: E402
 
 from adapters.http import HttpAdapter, HttpEndpointConfig  # noqa: E402
 from engine.adapter import Services  # noqa: E402
-from engine import logs  # noqa: E402
+from engine import heap, logs  # noqa: E402
 from engine.embedded_nats import EmbeddedNats  # noqa: E402
 from engine.executor import StreamFlowRunner  # noqa: E402
 from engine.idempotency import IdempotencyStore  # noqa: E402
@@ -188,36 +192,78 @@ def start_sink():
     return proc, queue.get(timeout=20)
 
 
-async def http_section(nc, js, stream: str, n: int, concurrency: int, tracer=False, rounds: int = 1) -> None:
+def cpu_seconds(pid: int | None) -> float:
+    """User + system CPU seconds of another process so far (Linux /proc), 0 when unknown."""
+    if pid is None:
+        return 0.0
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class Costs:
+    """CPU per request of this process, the sink's and nats-server's, over one measured stretch: on a
+    machine with few cores the three share them, so the sum bounds the rate (`ceiling`)."""
+
+    def __init__(self, sink_pid: int, server_pid: int | None) -> None:
+        self.pids = (sink_pid, server_pid)
+        self.runs: dict[str, list[tuple[float, float, float, float]]] = {}  # label -> (rate, us: own, sink, server)
+
+    def start(self) -> None:
+        self._t0, self._c0 = time.perf_counter(), time.process_time()
+        self._o0 = [cpu_seconds(p) for p in self.pids]
+
+    def stop(self, label: str, n: int) -> None:
+        rate = n / (time.perf_counter() - self._t0)
+        own = (time.process_time() - self._c0) / n * 1e6
+        sink, server = ((cpu_seconds(p) - o) / n * 1e6 for p, o in zip(self.pids, self._o0))
+        self.runs.setdefault(label, []).append((rate, own, sink, server))
+
+    def median(self, label: str) -> tuple[float, float, float, float]:
+        runs = self.runs[label]
+        return tuple(statistics.median(r[i] for r in runs) for i in range(4))  # type: ignore[return-value]
+
+
+async def plain_loop(url: str, n: int, concurrency: int, costs: Costs) -> None:
+    """The yardstick: `concurrency` tasks posting the reading with one aiohttp session."""
+    async with aiohttp.ClientSession() as session:
+        count = 0
+
+        async def worker() -> None:
+            nonlocal count
+            while count < n:
+                count += 1
+                async with session.post(url + "/readings", json=READING) as resp:
+                    await resp.read()
+
+        costs.start()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        costs.stop("plain aiohttp loop", n)
+
+
+async def http_section(nc, js, stream: str, n: int, concurrency: int, tracer=False, rounds: int = 1,
+                       server_pid: int | None = None, http_rounds: int = 1) -> None:
     proc, url = start_sink()
+    costs = Costs(proc.pid, server_pid)
+    cores = len(os.sched_getaffinity(0))
     try:
-        async with aiohttp.ClientSession() as session:
-            count = 0
-            t0, c0 = time.perf_counter(), time.process_time()
-
-            async def worker() -> None:
-                nonlocal count
-                while count < n:
-                    count += 1
-                    async with session.post(url + "/readings", json=READING) as resp:
-                        await resp.read()
-
-            await asyncio.gather(*(worker() for _ in range(concurrency)))
-            raw_rps = n / (time.perf_counter() - t0)
-            raw_cpu = (time.process_time() - c0) / n * 1000
         cfg = HttpEndpointConfig.model_validate({"adapter": "http", "base_url": url, "path": "/readings"})
         adapter = HttpAdapter("sink", cfg, Services(nc, js))
         await adapter.start()
         idem = IdempotencyStore(js, 3600.0)
         await idem.start()
-        rows = []
-        variants = [("no idempotency check", False, False), ("idempotency check + mark (KV)", True, False)]
+        basic = [("plain aiohttp loop", False, False), ("no idempotency check", False, False),
+                 ("idempotency check + mark (KV)", True, False)]
+        variants = basic * http_rounds  # interleaved: a burst of noise on this shared machine hits all alike
         if tracer is not False:  # ops off and on, alternated: one run each says nothing on this machine
-            variants = [("no idempotency check", False, False), ("idempotency check + mark (KV)", True, False),
-                        *[(label, False, ops) for _ in range(rounds - 1)
-                          for label, ops in (("no idempotency check", False), ("no idempotency check, ops on", True))]]
+            variants = [*basic, *[(label, False, ops) for _ in range(rounds - 1)
+                                  for label, ops in (("no idempotency check", False),
+                                                     ("no idempotency check, ops on", True))]]
         plain_call = adapter.call
         for i, (label, enabled, ops) in enumerate(variants):
+            if label == "plain aiohttp loop":
+                await plain_loop(url, n, concurrency, costs)
+                continue
             subject = f"bin.http{i}"
             await preload(js, subject, n)
             flow = make_flow(f"http{i}", subject, [{"call": {"endpoint": "sink"}}], concurrency=concurrency)
@@ -227,31 +273,47 @@ async def http_section(nc, js, stream: str, n: int, concurrency: int, tracer=Fal
             if ops:
                 instrument_adapter(adapter, EndpointMeter("sink", adapter))
                 with_ops(runner, tracer)
-            t0, c0 = time.perf_counter(), time.process_time()
+            costs.start()
             await runner.start()
             while runner.stats.acked + runner.stats.failed < n:
                 await asyncio.sleep(0.01)
             if ops:
                 await asyncio.to_thread(tracer.provider.force_flush)
-            rows.append((label, n / (time.perf_counter() - t0), (time.process_time() - c0) / n * 1000))
+            costs.stop(label, n)
             await runner.stop()
         adapter.call = plain_call
         await adapter.close()
-        print(f"{'http: plain aiohttp loop':<36} {raw_rps:>10,.0f} req/s   {raw_cpu:.3f} CPU ms/req in this process "
-              f"(concurrency {concurrency})")
-        grouped: dict[str, list[tuple[float, float]]] = {}
-        for label, rps, cpu in rows:
-            grouped.setdefault(label, []).append((rps, cpu))
-        for label, runs in grouped.items():
-            rps, cpu = statistics.median(r for r, _ in runs), statistics.median(c for _, c in runs)
-            print(f"{'http: call flow, ' + label:<36} {rps:>10,.0f} req/s   {cpu:.3f} CPU ms/req   "
-                  f"{rps / raw_rps:.2f}x  (target >= 0.8x)" + (f"   median of {len(runs)}" if len(runs) > 1 else ""))
-        if "no idempotency check, ops on" in grouped:
-            off, on = grouped["no idempotency check"], grouped["no idempotency check, ops on"]
-            cpu_off, cpu_on = statistics.median(c for _, c in off), statistics.median(c for _, c in on)
+        raw_rps, raw_cpu, raw_sink, raw_server = costs.median("plain aiohttp loop")
+        times = len(costs.runs["plain aiohttp loop"])
+        print(f"{'http: plain aiohttp loop':<36} {raw_rps:>10,.0f} req/s   {raw_cpu / 1000:.3f} CPU ms/req in this process "
+              f"(concurrency {concurrency})" + (f"   median of {times}" if times > 1 else ""))
+        for label in costs.runs:
+            if label == "plain aiohttp loop":
+                continue
+            rps, cpu, _, _ = costs.median(label)
+            times = len(costs.runs[label])
+            print(f"{'http: call flow, ' + label:<36} {rps:>10,.0f} req/s   {cpu / 1000:.3f} CPU ms/req   "
+                  f"{rps / raw_rps:.2f}x  (target >= 0.8x)" + (f"   median of {times}" if times > 1 else ""))
+        if "no idempotency check, ops on" in costs.runs:
+            off, on = costs.runs["no idempotency check"], costs.runs["no idempotency check, ops on"]
+            cpu_off, cpu_on = statistics.median(r[1] for r in off), statistics.median(r[1] for r in on)
             print(f"{'http: call flow, ops on vs off':<36} by CPU per request {cpu_off / cpu_on:.3f}x "
-                  f"({(cpu_on - cpu_off) * 1000:+.1f} µs/req), by req/s "
-                  f"{statistics.median(r for r, _ in on) / statistics.median(r for r, _ in off):.3f}x  (target >= 0.95x)")
+                  f"({cpu_on - cpu_off:+.1f} µs/req), by req/s "
+                  f"{statistics.median(r[0] for r in on) / statistics.median(r[0] for r in off):.3f}x  (target >= 0.95x)")
+        # where the CPU of a request goes: this process, the target (sink) and the broker share the
+        # machine's cores, so the sum bounds the rate whatever the hub does
+        print(f"\nhttp: CPU µs per request by process; ceiling = {cores} cores / their sum (this machine: {cores} cores)")
+        print(f"  {'':<34} {'this proc':>10} {'sink':>8} {'nats-server':>12} {'sum':>8}   {'ceiling':>10}   measured")
+        for label in costs.runs:
+            rps, cpu, sink, server = costs.median(label)
+            total = cpu + sink + server
+            print(f"  {label:<34} {cpu:>10.0f} {sink:>8.0f} {server:>12.0f} {total:>8.0f}   "
+                  f"{cores / total * 1e6:>7,.0f}/s   {rps:,.0f}/s ({rps / raw_rps:.2f}x)")
+        for label in ("no idempotency check", "idempotency check + mark (KV)"):
+            rps, cpu, sink, server = costs.median(label)
+            best = cores / (raw_cpu + sink + server) * 1e6  # a hub that cost no more than the loop itself
+            print(f"  {label}: even a hub costing only the loop's {raw_cpu:.0f} µs would reach "
+                  f"{min(best, 1e6 / raw_cpu) / raw_rps:.2f}x here (sink and nats-server as measured)")
     finally:
         proc.terminate()
         proc.join(5)
@@ -264,8 +326,11 @@ async def main(args: argparse.Namespace) -> None:
     with EmbeddedNats() as server:
         nc = await connect(servers=[server.url], skip_subject_validation=True)  # as engine/runtime.py
         js = nc.jetstream(timeout=10)
+        plain_js = JetStreamContext(nc, timeout=10)  # the baseline: nats-py's own publish_async, not the hub's
         await js.add_stream(StreamConfig(name="BIN", subjects=["bin.>"]))
         await js.add_stream(StreamConfig(name="BOUT", subjects=["bout.>"]))
+        if not args.gc_default:
+            heap.settle()  # as `runner.py run` does once its hub has started; every shape runs with it
         rates: dict[str, list[float]] = {"raw": [], "pass": [], "vt": []}
         cpu: dict[str, list[float]] = {}  # CPU µs of this process per message: robust to other load on the machine
         sink = tracer = traced_all = None
@@ -287,7 +352,7 @@ async def main(args: argparse.Namespace) -> None:
                 cpu0 = time.process_time()
                 ops = False if "+ops" not in shape else traced_all if "all traced" in shape else tracer
                 if shape == "raw":
-                    rate = await raw_loop(nc, js, "BIN", subject, out, per_round, name)
+                    rate = await raw_loop(nc, plain_js, "BIN", subject, out, per_round, name)
                 elif shape.startswith("pass"):
                     rate, _ = await run_flow(nc, js, "BIN", make_flow(name, subject, [{"publish": out}]), per_round,
                                              tracer=ops)
@@ -322,7 +387,7 @@ async def main(args: argparse.Namespace) -> None:
         print(f"latency at {args.rate}/s offered ({got} msgs): p50 {p50:.2f} ms, p99 {p99:.2f} ms  (target p99 < 20 ms)")
         if not args.skip_http:
             await http_section(nc, js, "BIN", args.http_requests // (args.rounds if args.ops else 1),
-                               args.concurrency, tracer if args.ops else False, args.rounds)
+                               args.concurrency, tracer if args.ops else False, args.rounds, server.pid, args.http_rounds)
         if sink is not None:
             tracer.shutdown()
             traced_all.shutdown()
@@ -345,7 +410,11 @@ if __name__ == "__main__":
     parser.add_argument("--latency-seconds", type=float, default=10.0)
     parser.add_argument("--http-requests", type=int, default=20_000)
     parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--http-rounds", type=int, default=1, help="the http section's loop and call flows, "
+                        "interleaved this many times (medians); --ops sets its own rounds")
     parser.add_argument("--skip-http", action="store_true")
+    parser.add_argument("--gc-default", action="store_true",
+                        help="leave the garbage collector as Python sets it (runner.py run settles it: engine/heap.py)")
     parser.add_argument("--ops", action="store_true", help="also run the flows with metrics and tracing on")
     parser.add_argument("--sample-ratio", type=float, default=0.001, help="trace sample ratio with --ops (the config default)")
     asyncio.run(main(parser.parse_args()))
