@@ -47,6 +47,7 @@ from engine.embedded_nats import EmbeddedNats  # noqa: E402
 from engine.ingress import Landing  # noqa: E402
 from engine.messages import derived_id, event_headers  # noqa: E402
 from engine.nats_client import connect  # noqa: E402
+from nats.js import JetStreamContext  # noqa: E402
 from engine.spec import Flow  # noqa: E402
 from engine.streams import INGRESS_DEDUPE, ensure_streams  # noqa: E402
 from sandbox.meters.webhook import sign  # noqa: E402
@@ -166,17 +167,18 @@ async def main(args: argparse.Namespace) -> None:
     with EmbeddedNats() as server:
         nc = await connect(servers=[server.url], skip_subject_validation=True)
         js = nc.jetstream()
+        plain_js = JetStreamContext(nc)  # the raw handlers publish with nats-py's own context, not the hub's
         config = HubConfig.model_validate({"http_ingress": {"port": 0}})
         await ensure_streams(js, config)
         await js.add_stream(StreamConfig(name="BENCH_RAW", subjects=["bench.raw.>"], duplicate_window=INGRESS_DEDUPE))
         run = uuid.uuid4().hex[:8]
         try:
-            runner, port = await _raw_server(js, cloudevents=False)
+            runner, port = await _raw_server(plain_js, cloudevents=False)
             raw = await _run(parent, f"http://127.0.0.1:{port}/raw", run)
             await runner.cleanup()
             raw_stored = await _count(js, "BENCH_RAW", RAW_SUBJECT)
             await js.purge_stream("BENCH_RAW")
-            runner, port = await _raw_server(js, cloudevents=True)
+            runner, port = await _raw_server(plain_js, cloudevents=True)
             raw_ce = await _run(parent, f"http://127.0.0.1:{port}/raw", run + "c")
             await runner.cleanup()
             raw_ce_stored = await _count(js, "BENCH_RAW", RAW_SUBJECT)
