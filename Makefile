@@ -26,6 +26,7 @@ validate: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
 	$(BIN)/python bench/hot_path.py
+	$(BIN)/python bench/publish_async.py
 	$(BIN)/python bench/http_call.py
 	$(BIN)/python bench/dlq_replay.py
 	$(BIN)/python bench/erp_switch.py

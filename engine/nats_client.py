@@ -37,7 +37,7 @@ class HubJetStream(JetStreamContext):
     send on bookkeeping: `wait_for` around a semaphore, `secrets.token_hex` (a getrandom syscall) for
     the reply token, and a Msg, a queue hop and a task wake per ack (py-spy, bench/meter_pull.py: about
     a third of a pull's CPU). Here the token is a counter, the room for pending publishes a count, and
-    on a HubClient the acks are read as they are parsed (`subscribe_direct`)."""
+    on a HubClient the acks are read as they are parsed (`subscribe_direct`): bench/publish_async.py."""
 
     def __init__(self, conn: Any, **opts: Any) -> None:
         super().__init__(conn, **opts)
