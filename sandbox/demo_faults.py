@@ -1,5 +1,6 @@
 """The faults part of `runner.py demo` (issue 12): the broker is SIGKILLed and restarted while a backlog
-drains through a `call` flow, and an ERP create whose answer is lost is verified instead of resent.
+drains through a `call` flow, an ERP create whose answer is lost is verified instead of resent, and an
+output that a full stream refuses is dead-lettered by name instead of retried for ever (issue 17).
 
 Self-contained: it starts its own nats-server (on a store it can kill), its own HTTP targets
 (sandbox/fault_targets.py) and its own Hub, so it disturbs nothing else the demo runs. Wire it in with
@@ -13,8 +14,11 @@ import json
 import tempfile
 import textwrap
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
+
+from nats.js.api import DiscardPolicy
 
 from engine.embedded_nats import EmbeddedNats
 from engine.runtime import Hub
@@ -31,6 +35,7 @@ def _project(work: Path, effects_url: str, erp_url: str) -> Any:
         nats: {{publish_timeout: 1s}}
         streams:
           - {{name: FAULTS, subjects: ["faults.>"]}}
+          - {{name: ARCHIVE, subjects: ["archive.>"]}}   # made full and refusing below, as another team's stream may be
         endpoints:
           effects: {{adapter: http, base_url: "{effects_url}", path: "/effects/{{n}}", timeout: 2s}}
           erp:
@@ -61,11 +66,18 @@ def _project(work: Path, effects_url: str, erp_url: str) -> Any:
           - publish: faults.out.create
         on_error: {retry: [50ms], redeliver: [500ms, 1s]}
         """))
+    (work / "flows" / "archive.yaml").write_text(textwrap.dedent("""
+        name: faults-archive
+        source: {subject: faults.in.archive}
+        steps:
+          - publish: archive.readings
+        on_error: {retry: [], redeliver: [100ms]}
+        """))
     return load_project(work / "config.yaml", sorted((work / "flows").glob("*.yaml")))
 
 
 async def section_faults(check: Check, number: int = 14, deadline: float = 120.0) -> None:
-    print(f"\n  {number}. Faults: the broker is killed mid-drain; an ERP create's answer is lost")
+    print(f"\n  {number}. Faults: the broker is killed mid-drain; an ERP create's answer is lost; a stream is full")
     with tempfile.TemporaryDirectory(prefix="hub-demo-faults-") as tmp:
         work = Path(tmp)
         server = EmbeddedNats(data_dir=work / "store").start()
@@ -100,10 +112,31 @@ async def section_faults(check: Check, number: int = 14, deadline: float = 120.0
                       f"switches the ERP made: {erp.creates('SW-DEMO-1')}")
                 check(erp.creates("SW-DEMO-1") == 1 and erp.posts == 1,
                       "a non-idempotent create that timed out was verified, not resent: one switch")
+                await _full_stream(check, hub, deadline)
         finally:
             if hub is not None:
                 await hub.stop()
             server.stop()
+
+
+async def _full_stream(check: Check, hub: Hub, deadline: float) -> None:
+    """The archive stream is at its limit with `discard: new`: the output is refused (JetStream 503,
+    err_code 10077), retried once on the flow's schedule, then dead-lettered as StreamFull."""
+    js = hub.js
+    info = await js.stream_info("ARCHIVE")
+    await js.update_stream(replace(info.config, max_msgs=1, discard=DiscardPolicy.NEW))
+    await js.publish("archive.readings", b'{"already": "there"}')
+    await js.publish("faults.in.archive", b'{"reading": 1}', headers={"ce-id": "archive-1"})
+    runner = hub.runners["faults-archive"]
+    async with asyncio.timeout(deadline):
+        while runner.failures.dead_lettered < 1:
+            await asyncio.sleep(0.05)
+    record = await js.get_last_msg(hub.project.config.dlq.stream, "dlq.faults-archive")
+    error_class, error = record.headers.get("Hub-Dlq-Error-Class"), record.headers.get("Hub-Dlq-Error", "")
+    print(f"       archive stream full (discard new): the output dead-lettered as {error_class} after "
+          f"{record.headers.get('Hub-Dlq-Deliveries')} deliveries: {error[:110]}")
+    check(error_class == "StreamFull" and "maximum messages exceeded" in error,
+          "an output a full stream refuses is dead-lettered by name, not retried for ever")
 
 
 if __name__ == "__main__":  # python -m sandbox.demo_faults: this section alone
