@@ -24,8 +24,9 @@ them; the flow's `limits.concurrency` runs them side by side). Prints readings/s
 both, the ratio hub/ref, the latency floor (pages x latency), CPU per page of this process, of
 nats-server and of the simulators. Each hub's process is settled once it has started, as `runner.py
 run` settles its own (engine/heap.py; the references run in the same process, so from the first hub
-on they have it too); `--gc-default` leaves Python's collector as it is. Loopback only; stops by itself. On a shared 2-core machine the
-figures move by +-20 % from run to run: compare the two sides of one run.
+on they have it too); `--gc-default` leaves Python's collector as it is. Loopback only; stops by
+itself. On a shared 2-core machine the figures move by +-20 % from run to run: compare the two sides
+of one run.
 """
 
 from __future__ import annotations

@@ -37,6 +37,7 @@ from typing import Any  # noqa: E402
 import aiohttp  # noqa: E402
 import orjson  # noqa: E402
 from aiohttp import web  # noqa: E402
+from nats.js import JetStreamContext  # noqa: E402
 from nats.js.api import StreamConfig  # noqa: E402
 
 from engine.adapter import Services  # noqa: E402
@@ -47,7 +48,6 @@ from engine.embedded_nats import EmbeddedNats  # noqa: E402
 from engine.ingress import Landing  # noqa: E402
 from engine.messages import derived_id, event_headers  # noqa: E402
 from engine.nats_client import connect  # noqa: E402
-from nats.js import JetStreamContext  # noqa: E402
 from engine.spec import Flow  # noqa: E402
 from engine.streams import INGRESS_DEDUPE, ensure_streams  # noqa: E402
 from sandbox.meters.webhook import sign  # noqa: E402
