@@ -217,8 +217,10 @@ async def test_pdfs_are_fetched_once_with_the_checksum_of_the_file(
 
 class OverBound:
     """Watches tracemalloc from a thread: the first time Python holds more than `bound` bytes, it notes
-    which source files hold the most, so a failure says where the memory was (once seen, cause unknown:
-    peak 51 MiB in one of ~16 runs of the suite under double load)."""
+    which source files hold the most, so a failure says where the memory was. It found paramiko's
+    prefetch buffering the whole file when its request thread fell behind the reader on a loaded
+    machine (peak 51 MiB, 1 run in 5 with two CPU hogs beside it); adapters/sftp/session.ReadAhead
+    sends the requests from the reader instead (0 in 8 under the same load)."""
 
     def __init__(self, bound: int) -> None:
         self.bound, self.where = bound, ""

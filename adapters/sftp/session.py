@@ -24,10 +24,11 @@ from paramiko.sftp import CMD_CLOSE, CMD_HANDLE, CMD_NAME, CMD_OPENDIR, CMD_READ
 from adapters.sftp.config import Credentials, SftpEndpointConfig
 from engine.errors import TargetRejected
 
-# Read-ahead per file: SFTP reads of 32 KiB in flight, and the SSH window that lets the server send them
-# without waiting for us. Memory stays bounded by these (~4 MiB), whatever the file's size; paramiko's
-# defaults (no limit on requests, a 2 MiB window) read ~30% slower on loopback (bench/pdf_store.py).
-PREFETCH_REQUESTS = 128
+# Read-ahead per file: SFTP reads of 32 KiB in flight (READ_AHEAD of them, asked for by the reader: see
+# ReadAhead), and the SSH window that lets the server send them without waiting for us. Memory stays
+# bounded by these (~4 MiB), whatever the file's size; paramiko's defaults (no limit on requests, a
+# 2 MiB window) read ~30% slower on loopback (bench/pdf_store.py).
+READ_AHEAD = 4 * 1024 * 1024
 WINDOW = 8 * 1024 * 1024
 
 
@@ -172,13 +173,12 @@ class SftpSession:
         found.sort(key=lambda f: (f.mtime, f.name))
         return found
 
-    def open_file(self, remote: RemoteFile) -> paramiko.SFTPFile:
-        """Open for reading with a bounded read-ahead (pipelined requests, so loopback speed is not
-        round-trip bound, and never more than PREFETCH_REQUESTS x 32 KiB buffered)."""
+    def open_file(self, remote: RemoteFile) -> "ReadAhead":
+        """Open for reading front to back with a bounded read-ahead (pipelined requests, so loopback
+        speed is not round-trip bound, and never more than READ_AHEAD asked for beyond the reader)."""
         assert self.sftp is not None
         fh = self.sftp.open(remote.raw_path or remote.path, "rb")  # paramiko sends a bytes path as it is
-        fh.prefetch(remote.size, max_concurrent_requests=PREFETCH_REQUESTS)
-        return fh
+        return ReadAhead(fh, remote.size)
 
     def exists(self, remote: RemoteFile) -> bool:
         """Whether the file is still there (False after the janitor or someone else removed it)."""
@@ -201,3 +201,39 @@ class SftpSession:
                 client.close()
             except (OSError, EOFError, paramiko.SSHException, socket.error):
                 pass
+
+
+class ReadAhead:
+    """A remote file read front to back, its read requests sent ahead by the reader itself: before each
+    read, enough to cover READ_AHEAD beyond the position (paramiko's prefetch bookkeeping, without its
+    request thread). With that thread, a reader that caught up with it (the thread descheduled on a
+    loaded machine) found the prefetch "done", fell back to plain reads, and each plain read then
+    parsed every answer still arriving into the prefetch buffer, unread, while the thread went on
+    asking: the whole file in memory (a 50 MiB PDF, tests/test_sftp_ingress.py, 1 run in 5 under load)."""
+
+    def __init__(self, fh: paramiko.SFTPFile, size: int) -> None:
+        self.fh, self.size, self._asked = fh, size, 0
+
+    def read(self, n: int) -> bytes:
+        self._ask(self.fh.tell() + max(n, 0) + READ_AHEAD)
+        return self.fh.read(n)
+
+    def _ask(self, end: int) -> None:
+        fh, end = self.fh, min(end, self.size)
+        if self._asked >= end:
+            return
+        step = fh.MAX_REQUEST_SIZE
+        chunks = [(offset, min(step, end - offset)) for offset in range(self._asked, end, step)]
+        self._asked = end
+        fh._prefetch_thread(chunks, None)  # sends the requests, here; answers are read by fh.read
+        with fh._prefetch_lock:  # "done" means no answer outstanding: fh.read waits for them otherwise
+            fh._prefetching, fh._prefetch_done = True, not fh._prefetch_extents
+
+    def close(self) -> None:
+        self.fh.close()
+
+    def __enter__(self) -> "ReadAhead":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
