@@ -24,10 +24,10 @@ from paramiko.sftp import CMD_CLOSE, CMD_HANDLE, CMD_NAME, CMD_OPENDIR, CMD_READ
 from adapters.sftp.config import Credentials, SftpEndpointConfig
 from engine.errors import TargetRejected
 
-# Read-ahead per file: SFTP reads of 32 KiB in flight (READ_AHEAD of them, asked for by the reader: see
-# ReadAhead), and the SSH window that lets the server send them without waiting for us. Memory stays
-# bounded by these (~4 MiB), whatever the file's size; paramiko's defaults (no limit on requests, a
-# 2 MiB window) read ~30% slower on loopback (bench/pdf_store.py).
+# Read-ahead per file: SFTP reads of 32 KiB in flight, READ_AHEAD bytes of them past the reader's
+# position (asked for by the reader: see ReadAhead), and the SSH window that lets the server send them
+# without waiting for us. Memory stays bounded by these (~4 MiB), whatever the file's size; paramiko's
+# defaults (no limit on requests, a 2 MiB window) read ~30% slower on loopback (bench/pdf_store.py).
 READ_AHEAD = 4 * 1024 * 1024
 WINDOW = 8 * 1024 * 1024
 

@@ -4,7 +4,7 @@ nats-py's `ObjectStore.put` takes a file-like object: it calls `readinto` with o
 the default executor (so the blocking paramiko read is off the event loop), publishes that chunk and
 waits for its ack before the next one. HashingReader is that object: it fills each buffer from the
 SFTP file, computes SHA-256 as the bytes pass and remembers the first and last chunk's digests. At no
-point is more of the file in memory than the one buffer plus paramiko's bounded read-ahead.
+point is more of the file in memory than the one buffer plus the bounded read-ahead (session.ReadAhead).
 
 After the put: the size must be the listed size, the digest the Object Store recorded must be ours,
 and the server is asked for the object's chunk count and its first and last chunks, which must be the
