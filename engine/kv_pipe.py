@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import weakref
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 import nats.errors
 import orjson
@@ -23,6 +23,7 @@ from nats.js.errors import APIError, KeyWrongLastSequenceError, NoStreamResponse
 
 from engine import trace_context
 from engine.nats_client import HubClient
+from engine.tasks import cancel_and_wait
 
 WRONG_LAST = (10071, 10164)  # JSStreamWrongLastSequenceErrF, JSStreamWrongLastSequenceConstantErr
 _HEADER = "Nats-Expected-Last-Subject-Sequence"
@@ -177,6 +178,65 @@ def kv_span(op: str, bucket: str, key: str) -> Any:
                                                          "hub.kv.bucket": bucket, "hub.kv.key": key})
 
 
+class TickBatch:
+    """Items asked for within one loop tick, handed together to one `write(items)` call: `soon(item)`
+    is a future of that item's own outcome. `write` answers one outcome per item (its value, or an
+    exception for that item alone); an exception it raises reaches every item of its batch. Done marks
+    (Marks) and idempotency claims (engine/claim_stage.py) go out this way."""
+
+    def __init__(self, write: Callable[[list[Any]], Awaitable[list[Any]]]) -> None:
+        self._write = write
+        self._batch: list[tuple[Any, asyncio.Future[Any]]] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def soon(self, item: Any) -> asyncio.Future[Any]:
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Any] = loop.create_future()
+        if not self._batch:
+            loop.call_soon(self._send)
+        self._batch.append((item, fut))
+        return fut
+
+    def _send(self) -> None:
+        batch, self._batch = self._batch, []
+        task = asyncio.get_running_loop().create_task(self._run(batch))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, batch: list[tuple[Any, asyncio.Future[Any]]]) -> None:
+        try:
+            results = await self._write([item for item, _ in batch])
+        except asyncio.CancelledError:
+            for _, fut in batch:
+                fut.cancel()
+            raise
+        except Exception as exc:  # noqa: BLE001 - every item of the batch learns it
+            results = [exc] * len(batch)
+        for (_, fut), result in zip(batch, results):
+            if fut.done():
+                continue
+            if isinstance(result, BaseException):
+                fut.set_exception(result)
+            else:
+                fut.set_result(result)
+
+    async def close(self) -> None:
+        await cancel_and_wait(list(self._tasks))  # not cancel + gather: a cancel can be lost (engine/tasks.py)
+
+
+async def in_span(fut: "asyncio.Future[Any]", span: Any) -> Any:
+    """The outcome of `fut`, recorded on `span` (from kv_span) when there is one."""
+    if span is None:
+        return await fut
+    try:
+        return await fut
+    except BaseException as exc:
+        span.fail(exc)
+        raise
+    finally:
+        span.end()
+
+
 class Marks:
     """Done marks of concurrent workers written together: `await marks.put(key, value)` returns the
     revision once the broker confirmed it, or raises its error (a broker fault: the caller waits it
@@ -184,45 +244,10 @@ class Marks:
 
     def __init__(self, js: Any, kv: Any, bucket: str) -> None:
         self.js, self.kv, self.bucket = js, kv, bucket
-        self._batch: list[tuple[str, bytes, asyncio.Future[int]]] = []
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._batch = TickBatch(self._write)
 
     async def put(self, key: str, value: bytes) -> int:
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[int] = loop.create_future()
-        if not self._batch:
-            loop.call_soon(self._send)
-        self._batch.append((key, value, fut))
-        span = kv_span("put", self.bucket, key)
-        try:
-            return await fut
-        except BaseException as exc:
-            if span is not None:
-                span.fail(exc)
-            raise
-        finally:
-            if span is not None:
-                span.end()
+        return await in_span(self._batch.soon((key, value)), kv_span("put", self.bucket, key))  # type: ignore[no-any-return]
 
-    def _send(self) -> None:
-        batch, self._batch = self._batch, []
-        task = asyncio.get_running_loop().create_task(self._write(batch))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _write(self, batch: list[tuple[str, bytes, asyncio.Future[int]]]) -> None:
-        try:
-            results: list[Any] = await kv_writes(self.js, self.kv, [(k, v, None) for k, v, _ in batch])
-        except asyncio.CancelledError:
-            for _, _, fut in batch:
-                fut.cancel()
-            raise
-        except Exception as exc:  # noqa: BLE001 - every waiter learns it
-            results = [exc] * len(batch)
-        for (_, _, fut), result in zip(batch, results):
-            if fut.done():
-                continue
-            if isinstance(result, BaseException):
-                fut.set_exception(result)
-            else:
-                fut.set_result(result)
+    async def _write(self, batch: list[tuple[str, bytes]]) -> list[Any]:
+        return await kv_writes(self.js, self.kv, [(k, v, None) for k, v in batch])
